@@ -1,0 +1,118 @@
+"""Ingestion and table-read speed against wfdb, measured in one run on the same records.
+
+    python bench/ingest.py              # both scenarios below, on the bundled sample
+    python bench/ingest.py --source cinc2017 --input ../full/cinc2017   # one source, your data
+
+Prints records/s for: a bare `wfdb.rdrecord` loop (the floor), `ecgssl ingest` with 1 worker
+and with all workers, and reading the table into [N, 12, T] vs reading the same records with
+wfdb. Goals: ingest(1) >= 0.8x the bare loop, ingest(all) >= 1.5x, table read >= 20x.
+`--repeat K` reads every record K times (as K records named apart) for steadier timings.
+
+Default scenarios: 12-lead 500 Hz Challenge 2020 records (x20, the PTB-XL-like case) and the
+single-lead Challenge 2017 records, whose table rows are 12-lead and mostly zero padding.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import wfdb
+
+from ecgssl.config import IngestConfig
+from ecgssl.data.ingest import ingest
+from ecgssl.data.sources import get_source
+from ecgssl.data.table import read_table
+
+
+def replicate(src: Path, dst: Path, repeat: int) -> Path:
+    """A folder where each record of src appears `repeat` times under distinct names."""
+    dst.mkdir(parents=True, exist_ok=True)
+    records = [p.stem for p in sorted(src.glob("*.hea"))]
+    for k in range(repeat):
+        for r in records:
+            for f in src.glob(f"{r}.*"):
+                name = f"{r}_{k}" if repeat > 1 else r
+                if f.suffix == ".hea":
+                    text = f.read_text().replace(r, name)
+                    (dst / f"{name}.hea").write_text(text)
+                else:
+                    (dst / f"{name}{f.suffix}").symlink_to(f.resolve())
+    for extra in ("REFERENCE.csv",):
+        if (src / extra).is_file():
+            lines = (src / extra).read_text().split()
+            (dst / extra).write_text("".join(
+                f"{ln.split(',')[0]}{f'_{k}' if repeat > 1 else ''},{ln.split(',')[1]}\n"
+                for k in range(repeat) for ln in lines))
+    return dst
+
+
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def scenario(source: str, input_dir: Path, repeat: int, fs: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        root = replicate(input_dir, tmp / "in", repeat) if repeat > 1 else input_dir
+        tasks, _ = get_source(source, fs).plan(root)
+        paths = [str(root / t.record) for t in tasks]
+        n = len(paths)
+        for p in paths:  # warm the page cache so every contender reads from memory
+            wfdb.rdrecord(p)
+
+        bare = timed(lambda: [wfdb.rdrecord(p) for p in paths])
+        workers = os.cpu_count() or 1
+        one = timed(lambda: ingest(source, root, tmp / "t1", IngestConfig(fs=fs, workers=1),
+                                   progress=False))
+        many = timed(lambda: ingest(source, root, tmp / "tn", IngestConfig(
+            fs=fs, workers=workers), progress=False))
+
+        def wfdb_array():
+            out = np.zeros((n, 12, fs * 10), dtype=np.float32)
+            for i, p in enumerate(paths):
+                sig = wfdb.rdrecord(p).p_signal
+                k = min(sig.shape[0], out.shape[2])
+                out[i, :sig.shape[1], :k] = sig[:k].T
+            return out
+
+        t_wfdb = timed(wfdb_array)
+        t_table = min(timed(lambda: read_table(tmp / "t1")) for _ in range(3))
+        rows = len(read_table(tmp / "t1", columns=["ecg_id"]))
+        shutil.rmtree(tmp / "t1")
+
+    print(f"\n{source}: {n} records ({rows} table rows), fs {fs} Hz, {workers} CPUs")
+    print(f"{'bare wfdb.rdrecord loop':<34}{n / bare:>10.1f} records/s")
+    print(f"{'ecgssl ingest, 1 worker':<34}{n / one:>10.1f} records/s   "
+          f"{bare / one:5.2f}x bare  (goal >= 0.8x)")
+    print(f"{f'ecgssl ingest, {workers} workers':<34}{n / many:>10.1f} records/s   "
+          f"{bare / many:5.2f}x bare  (goal >= 1.5x)")
+    print(f"{'wfdb read into [N, 12, T]':<34}{n / t_wfdb:>10.1f} records/s")
+    print(f"{'table read into [N, 12, T]':<34}{n / t_table:>10.1f} records/s   "
+          f"{t_wfdb / t_table:5.1f}x wfdb  (goal >= 20x)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--source", help="one source instead of the default scenarios")
+    ap.add_argument("--input", type=Path, help="its input folder")
+    ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--fs", type=int, default=100)
+    args = ap.parse_args()
+    if args.source:
+        scenario(args.source, args.input or Path("data/sample") / args.source, args.repeat,
+                 args.fs)
+        return
+    scenario("cinc2020", Path("data/sample/cinc2020"), 20, args.fs)
+    scenario("cinc2017", Path("data/sample/cinc2017"), 1, args.fs)
+
+
+if __name__ == "__main__":
+    main()

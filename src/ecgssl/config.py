@@ -1,0 +1,99 @@
+"""Typed configuration: one model per section of params.yaml, overridable from the CLI.
+
+params.yaml is found at `--params`, else `$ECGSSL_PARAMS`, else `./params.yaml`; without one,
+the defaults below apply. Unknown keys and wrong types are rejected with the key named.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ecgssl.errors import ConfigError
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class BaseConfig(Section):
+    seed: int = 0
+    sample_dir: str = "data/sample"
+    output_dir: str = "outputs"
+
+
+class IngestConfig(Section):
+    fs: int = Field(100, gt=0, description="target sampling rate (Hz) of the table")
+    window_s: float = Field(10.0, gt=0, description="window length in seconds")
+    workers: int | None = Field(None, ge=1, description="worker processes; null = CPU count")
+    shard_records: int = Field(512, ge=1, description="source records per Parquet shard")
+    min_window_fraction: float = Field(
+        0.5, ge=0, le=1, description="records shorter than one window but at least this "
+        "fraction of it are zero-padded; shorter ones are quarantined")
+    flat_mv: float = Field(
+        0.01, ge=0, description="a lead whose peak-to-peak in a window is below this (mV) is "
+        "treated as absent (zeroed, lead_mask false)")
+
+
+class Params(Section):
+    base: BaseConfig = BaseConfig()
+    ingest: IngestConfig = IngestConfig()
+
+
+S = TypeVar("S", bound=Section)
+
+
+def params_path(path: str | os.PathLike | None = None) -> Path | None:
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"params file not found: {p}")
+        return p
+    env = os.environ.get("ECGSSL_PARAMS")
+    if env:
+        return params_path(env)
+    return DEFAULT_PARAMS if DEFAULT_PARAMS.is_file() else None
+
+
+def _format(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{source}: unknown key '{key}'")
+        else:
+            lines.append(f"{source}: '{key}': {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def load_params(path: str | os.PathLike | None = None) -> Params:
+    p = params_path(path)
+    if p is None:
+        return Params()
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: expected a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format(exc, str(p))) from None
+
+
+def section(name: str, overrides: dict[str, Any] | None = None,
+            path: str | os.PathLike | None = None) -> Section:
+    """The `name` section of params.yaml with non-None CLI overrides applied and validated."""
+    cfg = getattr(load_params(path), name)
+    changes = {k: v for k, v in (overrides or {}).items() if v is not None}
+    try:
+        return type(cfg).model_validate({**cfg.model_dump(), **changes})
+    except ValidationError as exc:
+        raise ConfigError(_format(exc, f"{name} (command line)")) from None

@@ -1,0 +1,118 @@
+"""The ECG table: Arrow schema, shard writing, and the fast reader into numpy.
+
+A table is a folder of Parquet shards plus `_manifest.json`. The manifest is written last and
+lists the shards, so a reader never sees a half-written table: no manifest, no table.
+
+    from ecgssl.data.table import read_table
+    t = read_table("outputs/tables/cinc2017", split="train")
+    t.signal      # float32 [N, 12, T], contiguous
+    t.lead_mask   # bool [N, 12]
+    t.meta        # pyarrow.Table with the other columns
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from ecgssl.data.signal import N_LEADS
+from ecgssl.errors import EcgsslError
+
+SCHEMA_VERSION = 1
+MANIFEST = "_manifest.json"
+ARRAY_COLUMNS = ("signal", "lead_mask")
+
+
+def schema(n_samples: int) -> pa.Schema:
+    return pa.schema([
+        ("ecg_id", pa.string()),
+        ("dataset", pa.string()),
+        ("record", pa.string()),
+        ("patient_id", pa.string()),
+        ("split", pa.string()),
+        ("strat_fold", pa.int8()),
+        ("fs", pa.int32()),
+        ("window", pa.int32()),
+        ("signal", pa.list_(pa.float32(), N_LEADS * n_samples)),
+        ("lead_mask", pa.list_(pa.bool_(), N_LEADS)),
+        ("labels", pa.list_(pa.string())),
+        ("report_device", pa.string()),
+        ("report", pa.string()),
+        ("age", pa.float32()),
+        ("sex", pa.string()),
+    ], metadata={"ecgssl_schema_version": str(SCHEMA_VERSION)})
+
+
+def to_arrow(cols: dict[str, list | np.ndarray], n_samples: int) -> pa.RecordBatch:
+    """Columns (signal as [N, 12, T] float32, lead_mask as [N, 12] bool) -> a record batch.
+
+    The signal buffer is wrapped, not copied."""
+    sch = schema(n_samples)
+    arrays = []
+    for f in sch:
+        v = cols[f.name]
+        if f.name in ARRAY_COLUMNS:
+            flat = np.ascontiguousarray(v).reshape(-1)
+            arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(flat), f.type.list_size))
+        else:
+            arrays.append(pa.array(v, type=f.type))
+    return pa.RecordBatch.from_arrays(arrays, schema=sch)
+
+
+def read_manifest(path: str | Path) -> dict:
+    p = Path(path) / MANIFEST
+    if not p.is_file():
+        raise EcgsslError(f"{path} is not a complete ECG table: {MANIFEST} is missing "
+                          "(run `ecgssl ingest`, or let an interrupted one finish)")
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError as exc:
+        raise EcgsslError(f"{p}: corrupt manifest: {exc}") from None
+
+
+@dataclass
+class ECGArrays:
+    signal: np.ndarray     # float32 [N, 12, T]
+    lead_mask: np.ndarray  # bool [N, 12]
+    meta: pa.Table         # the other columns, same row order
+
+    def __len__(self) -> int:
+        return self.signal.shape[0]
+
+    def column(self, name: str) -> np.ndarray:
+        return self.meta.column(name).to_numpy(zero_copy_only=False)
+
+
+def read_table(path: str | Path, split: str | None = None,
+               columns: list[str] | None = None) -> ECGArrays:
+    """Read a table (optionally one split, chosen metadata columns) into numpy arrays."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    n_samples = int(manifest["n_samples"])
+    meta_cols = [c for c in (columns or schema(n_samples).names) if c not in ARRAY_COLUMNS]
+    unknown = set(meta_cols) - set(schema(n_samples).names)
+    if unknown:
+        raise EcgsslError(f"{path}: no such columns: {', '.join(sorted(unknown))}")
+    filters = pc.field("split") == split if split else None
+    tables = [pq.read_table(path / shard, columns=[*meta_cols, *ARRAY_COLUMNS], filters=filters)
+              for shard in manifest["shards"]]
+    n = sum(t.num_rows for t in tables)
+    signal = np.empty((n, N_LEADS, n_samples), dtype=np.float32)
+    mask = np.empty((n, N_LEADS), dtype=bool)
+    row = 0
+    for t in tables:
+        for sig_chunk, mask_chunk in zip(t.column("signal").chunks, t.column("lead_mask").chunks):
+            k = len(sig_chunk)
+            signal[row:row + k] = sig_chunk.flatten().to_numpy().reshape(k, N_LEADS, n_samples)
+            mask[row:row + k] = mask_chunk.flatten().to_numpy(zero_copy_only=False).reshape(
+                k, N_LEADS)
+            row += k
+    meta = pa.concat_tables([t.select(meta_cols) for t in tables]) if tables else \
+        schema(n_samples).empty_table().select(meta_cols)
+    return ECGArrays(signal=signal, lead_mask=mask, meta=meta)

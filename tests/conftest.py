@@ -1,0 +1,33 @@
+"""Shared fixtures: the bundled real sample and tables ingested from it once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from ecgssl.config import IngestConfig
+from ecgssl.data.ingest import ingest
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "data" / "sample"
+SOURCES = ("ptbxl", "mitdb", "cinc2017", "cinc2020")
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+
+@pytest.fixture(scope="session")
+def sample() -> Path:
+    return SAMPLE
+
+
+@pytest.fixture(scope="session")
+def tables(tmp_path_factory) -> dict[str, Path]:
+    """Every sample source ingested at the default 100 Hz / 10 s with 2 workers."""
+    out = tmp_path_factory.mktemp("tables")
+    cfg = IngestConfig(workers=2)
+    for s in SOURCES:
+        ingest(s, SAMPLE / s, out / s, cfg, progress=False)
+    return {s: out / s for s in SOURCES}

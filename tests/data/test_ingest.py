@@ -1,0 +1,228 @@
+"""Ingestion on the real sample: values match wfdb, windows/labels/splits follow the rules."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import wfdb
+
+from ecgssl.config import IngestConfig
+from ecgssl.data.ingest import ingest
+from ecgssl.data.signal import LEADS
+from ecgssl.data.table import read_manifest, read_table
+from ecgssl.errors import EcgsslError
+
+
+def native(source: str, fs: int, tmp_path: Path, sample: Path, records: list[str] | None = None):
+    """Ingest at the native rate so that rows can be compared with wfdb sample for sample."""
+    src = sample / source
+    if records is not None:  # a copy holding only these records keeps the test quick
+        src = tmp_path / "in"
+        src.mkdir()
+        for r in records:
+            for f in (sample / source).glob(f"{r}.*"):
+                (src / f.name).symlink_to(f)
+    out = tmp_path / "out"
+    ingest(source, src, out, IngestConfig(fs=fs, workers=1), progress=False)
+    return read_table(out)
+
+
+@pytest.mark.parametrize("source,fs,records", [
+    ("mitdb", 360, ["100", "119"]),
+    ("cinc2017", 300, ["A00001", "A00005", "A00102"]),
+    ("cinc2020", 500, ["E07500", "JS20000", "HR00001", "Q0001"]),
+])
+def test_signal_equals_wfdb_physical_signal(source, fs, records, tmp_path, sample):
+    t = native(source, fs, tmp_path, sample, records)
+    ids = t.column("ecg_id")
+    for rec in records:
+        ref = wfdb.rdrecord(str(sample / source / rec))
+        quantum = 1.0 / np.min(ref.adc_gain)
+        rows = [i for i, e in enumerate(ids) if e.startswith(f"{source}/{rec}#")]
+        assert len(rows) == ref.sig_len // (10 * fs) or (ref.sig_len < 10 * fs and len(rows) == 1)
+        for i in rows[:3] + rows[-1:]:
+            w = int(ids[i].split("#")[1])
+            seg = ref.p_signal[w * 10 * fs:(w + 1) * 10 * fs]
+            for ch, name in enumerate(ref.sig_name):
+                lead = {"MLII": "II", "ECG": "I"}.get(name, name)
+                got = t.signal[i, LEADS.index(lead), :len(seg)]
+                np.testing.assert_allclose(got, seg[:, ch], atol=quantum / 2 + 1e-6)
+                assert t.lead_mask[i, LEADS.index(lead)]
+        absent = [j for j, name in enumerate(LEADS) if name not in
+                  {{"MLII": "II", "ECG": "I"}.get(n, n) for n in ref.sig_name}]
+        assert not t.lead_mask[rows][:, absent].any()
+        assert not t.signal[rows][:, absent].any()
+
+
+def test_ptbxl_record_matches_wfdb_and_metadata(tables, sample):
+    t = read_table(tables["ptbxl"])
+    assert len(t) == 1
+    ref = wfdb.rdrecord(str(sample / "ptbxl/records100/00000/00001_lr"))
+    np.testing.assert_allclose(t.signal[0].T, ref.p_signal, atol=0.5 / 1000 + 1e-6)
+    row = t.meta.to_pylist()[0]
+    assert row["ecg_id"] == "ptbxl/records100/00000/00001_lr#0"
+    assert row["labels"] == ["LVOLT", "NORM", "SR"]
+    assert row["report_device"] == "sinusrhythmus periphere niederspannung"
+    assert (row["patient_id"], row["strat_fold"], row["split"]) == ("15709", 3, "train")
+    assert (row["age"], row["sex"]) == (56.0, "F")
+    m = read_manifest(tables["ptbxl"])
+    assert m["records_ok"] == 1 and m["quarantined_by_kind"] == {"missing_file": 799}
+    assert "scp_statements.csv" in m["sidecars"]
+    assert (tables["ptbxl"] / "scp_statements.csv").is_file()
+
+
+def test_mitdb_windows_labels_and_splits(tables):
+    t = read_table(tables["mitdb"])
+    m = read_manifest(tables["mitdb"])
+    assert m["rows"] == 5 * 180                      # 650000 samples at 360 Hz: 180 full windows
+    labels = dict(zip(t.column("ecg_id"), (list(x) for x in t.column("labels"))))
+    # Hand-checked against the .atr files: 100 starts with an APC ('A' -> S) among normal
+    # beats; its first PVC is at 1518.9 s (window 151); 119 has PVCs from 1.4 s on.
+    assert labels["mitdb/100#0"] == ["N", "S"]
+    assert labels["mitdb/100#1"] == ["N"]
+    assert "V" in labels["mitdb/100#151"] and "V" not in labels["mitdb/100#150"]
+    assert labels["mitdb/119#0"] == ["N", "V"]
+    assert "V" in labels["mitdb/106#9"]
+    split = dict(zip(t.column("record"), t.column("split")))
+    assert split == {"100": "test", "105": "test", "101": "train", "106": "train", "119": "val"}
+    assert t.lead_mask[:, LEADS.index("II")].all()
+    assert t.signal.shape == (900, 12, 1000)
+
+
+def test_excluded_records_are_named_in_the_manifest(tmp_path, sample):
+    src = tmp_path / "mitdb"
+    src.mkdir()
+    for f in sample.glob("mitdb/100.*"):
+        (src / f.name).symlink_to(f)
+        (src / f.name.replace("100", "102")).symlink_to(f)
+    ingest("mitdb", src, tmp_path / "out", IngestConfig(workers=1), progress=False)
+    m = read_manifest(tmp_path / "out")
+    assert m["records_excluded"] == [{"record": "102", "reason": "paced record (AAMI EC57)"}]
+    assert m["records_ok"] == 1
+
+
+@pytest.mark.parametrize("source", ["ptbxl", "mitdb", "cinc2017", "cinc2020"])
+def test_no_patient_in_two_splits(tables, source):
+    t = read_table(tables[source], columns=["record", "patient_id", "split"])
+    seen: dict[str, set] = {}
+    for rec, pid, split in zip(t.column("record"), t.column("patient_id"), t.column("split")):
+        seen.setdefault(pid or rec, set()).add(split)
+    assert all(len(s) == 1 for s in seen.values())
+    assert set(t.column("split")) <= {"train", "val", "test"}
+
+
+def test_cinc2017_labels_and_split_fractions(tables, sample):
+    t = read_table(tables["cinc2017"], columns=["record", "labels", "split"])
+    ref = dict(line.split(",") for line in (sample / "cinc2017/REFERENCE.csv").read_text().split())
+    for rec, labs in zip(t.column("record"), t.column("labels")):
+        assert list(labs) == [ref[rec]]
+    m = read_manifest(tables["cinc2017"])
+    assert m["records_ok"] == 210 and not m["records_quarantined"]
+    per_split = {s: len({r for r, sp in zip(t.column("record"), t.column("split")) if sp == s})
+                 for s in ("train", "val", "test")}
+    assert 0.7 < per_split["train"] / 210 < 0.9 and per_split["val"] > 5 and per_split["test"] > 5
+
+
+def test_cinc2020_labels_and_demographics(tables):
+    t = read_table(tables["cinc2020"])
+    rows = {r["record"]: r for r in t.meta.to_pylist()}
+    assert rows["E07500"]["labels"] == ["426177001", "67741000119109"]
+    assert (rows["E07500"]["age"], rows["E07500"]["sex"]) == (78.0, "M")
+    assert rows["HR00001"]["labels"] == []        # that source emptied its Dx line
+    assert t.lead_mask.all()
+
+
+def test_table_reader_split_and_columns(tables):
+    full = read_table(tables["cinc2017"])
+    train = read_table(tables["cinc2017"], split="train", columns=["ecg_id"])
+    assert train.meta.column_names == ["ecg_id"]
+    assert train.signal.flags["C_CONTIGUOUS"] and train.signal.dtype == np.float32
+    idx = {e: i for i, e in enumerate(full.column("ecg_id"))}
+    for j, e in enumerate(train.column("ecg_id")[:20]):
+        np.testing.assert_array_equal(train.signal[j], full.signal[idx[e]])
+    assert len(train) == sum(1 for s in full.column("split") if s == "train")
+
+
+def test_rerun_is_a_noop(tables):
+    out = tables["cinc2020"]
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    m = ingest("cinc2020", Path(read_manifest(out)["input"]), out, IngestConfig(workers=2),
+               progress=False)
+    assert m.get("up_to_date")
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+
+def test_changed_options_rebuild_the_table(tmp_path, sample):
+    out = tmp_path / "t"
+    ingest("cinc2020", sample / "cinc2020", out, IngestConfig(workers=1), progress=False)
+    m = ingest("cinc2020", sample / "cinc2020", out, IngestConfig(workers=1, window_s=5),
+               progress=False)
+    assert not m.get("up_to_date") and m["n_samples"] == 500
+    assert read_table(out).signal.shape[2] == 500
+
+
+def test_killed_ingest_finishes_on_rerun_without_duplicates(tmp_path, sample):
+    out = tmp_path / "t"
+    params = tmp_path / "params.yaml"
+    params.write_text("ingest:\n  shard_records: 10\n  workers: 1\n")
+    cmd = [sys.executable, "-m", "ecgssl.cli", "ingest", "cinc2017", "--input",
+           str(sample / "cinc2017"), "--output", str(out), "--params", str(params),
+           "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while not (out / "_parts" / "part-00003.json").exists() and time.time() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "_manifest.json").exists()          # readers see no half table
+    with pytest.raises(EcgsslError, match="not a complete ECG table"):
+        read_table(out)
+    # A shard counts as finished once its sidecar is written; others are redone.
+    kept = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")
+            if (out / "_parts" / p.name.replace(".parquet", ".json")).exists()}
+    assert len(kept) >= 4
+    subprocess.run(cmd, check=True, capture_output=True)
+    m = read_manifest(out)
+    ids = read_table(out, columns=["ecg_id"]).column("ecg_id")
+    assert len(ids) == len(set(ids)) == m["rows"] == 664
+    assert m["records_ok"] == 210
+    for name, mtime in kept.items():                   # finished shards were not redone
+        assert (out / name).stat().st_mtime_ns == mtime
+    assert not list(out.glob(".*.tmp")) and not list(out.glob("_parts/.*.tmp"))
+    for shard in m["shards"]:
+        assert pq.read_metadata(out / shard).num_rows > 0
+
+
+def test_missing_input_and_empty_input_are_errors(tmp_path):
+    with pytest.raises(EcgsslError, match="does not exist"):
+        ingest("mitdb", tmp_path / "nope", tmp_path / "o", IngestConfig(), progress=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(EcgsslError, match="no records found"):
+        ingest("cinc2017", tmp_path / "empty", tmp_path / "o", IngestConfig(), progress=False)
+
+
+def test_concurrent_ingest_into_one_output_refuses(tmp_path, sample):
+    from filelock import FileLock
+    out = tmp_path / "t"
+    out.mkdir()
+    with FileLock(str(out / ".ingest.lock")):
+        with pytest.raises(EcgsslError, match="another `ecgssl ingest` is writing"):
+            ingest("cinc2020", sample / "cinc2020", out, IngestConfig(workers=1),
+                   progress=False)
+
+
+def test_manifest_contract(tables):
+    m = json.loads((tables["mitdb"] / "_manifest.json").read_text())
+    for key in ("rows", "records_ok", "records_quarantined", "schema_version", "fs", "window_s",
+                "source", "input_fingerprint"):
+        assert key in m
+    assert (m["fs"], m["window_s"], m["source"]) == (100, 10.0, "mitdb")
