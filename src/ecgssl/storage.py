@@ -10,6 +10,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from filelock import FileLock, Timeout
+
+from ecgssl.errors import EcgsslError
+
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
@@ -25,6 +29,24 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@contextmanager
+def exclusive(folder: str | Path, command: str) -> Iterator[Path]:
+    """Hold a lock on an output folder; a second writer refuses at once instead of mixing
+    its files with ours."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(folder / ".ecgssl.lock"), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise EcgsslError(f"another `ecgssl {command}` is writing to {folder}; refusing to "
+                          "write at the same time") from None
+    try:
+        yield folder
+    finally:
+        lock.release()
 
 
 def read_json(path: str | Path):

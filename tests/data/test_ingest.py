@@ -214,7 +214,7 @@ def test_concurrent_ingest_into_one_output_refuses(tmp_path, sample):
     from filelock import FileLock
     out = tmp_path / "t"
     out.mkdir()
-    with FileLock(str(out / ".ingest.lock")):
+    with FileLock(str(out / ".ecgssl.lock")):
         with pytest.raises(EcgsslError, match="another `ecgssl ingest` is writing"):
             ingest("cinc2020", sample / "cinc2020", out, IngestConfig(workers=1),
                    progress=False)

@@ -21,8 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
-from filelock import FileLock, Timeout
 from tqdm import tqdm
 
 from ecgssl import __version__
@@ -37,12 +35,11 @@ from ecgssl.data.signal import (
     window_starts,
 )
 from ecgssl.data.sources import Source, Task, get_source
-from ecgssl.data.table import MANIFEST, SCHEMA_VERSION, read_manifest, to_arrow
+from ecgssl.data.table import MANIFEST, SCHEMA_VERSION, read_manifest, to_arrow, write_shard
 from ecgssl.errors import EcgsslError, RecordError
-from ecgssl.storage import atomic_path, read_json, stable_hash, tree_fingerprint, write_json
+from ecgssl.storage import exclusive, read_json, stable_hash, tree_fingerprint, write_json
 
 PARTS = "_parts"
-DICT_COLUMNS = ["dataset", "record", "patient_id", "split", "sex", "report_device"]
 IN_FLIGHT_PARTS = 2  # bounds memory: results of at most this many parts wait in the parent
 
 
@@ -142,11 +139,7 @@ def _write_part(out: Path, part: int, key: str, results: list) -> dict:
         splits.update(table.column("split").to_pylist())
         for labs in table.column("labels").to_pylist():
             labels.update(labs)
-        with atomic_path(out / name) as tmp:
-            # lz4 and no dictionary on the signal: small for zero-padded leads and the fastest
-            # to decode (dictionary-encoded floats made reads 3x slower).
-            pq.write_table(table, tmp, compression="lz4", use_dictionary=DICT_COLUMNS,
-                           row_group_size=256)
+        write_shard(table, out / name)
     info = {"key": key, "part": part, "shard": name if ok else None, "rows": n_rows,
             "records_ok": len(ok), "records_quarantined": quarantined,
             "rows_per_split": dict(splits), "label_counts": dict(labels)}
@@ -196,14 +189,7 @@ def ingest(source_name: str, input_dir: str | Path, output_dir: str | Path,
     key = stable_hash({"source": source_name, "fs": cfg.fs, "window_s": cfg.window_s,
                        "options": options, "fingerprint": fingerprint,
                        "schema_version": SCHEMA_VERSION, "version": __version__})
-    out.mkdir(parents=True, exist_ok=True)
-    try:
-        lock = FileLock(str(out / ".ingest.lock"), timeout=0)
-        lock.acquire()
-    except Timeout:
-        raise EcgsslError(f"another `ecgssl ingest` is writing to {out}; refusing to write "
-                          "at the same time") from None
-    try:
+    with exclusive(out, "ingest"):
         if (out / MANIFEST).is_file():
             manifest = read_manifest(out)
             if manifest.get("options_key") == key and all(
@@ -235,8 +221,6 @@ def ingest(source_name: str, input_dir: str | Path, output_dir: str | Path,
                              tasks, excluded, [infos[i] for i in range(len(parts))],
                              source.sidecars(root, out), time.perf_counter() - t0)
         write_json(out / MANIFEST, manifest)
-    finally:
-        lock.release()
     if manifest["records_ok"] == 0:
         reasons = "; ".join(q["reason"] for q in manifest["records_quarantined"][:3])
         raise EcgsslError(f"no record of {root} could be read ({len(tasks)} quarantined), "

@@ -1,0 +1,175 @@
+"""The `reports` stage: a copy of ECG tables with the English `report` column filled.
+
+    ecgssl reports --input outputs/tables/ptbxl --input outputs/tables/cinc2017 \\
+        --output outputs/reports --mode both
+
+Several input tables (same fs and window) are concatenated into one output table, the corpus
+that pretraining reads. Generated reports see the signal only, never the labels.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import shutil
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from ecgssl import __version__
+from ecgssl.config import ReportsConfig
+from ecgssl.data.table import MANIFEST, arrays, read_manifest, write_shard
+from ecgssl.errors import EcgsslError
+from ecgssl.reports.generate import generate
+from ecgssl.reports.translate import translate_report
+from ecgssl.storage import exclusive, stable_hash, write_json
+
+CHUNK_ROWS = 32
+
+
+def _generate_rows(args: tuple[np.ndarray, np.ndarray, float]) -> list[str]:
+    signal, mask, fs = args
+    return [generate(s, m, fs) for s, m in zip(signal, mask)]
+
+
+class _Generator:
+    """Generated reports for many rows, in worker processes when there are several CPUs."""
+
+    def __init__(self, workers: int):
+        self.pool = ProcessPoolExecutor(workers, mp_context=get_context("fork")) \
+            if workers > 1 else None
+
+    def __call__(self, signal: np.ndarray, mask: np.ndarray, fs: float) -> list[str]:
+        chunks = [(signal[i:i + CHUNK_ROWS], mask[i:i + CHUNK_ROWS], fs)
+                  for i in range(0, len(signal), CHUNK_ROWS)]
+        mapper = self.pool.map if self.pool else map
+        return [r for rows in mapper(_generate_rows, chunks) for r in rows]
+
+    def close(self) -> None:
+        if self.pool:
+            self.pool.shutdown()
+
+
+def _reports_key(inputs: list[Path], manifests: list[dict], cfg: ReportsConfig) -> str:
+    from importlib import resources
+    lexicon = resources.files("ecgssl.reports").joinpath("lexicon.tsv").read_bytes()
+    return stable_hash({"inputs": [m.get("options_key") for m in manifests],
+                        "paths": [str(p) for p in inputs], "mode": cfg.mode,
+                        "version": __version__, "lexicon": stable_hash(lexicon.decode())})
+
+
+def run_reports(inputs: list[str | Path], output: str | Path, cfg: ReportsConfig,
+                progress: bool = True) -> dict:
+    inputs, out = [Path(p) for p in inputs], Path(output)
+    if not inputs:
+        raise EcgsslError("reports needs at least one --input table")
+    if out in inputs:
+        raise EcgsslError(f"--output {out} is also an --input; write the copy somewhere else")
+    manifests = [read_manifest(p) for p in inputs]
+    shapes = {(m["fs"], m["n_samples"]) for m in manifests}
+    if len(shapes) > 1:
+        raise EcgsslError("input tables differ in fs/window and cannot be joined: " + ", ".join(
+            f"{p} ({m['fs']} Hz, {m['n_samples']} samples)" for p, m in zip(inputs, manifests)))
+    key = _reports_key(inputs, manifests, cfg)
+    workers = cfg.workers or os.cpu_count() or 1
+    with exclusive(out, "reports"):
+        if (out / MANIFEST).is_file():
+            old = read_manifest(out)
+            if old.get("reports", {}).get("key") == key and all(
+                    (out / s).is_file() for s in old["shards"]):
+                return {**old, "up_to_date": True}
+            (out / MANIFEST).unlink()
+        for stale in out.glob("part-*.parquet"):
+            stale.unlink()
+        t0 = time.perf_counter()
+        total = sum(m["rows"] for m in manifests)
+        counts, untranslated = collections.Counter(), collections.Counter()
+        words = covered = 0
+        shards, sidecars = [], []
+        gen = _Generator(workers) if cfg.mode != "device" else None
+        try:
+            with tqdm(total=total, unit="row", desc=f"reports ({cfg.mode})",
+                      disable=not progress, dynamic_ncols=True) as bar:
+                for path, m in zip(inputs, manifests):
+                    for shard in m["shards"]:
+                        table = pq.read_table(path / shard)
+                        device, stats = _device_reports(table) if cfg.mode != "generated" \
+                            else ([None] * table.num_rows, None)
+                        if stats:
+                            words += stats[0]
+                            covered += stats[1]
+                            untranslated.update(stats[2])
+                        generated = [None] * table.num_rows
+                        if gen is not None:
+                            signal, mask = arrays([table], m["n_samples"])
+                            generated = gen(signal, mask, m["fs"])
+                        reports = [_combine(d, g, cfg.mode) for d, g in zip(device, generated)]
+                        counts["device"] += sum(1 for d in device if d)
+                        counts["generated"] += sum(1 for g in generated if g)
+                        counts["empty"] += sum(1 for r in reports if not r)
+                        i = table.schema.get_field_index("report")
+                        table = table.set_column(i, "report", pa.array(reports, pa.string()))
+                        name = f"part-{len(shards):05d}.parquet"
+                        write_shard(table, out / name)
+                        shards.append(name)
+                        bar.update(table.num_rows)
+                for path, m in zip(inputs, manifests):
+                    for s in m.get("sidecars", []):
+                        if s not in sidecars:
+                            shutil.copyfile(path / s, out / s)
+                            sidecars.append(s)
+        finally:
+            if gen is not None:
+                gen.close()
+        manifest = {
+            **{k: manifests[0][k] for k in ("schema_version", "fs", "window_s", "n_samples",
+                                            "leads")},
+            "ecgssl_version": __version__,
+            "source": "+".join(m["source"] for m in manifests),
+            "sources": [{"table": str(p), "source": m["source"], "rows": m["rows"],
+                         "input_fingerprint": m.get("input_fingerprint")}
+                        for p, m in zip(inputs, manifests)],
+            "input_fingerprint": stable_hash([m.get("input_fingerprint") for m in manifests]),
+            "options_key": key,
+            "rows": total,
+            "rows_per_split": dict(sum((collections.Counter(m["rows_per_split"])
+                                        for m in manifests), collections.Counter())),
+            "shards": shards,
+            "sidecars": sidecars,
+            "reports": {
+                "key": key,
+                "mode": cfg.mode,
+                "counts": {k: counts[k] for k in ("device", "generated", "empty")},
+                "translation_coverage": round(covered / words, 4) if words else None,
+                "untranslated_top": untranslated.most_common(20),
+                "elapsed_s": round(time.perf_counter() - t0, 2),
+            },
+        }
+        write_json(out / MANIFEST, manifest)
+    return manifest
+
+
+def _device_reports(table: pa.Table):
+    texts = table.column("report_device").to_pylist()
+    out, words, covered, missing = [], 0, 0, collections.Counter()
+    for t in texts:
+        r = translate_report(t)
+        out.append(r.text or None)
+        words += r.words
+        covered += r.translated + r.english
+        missing.update(r.untranslated)
+    return out, (words, covered, missing)
+
+
+def _combine(device: str | None, generated: str | None, mode: str) -> str | None:
+    if mode == "device":
+        return device
+    if mode == "generated":
+        return generated
+    return " ".join(x for x in (device, generated) if x) or None

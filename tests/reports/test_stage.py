@@ -1,0 +1,70 @@
+"""The `reports` stage on tables ingested from the bundled sample."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from ecgssl.config import IngestConfig, ReportsConfig
+from ecgssl.data.ingest import ingest
+from ecgssl.data.table import read_manifest, read_table
+from ecgssl.errors import EcgsslError
+from ecgssl.reports.stage import run_reports
+from ecgssl.reports.translate import translate
+
+
+def test_device_mode_translates_the_device_report(tables, tmp_path):
+    m = run_reports([tables["ptbxl"]], tmp_path / "r", ReportsConfig(mode="device"),
+                    progress=False)
+    t = read_table(tmp_path / "r")
+    assert t.column("report")[0] == translate(t.column("report_device")[0]) == \
+        "sinus rhythm. low limb lead voltage."
+    assert m["reports"]["counts"] == {"device": 1, "generated": 0, "empty": 0}
+    assert m["reports"]["translation_coverage"] == 1.0
+    assert (tmp_path / "r" / "scp_statements.csv").is_file()
+
+
+def test_both_mode_joins_tables_and_appends_measurements(tables, tmp_path):
+    m = run_reports([tables["ptbxl"], tables["cinc2020"]], tmp_path / "r",
+                    ReportsConfig(mode="both", workers=2), progress=False)
+    t = read_table(tmp_path / "r")
+    assert len(t) == m["rows"] == 17 and m["source"] == "ptbxl+cinc2020"
+    reports = dict(zip(t.column("dataset"), t.column("report")))
+    assert reports["ptbxl"].startswith("sinus rhythm. low limb lead voltage. Sinus rhythm at")
+    assert all(r and "bpm" in r for r in t.column("report"))
+    assert m["reports"]["counts"] == {"device": 1, "generated": 17, "empty": 0}
+    np.testing.assert_array_equal(t.signal[1:], read_table(tables["cinc2020"]).signal)
+    again = run_reports([tables["ptbxl"], tables["cinc2020"]], tmp_path / "r",
+                        ReportsConfig(mode="both", workers=2), progress=False)
+    assert again.get("up_to_date")
+
+
+def test_generated_reports_never_read_labels(tables, tmp_path):
+    relabelled = tmp_path / "relabelled"
+    shutil.copytree(tables["cinc2020"], relabelled)
+    for shard in read_manifest(relabelled)["shards"]:
+        t = pq.read_table(relabelled / shard)
+        i = t.schema.get_field_index("labels")
+        fake = pa.array([["164889003"]] * t.num_rows, t.schema.field("labels").type)
+        pq.write_table(t.set_column(i, "labels", fake), relabelled / shard)
+    assert read_table(relabelled).column("labels")[0].tolist() == ["164889003"]
+    cfg = ReportsConfig(mode="generated", workers=1)
+    run_reports([tables["cinc2020"]], tmp_path / "a", cfg, progress=False)
+    run_reports([relabelled], tmp_path / "b", cfg, progress=False)
+    a, b = read_table(tmp_path / "a"), read_table(tmp_path / "b")
+    assert list(a.column("report")) == list(b.column("report"))
+    assert a.meta.column("labels").to_pylist() != b.meta.column("labels").to_pylist()
+
+
+def test_tables_of_different_rates_are_refused(tables, tmp_path, sample):
+    ingest("cinc2020", sample / "cinc2020", tmp_path / "t250", IngestConfig(fs=250, workers=1),
+           progress=False)
+    with pytest.raises(EcgsslError, match="differ in fs/window"):
+        run_reports([tables["cinc2020"], tmp_path / "t250"], tmp_path / "r", ReportsConfig(),
+                    progress=False)
+    with pytest.raises(EcgsslError, match="not a complete ECG table"):
+        run_reports([tmp_path], tmp_path / "r", ReportsConfig(), progress=False)
