@@ -35,6 +35,7 @@ bench: setup
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/text.py
 	$(BIN)/python bench/measure.py
+	$(BIN)/python bench/train.py
 
 ui: setup
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000

@@ -31,3 +31,18 @@ def tables(tmp_path_factory) -> dict[str, Path]:
     for s in SOURCES:
         ingest(s, SAMPLE / s, out / s, cfg, progress=False)
     return {s: out / s for s in SOURCES}
+
+
+@pytest.fixture(scope="session")
+def corpus(tables, tmp_path_factory) -> dict[str, Path]:
+    """A pretraining corpus from the sample: generated reports of three tables, embedded."""
+    from ecgssl.config import EmbedTextConfig, ReportsConfig
+    from ecgssl.reports.stage import run_reports
+    from ecgssl.text.stage import run_embed_text
+
+    out = tmp_path_factory.mktemp("corpus")
+    run_reports([tables["ptbxl"], tables["cinc2020"], tables["cinc2017"]], out / "reports",
+                ReportsConfig(mode="both", workers=2), progress=False)
+    run_embed_text(out / "reports", out / "text_emb.parquet",
+                   EmbedTextConfig(cache=str(out / "cache.parquet")), progress=False)
+    return {"table": out / "reports", "text_emb": out / "text_emb.parquet"}

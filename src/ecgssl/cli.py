@@ -230,5 +230,57 @@ def embed_text(
                   f"(dim {s['dim']}), {s['elapsed_s']:.1f} s", highlight=False, soft_wrap=True)
 
 
+class Method(enum.StrEnum):
+    mets = "mets"
+    st = "st"
+    mets_st = "mets+st"
+
+
+@app.command()
+@user_errors
+def pretrain(
+    data: Annotated[Path, typer.Option("--data", "-d", help="ECG table (with reports for METS: "
+                                       "the output of `ecgssl reports`).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Run folder: encoder, config, "
+                                         "metrics, checkpoints.")],
+    text_emb: Annotated[Optional[Path], typer.Option(
+        "--text-emb", help="Report embeddings from `ecgssl embed-text` (METS).")] = None,
+    method: Annotated[Optional[Method], typer.Option(
+        help="mets: ECG-text contrastive; st: masking + lead shuffling; mets+st: both "
+        "[default: pretrain.method]")] = None,
+    encoder: Annotated[Optional[str], typer.Option(help="resnet1d18 or vit1d")] = None,
+    epochs: Annotated[Optional[int], typer.Option()] = None,
+    max_steps: Annotated[Optional[int], typer.Option()] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Global batch size.")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate.")] = None,
+    seed: Annotated[Optional[int], typer.Option()] = None,
+    precision: Annotated[Optional[str], typer.Option(help="auto, fp32 or bf16")] = None,
+    mlflow: Annotated[Optional[bool], typer.Option(
+        "--mlflow/--no-mlflow", help="Log to MLflow [default: pretrain.mlflow]")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the newest checkpoint in "
+                                         "--output.")] = False,
+    params: ParamsOpt = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+):
+    """Pretrain an ECG encoder without labels (METS, ST or both) on the train split.
+
+    Options default to the `pretrain` section of params.yaml. Writes encoder.safetensors,
+    config.json and metrics.json; checkpoints every `checkpoint_every` steps, so `--resume`
+    continues exactly. Multi-GPU: `torchrun --nproc-per-node N -m ecgssl.cli pretrain ...`.
+    """
+    from ecgssl.config import section
+    from ecgssl.train.loop import pretrain as run_pretrain
+
+    cfg = section("pretrain", {"method": method.value if method else None, "encoder": encoder,
+                               "epochs": epochs, "max_steps": max_steps,
+                               "batch_size": batch_size, "lr": lr, "seed": seed,
+                               "precision": precision, "mlflow": mlflow}, params)
+    m = run_pretrain(data, text_emb, output, cfg, resume=resume, progress=progress)
+    if m:
+        console.print(f"pretrain {cfg.method} -> {output}: loss {m['loss/first']:.4f} -> "
+                      f"{m['loss/final']:.4f} over {m['steps']} steps, "
+                      f"{m['throughput/samples_per_s']:.0f} samples/s", highlight=False)
+
+
 if __name__ == "__main__":
     app()

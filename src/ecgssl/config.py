@@ -57,11 +57,45 @@ class EmbedTextConfig(Section):
                               description="embedding cache file; null disables caching")
 
 
+class PretrainConfig(Section):
+    method: Literal["mets", "st", "mets+st"] = "mets+st"
+    encoder: Literal["resnet1d18", "vit1d"] = "resnet1d18"
+    width: int = Field(64, ge=8, description="encoder width: resnet1d18 stem channels (64 as "
+                       "in ResNet-18), vit1d token dim / 4")
+    epochs: int = Field(1, ge=1, description="passes over the train split (unless max_steps)")
+    max_steps: int | None = Field(None, ge=1, description="stop after this many steps")
+    batch_size: int = Field(64, ge=2, description="global batch (split over DDP ranks)")
+    lr: float = Field(1e-3, gt=0)
+    warmup_steps: int = Field(100, ge=0)
+    weight_decay: float = Field(0.05, ge=0)
+    grad_clip: float | None = Field(1.0, gt=0)
+    seed: int = 0
+    num_workers: int = Field(0, ge=0, description="CPU threads for torch (0 = torch's default). "
+                             "Batches are gathered from in-memory arrays, so no loader "
+                             "processes are needed")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto = bf16 autocast on CUDA, fp32 on CPU")
+    checkpoint_every: int = Field(100, ge=1, description="steps between checkpoints")
+    log_every: int = Field(1, ge=1)
+    proj_dim: int = Field(256, ge=8)
+    init_temperature: float = Field(0.07, gt=0)
+    mask_ratio: tuple[float, float] = Field((0.2, 0.6), description="range of the per-sample "
+                                             "masked fraction (dynamic masking)")
+    mask_segment_s: float = Field(0.25, gt=0, description="length of one masked segment (s)")
+    lead_weight: float = Field(1.0, ge=0, description="lambda: loss = recon + lambda * lead")
+    mets_weight: float = Field(1.0, ge=0)
+    st_weight: float = Field(1.0, ge=0)
+    split: str = Field("train", description="table split to pretrain on")
+    mlflow: bool = Field(True, description="log to MLflow (MLFLOW_TRACKING_URI or ./mlflow.db)")
+    experiment: str = "ecgssl"
+
+
 class Params(Section):
     base: BaseConfig = BaseConfig()
     ingest: IngestConfig = IngestConfig()
     reports: ReportsConfig = ReportsConfig()
     embed_text: EmbedTextConfig = EmbedTextConfig()
+    pretrain: PretrainConfig = PretrainConfig()
 
 
 S = TypeVar("S", bound=Section)

@@ -1,0 +1,60 @@
+"""METS: ECG-text contrastive pretraining against a frozen language model's report embeddings.
+
+The language model never runs in the training step: report embeddings come from the cache
+(`ecgssl embed-text`), and only a linear projection over them is trained.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ecgssl.train.distributed import gather_with_grad
+
+
+class METSHead(nn.Module):
+    def __init__(self, ecg_dim: int, text_dim: int, dim: int = 256, init_temperature: float = 0.07,
+                 max_logit_scale: float = 100.0):
+        super().__init__()
+        self.ecg_proj = nn.Sequential(nn.Linear(ecg_dim, ecg_dim), nn.ReLU(),
+                                      nn.Linear(ecg_dim, dim))
+        self.text_proj = nn.Linear(text_dim, dim)
+        # CLIP: learn log(1/temperature), clamp so the temperature never drops below 1/100.
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / init_temperature)))
+        self.max_log_scale = math.log(max_logit_scale)
+
+    def forward(self, ecg_emb: torch.Tensor, text_emb: torch.Tensor):
+        z_e = F.normalize(self.ecg_proj(ecg_emb), dim=-1)
+        z_t = F.normalize(self.text_proj(text_emb), dim=-1)
+        return z_e, z_t, self.logit_scale.clamp(max=self.max_log_scale).exp()
+
+    @property
+    def temperature(self) -> float:
+        return 1.0 / float(self.logit_scale.detach().clamp(max=self.max_log_scale).exp())
+
+
+def info_nce(z_e: torch.Tensor, z_t: torch.Tensor, scale: torch.Tensor,
+             text_ids: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE over the global batch (gathered across ranks).
+
+    Rows whose reports are identical (same `text_ids`) are not negatives of each other: their
+    off-diagonal logits are masked out in both directions. Each rank scores its own rows
+    against all columns; averaging over ranks gives the single-process loss.
+    """
+    all_e, all_t = gather_with_grad(z_e), gather_with_grad(z_t)
+    all_ids = gather_with_grad(text_ids)
+    offset = _rank_offset(z_e.shape[0])
+    rows = torch.arange(z_e.shape[0], device=z_e.device) + offset
+    same = text_ids[:, None] == all_ids[None, :]
+    same[torch.arange(len(rows)), rows] = False                 # keep the positive itself
+    logits_e = (scale * z_e @ all_t.T).masked_fill(same, float("-inf"))
+    logits_t = (scale * z_t @ all_e.T).masked_fill(same, float("-inf"))
+    return 0.5 * (F.cross_entropy(logits_e, rows) + F.cross_entropy(logits_t, rows))
+
+
+def _rank_offset(local: int) -> int:
+    import torch.distributed as dist
+    return dist.get_rank() * local if dist.is_available() and dist.is_initialized() else 0

@@ -1,0 +1,50 @@
+"""One module per pretraining method: an encoder plus the heads its objectives need."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ecgssl.models.encoders import build_encoder
+from ecgssl.models.mets import METSHead, info_nce
+from ecgssl.models.st import STHead, lead_loss, random_masking, reconstruction_loss, shuffle_leads
+
+METHODS = ("mets", "st", "mets+st")
+
+
+class PretrainModel(nn.Module):
+    def __init__(self, method: str, encoder: str, n_samples: int, text_dim: int = 384,
+                 proj_dim: int = 256, init_temperature: float = 0.07, width: int = 64):
+        super().__init__()
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        self.method, self.n_samples = method, n_samples
+        self.encoder = build_encoder(encoder, n_samples, width)
+        self.mets = METSHead(self.encoder.dim, text_dim, proj_dim, init_temperature) \
+            if "mets" in method else None
+        self.st = STHead(self.encoder.dim, self.encoder.stride) if "st" in method else None
+
+    def forward(self, batch: dict, aug: dict, weights: dict) -> dict[str, torch.Tensor]:
+        """Losses of one (local) batch; `aug` holds this batch's masking/shuffling draws."""
+        losses = {}
+        if self.mets is not None:
+            z_e, z_t, scale = self.mets(self.encoder(batch["x"], batch["mask"]), batch["text"])
+            losses["mets"] = info_nce(z_e, z_t, scale, batch["text_id"])
+        if self.st is not None:
+            feats = self.encoder.features(aug["x"], aug["mask"])
+            rec, logits = self.st(feats, self.n_samples)
+            losses["recon"] = reconstruction_loss(rec, aug["target"], aug["time_mask"],
+                                                  aug["mask"])
+            losses["lead"] = lead_loss(logits, aug["lead_target"])
+            losses["st"] = losses["recon"] + weights["lead"] * losses["lead"]
+        losses["loss"] = sum(weights[k] * losses[k] for k in ("mets", "st") if k in losses)
+        return losses
+
+
+def st_inputs(x: torch.Tensor, mask: torch.Tensor, ratio: tuple[float, float], segment: int,
+              generator: torch.Generator) -> dict:
+    """Masked and lead-shuffled inputs with their targets (drawn for the global batch)."""
+    shuffled, shuffled_mask, lead_target = shuffle_leads(x, mask, generator)
+    masked, time_mask = random_masking(shuffled, ratio, segment, generator)
+    return {"x": masked, "mask": shuffled_mask, "target": shuffled, "time_mask": time_mask,
+            "lead_target": lead_target}

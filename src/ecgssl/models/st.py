@@ -1,0 +1,81 @@
+"""Spatio-temporal pretext: dynamic random masking (reconstruct the signal) and lead-order
+shuffling (predict each position's original lead), trained jointly on one encoder."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ecgssl.train.distributed import global_mean
+
+N_LEADS = 12
+
+
+def random_masking(x: torch.Tensor, ratio_range: tuple[float, float], segment: int,
+                   generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mask random time segments, all leads at once, with a ratio drawn per sample.
+
+    Returns the masked signal (zeros where masked) and the bool mask [B, T] (True = masked).
+    The realised ratio is the drawn one rounded to whole segments.
+    """
+    b, _, t = x.shape
+    n_seg = t // segment
+    lo, hi = ratio_range
+    ratio = lo + (hi - lo) * torch.rand(b, generator=generator, device=x.device)
+    k = torch.round(ratio * n_seg).long().clamp(0, n_seg)           # segments to mask
+    scores = torch.rand(b, n_seg, generator=generator, device=x.device)
+    rank = scores.argsort(dim=1).argsort(dim=1)                      # random order per row
+    seg_mask = rank < k[:, None]
+    mask = torch.zeros(b, t, dtype=torch.bool, device=x.device)
+    mask[:, :n_seg * segment] = seg_mask.repeat_interleave(segment, dim=1)
+    return x.masked_fill(mask[:, None, :], 0.0), mask
+
+
+def shuffle_leads(x: torch.Tensor, lead_mask: torch.Tensor, generator: torch.Generator):
+    """Permute the present leads of each sample; absent leads keep their (zero) place.
+
+    Returns (shuffled x, shuffled mask, targets [B, 12]) with x_shuffled[:, p] = x[:, target[p]]:
+    the target of a position is the lead it came from (-100 where the lead is absent).
+    """
+    b = x.shape[0]
+    perm = torch.arange(N_LEADS, device=x.device).repeat(b, 1)
+    for i in range(b):
+        present = torch.nonzero(lead_mask[i]).flatten()
+        order = torch.randperm(len(present), generator=generator, device=x.device)
+        perm[i, present] = present[order]
+    idx = perm[:, :, None].expand(-1, -1, x.shape[2])
+    targets = perm.masked_fill(~lead_mask, -100)
+    return x.gather(1, idx), lead_mask.gather(1, perm), targets
+
+
+class STHead(nn.Module):
+    """A light decoder back to [12, T] from the encoder's feature map, and a lead classifier."""
+
+    def __init__(self, feat_dim: int, stride: int, hidden: int = 128):
+        super().__init__()
+        self.stride = stride
+        self.decoder = nn.Sequential(nn.Conv1d(feat_dim, hidden, 3, padding=1), nn.GELU(),
+                                     nn.Conv1d(hidden, N_LEADS * stride, 1))
+        self.lead = nn.Linear(feat_dim, N_LEADS * N_LEADS)
+
+    def forward(self, feats: torch.Tensor, n_samples: int):
+        b, _, length = feats.shape
+        rec = self.decoder(feats).view(b, N_LEADS, self.stride, length)
+        rec = rec.permute(0, 1, 3, 2).reshape(b, N_LEADS, length * self.stride)
+        rec = F.pad(rec, (0, max(0, n_samples - rec.shape[-1])))[..., :n_samples]
+        return rec, self.lead(feats.mean(-1)).view(b, N_LEADS, N_LEADS)
+
+
+def reconstruction_loss(pred, target, time_mask, lead_mask):
+    """MSE over masked time samples of present leads only (mean over the global batch)."""
+    w = (time_mask[:, None, :] & lead_mask[:, :, None]).to(pred.dtype)
+    return global_mean(((pred - target) ** 2 * w).sum(), w.sum())
+
+
+def lead_loss(logits, targets):
+    """Cross-entropy over 12 leads at every present position (mean over the global batch)."""
+    flat = targets.reshape(-1)
+    ce = F.cross_entropy(logits.reshape(-1, N_LEADS).float(), flat, ignore_index=-100,
+                         reduction="sum")
+    return global_mean(ce, (flat != -100).sum().to(ce.dtype))

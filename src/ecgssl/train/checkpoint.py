@@ -1,0 +1,65 @@
+"""Checkpoints: weights in safetensors, optimizer/scheduler/step state beside them.
+
+A checkpoint is a folder `checkpoints/step-XXXXXXX/` written under a temp name and renamed,
+so a killed run leaves either a whole checkpoint or none. The two newest are kept.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ecgssl.errors import EcgsslError
+
+KEEP = 2
+
+
+def _state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+
+
+def save(folder: Path, step: int, model, optimizer, scheduler, extra: dict) -> Path:
+    root = folder / "checkpoints"
+    final = root / f"step-{step:07d}"
+    tmp = root / f".tmp-step-{step:07d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(_state_dict(model), tmp / "model.safetensors")
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "step": step, **extra}, tmp / "state.pt")
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    for old in sorted(root.glob("step-*"))[:-KEEP]:
+        shutil.rmtree(old)
+    return final
+
+
+def latest(folder: Path) -> Path | None:
+    found = sorted((folder / "checkpoints").glob("step-*"))
+    return found[-1] if found else None
+
+
+def check_fits(weights: dict[str, torch.Tensor], model: torch.nn.Module, path: Path) -> None:
+    """A clear error when saved weights belong to another architecture."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(weights))
+    unexpected = sorted(set(weights) - set(own))
+    shapes = [f"{k} {tuple(weights[k].shape)} vs {tuple(own[k].shape)}"
+              for k in sorted(set(own) & set(weights)) if weights[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        raise EcgsslError(f"checkpoint {path} does not fit this model (another encoder, width "
+                          f"or method?): missing {missing[:3]}, unexpected {unexpected[:3]}, "
+                          f"shape mismatches {shapes[:3]}")
+
+
+def load(path: Path, model, optimizer, scheduler) -> dict:
+    weights = load_file(path / "model.safetensors")
+    check_fits(weights, model, path)
+    model.load_state_dict(weights)
+    state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    return state

@@ -1,0 +1,167 @@
+"""Pretraining: METS, ST or both on one encoder, on CPU, one GPU or many (torchrun).
+
+    ecgssl pretrain --data outputs/reports --text-emb outputs/text_emb.parquet \\
+        --method mets+st --output outputs/pretrain
+    torchrun --nproc-per-node 4 -m ecgssl.cli pretrain ...      # DDP, global batch split
+
+Every random draw of step s (batch order, masking, lead shuffling) is seeded by (seed, s) and
+made for the global batch, so a resumed run and a DDP run reproduce the single-process run.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from ecgssl.config import PretrainConfig
+from ecgssl.errors import EcgsslError
+from ecgssl.models.pretrain import PretrainModel, st_inputs
+from ecgssl.storage import write_json
+from ecgssl.tracking import flatten, start_run
+from ecgssl.train import checkpoint
+from ecgssl.train.data import PretrainData
+from ecgssl.train.distributed import init_from_env, rank, world_size
+from ecgssl.train.schedule import warmup_cosine
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda", rank() % torch.cuda.device_count()) \
+        if torch.cuda.is_available() else torch.device("cpu")
+
+
+def build(cfg: PretrainConfig, n_samples: int, text_dim: int, device: torch.device):
+    torch.manual_seed(cfg.seed)
+    model = PretrainModel(cfg.method, cfg.encoder, n_samples, text_dim, cfg.proj_dim,
+                          cfg.init_temperature, cfg.width).to(device)
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]   # norms, biases, scale
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    return model, opt
+
+
+def step_losses(net, model: PretrainModel, ds: PretrainData, cfg: PretrainConfig, step: int,
+                device: torch.device) -> dict[str, torch.Tensor]:
+    """Losses of step `step` on this rank: the global batch and its masking/shuffling draws are
+    a function of (seed, step); each rank takes its slice."""
+    world, me = world_size(), rank()
+    local = cfg.batch_size // world
+    batch = ds.batch(ds.batch_indices(step, cfg.batch_size, cfg.seed), device)
+    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+    segment = max(1, round(cfg.mask_segment_s * ds.fs))
+    aug = st_inputs(batch["x"].cpu(), batch["mask"].cpu(), cfg.mask_ratio, segment, gen) \
+        if model.st is not None else {}
+    mine = slice(me * local, (me + 1) * local)
+    batch = {k: v[mine] for k, v in batch.items()}
+    aug = {k: v[mine].to(device) for k, v in aug.items()}
+    weights = {"mets": cfg.mets_weight, "st": cfg.st_weight, "lead": cfg.lead_weight}
+    return net(batch, aug, weights)
+
+
+def pretrain(data: str | Path, text_emb: str | Path | None, output: str | Path,
+             cfg: PretrainConfig, resume: bool = False, progress: bool = True) -> dict:
+    out = Path(output)
+    device = pick_device()
+    init_from_env(device)
+    world, me = world_size(), rank()
+    if cfg.batch_size % world:
+        raise EcgsslError(f"batch_size {cfg.batch_size} does not split over {world} ranks")
+    if cfg.num_workers:
+        torch.set_num_threads(cfg.num_workers)
+    ds = PretrainData.load(data, text_emb, need_text="mets" in cfg.method, split=cfg.split)
+    n_samples = ds.signal.shape[-1]
+    text_dim = ds.text.shape[1] if ds.text is not None else 384
+    model, opt = build(cfg, n_samples, text_dim, device)
+    total = cfg.max_steps or cfg.epochs * ds.steps_per_epoch(cfg.batch_size)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.warmup_steps, total))
+    start, history = 0, []
+    ckpt = checkpoint.latest(out) if resume else None
+    if ckpt is not None:
+        state = checkpoint.load(ckpt, model, opt, sched)
+        start, history = state["step"], state["history"]
+    net = DistributedDataParallel(model) if world > 1 else model
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    if me == 0:
+        out.mkdir(parents=True, exist_ok=True)
+    config = {**cfg.model_dump(), "n_samples": n_samples, "fs": ds.fs, "text_dim": text_dim,
+              "text_model": ds.text_meta.get("model_identity"), "train_rows": len(ds),
+              "world_size": world, "encoder_dim": model.encoder.dim}
+    tags = {"stage": "pretrain", "method": cfg.method, "data": str(data)}
+    with start_run(cfg.mlflow and me == 0, cfg.experiment, f"pretrain-{cfg.method}",
+                   tags) as run:
+        run.log_params(flatten(config))
+        bar = tqdm(range(start, total), initial=start, total=total, unit="step",
+                   disable=not progress or me != 0, desc=f"pretrain {cfg.method}")
+        t_last, seen = time.perf_counter(), 0
+        t_start = time.perf_counter()
+        for step in bar:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                losses = step_losses(net, model, ds, cfg, step, device)
+            loss = losses["loss"]
+            if not torch.isfinite(loss):
+                raise EcgsslError(f"non-finite loss ({loss.item()}) at step {step}: lower "
+                                  f"pretrain.lr (now {cfg.lr}) or check the input table")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            sched.step()
+            seen += cfg.batch_size
+            record = _mean_over_ranks({k: v.detach() for k, v in losses.items()})
+            history.append(record["loss"])
+            if (step + 1) % cfg.log_every == 0 or step + 1 == total:
+                now = time.perf_counter()
+                record |= {"lr": sched.get_last_lr()[0], "samples_per_s": seen / (now - t_last)}
+                if model.mets is not None:
+                    record["temperature"] = model.mets.temperature
+                t_last, seen = now, 0
+                run.log_metrics(record, step=step)
+                bar.set_postfix(loss=f"{record['loss']:.4f}",
+                                sps=f"{record['samples_per_s']:.0f}")
+            if me == 0 and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == total):
+                checkpoint.save(out, step + 1, model, opt, sched, {"history": history})
+        elapsed = time.perf_counter() - t_start
+        if me == 0:
+            sps = (total - start) * cfg.batch_size / elapsed if total > start else float("nan")
+            metrics = _finish(out, model, config, history, total, start, sps)
+            run.log_metrics({k.replace("/", "_"): v for k, v in metrics.items()})
+            for name in ("encoder.safetensors", "heads.safetensors", "config.json",
+                         "metrics.json"):
+                if (out / name).is_file():
+                    run.log_artifact(out / name, "pretrain")
+            return metrics
+    return {}
+
+
+def _mean_over_ranks(values: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Loss values averaged over ranks: each rank holds its share of the global mean."""
+    t = torch.stack([v.float().cpu() for v in values.values()])
+    if world_size() > 1:
+        import torch.distributed as dist
+        dist.all_reduce(t)
+        t /= world_size()
+    return dict(zip(values, t.tolist()))
+
+
+def _finish(out: Path, model: PretrainModel, config: dict, history: list[float], total: int,
+            start: int, samples_per_s: float) -> dict:
+    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file({k[len("encoder."):]: v for k, v in sd.items() if k.startswith("encoder.")},
+              out / "encoder.safetensors")
+    heads = {k: v for k, v in sd.items() if not k.startswith("encoder.")}
+    if heads:
+        save_file(heads, out / "heads.safetensors")
+    write_json(out / "config.json", config)
+    first, last = history[:10], history[-10:]
+    metrics = {"loss/first": float(np.mean(first)), "loss/final": float(np.mean(last)),
+               "throughput/samples_per_s": samples_per_s,
+               "steps": total, "resumed_at": start}
+    write_json(out / "metrics.json", metrics)
+    return metrics

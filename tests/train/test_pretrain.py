@@ -1,0 +1,156 @@
+"""Pretraining on the bundled sample: each method learns, is reproducible, resumes exactly, and
+DDP on 2 gloo processes equals one process on the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ecgssl.config import PretrainConfig
+from ecgssl.data.table import read_manifest
+from ecgssl.errors import EcgsslError
+from ecgssl.train.data import PretrainData
+from ecgssl.train.loop import build, pretrain, step_losses
+
+HERE = Path(__file__).parent
+SMALL = dict(width=16, batch_size=16, lr=3e-3, warmup_steps=2, mlflow=False, checkpoint_every=4)
+
+# Seeded CPU runs of 20 steps (SMALL config); a change here means training changed.
+EXPECTED = {"mets": (2.8417, 2.7647), "st": (0.7693, 0.3871), "mets+st": (3.5174, 3.2096)}
+
+
+@pytest.mark.parametrize("method", ["mets", "st", "mets+st"])
+def test_seeded_run_learns_and_is_reproducible(corpus, tmp_path, method):
+    cfg = PretrainConfig(method=method, max_steps=20, **SMALL)
+    m = pretrain(corpus["table"], corpus["text_emb"], tmp_path / "run", cfg, progress=False)
+    assert m["loss/final"] < m["loss/first"]
+    first, final = EXPECTED[method]
+    assert m["loss/first"] == pytest.approx(first, rel=2e-3)
+    assert m["loss/final"] == pytest.approx(final, rel=2e-3)
+    assert m["throughput/samples_per_s"] > 0
+    saved = json.loads((tmp_path / "run/metrics.json").read_text())
+    assert saved["loss/final"] == pytest.approx(m["loss/final"])
+    config = json.loads((tmp_path / "run/config.json").read_text())
+    assert config["method"] == method and config["n_samples"] == 1000
+    weights = load_file(tmp_path / "run/encoder.safetensors")
+    assert "stem.0.weight" in weights
+
+
+def test_killed_run_resumes_to_the_same_weights(corpus, tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("pretrain:\n" + "".join(f"  {k}: {json.dumps(v)}\n" for k, v in {
+        **SMALL, "method": "mets+st", "max_steps": 12}.items()))
+    cmd = [sys.executable, "-m", "ecgssl.cli", "pretrain", "--data", str(corpus["table"]),
+           "--text-emb", str(corpus["text_emb"]), "--params", str(params), "--no-progress"]
+    subprocess.run(cmd + ["--output", str(tmp_path / "full")], check=True, capture_output=True)
+    proc = subprocess.Popen(cmd + ["--output", str(tmp_path / "cut")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (tmp_path / "cut/checkpoints/step-0000004").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "cut/encoder.safetensors").exists()
+    p = subprocess.run(cmd + ["--output", str(tmp_path / "cut"), "--resume"], check=True,
+                       capture_output=True, text=True)
+    metrics = json.loads((tmp_path / "cut/metrics.json").read_text())
+    assert metrics["resumed_at"] in (4, 8), p.stderr
+    a = load_file(tmp_path / "full/encoder.safetensors")
+    b = load_file(tmp_path / "cut/encoder.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    full = json.loads((tmp_path / "full/metrics.json").read_text())
+    assert metrics["loss/final"] == pytest.approx(full["loss/final"], rel=1e-5)
+
+
+def test_resume_refuses_a_checkpoint_of_another_encoder(corpus, tmp_path):
+    pretrain(corpus["table"], corpus["text_emb"], tmp_path, PretrainConfig(
+        method="st", max_steps=2, **SMALL), progress=False)
+    with pytest.raises(EcgsslError, match="does not fit this model"):
+        pretrain(corpus["table"], corpus["text_emb"], tmp_path, PretrainConfig(
+            method="st", max_steps=4, **{**SMALL, "width": 32}), resume=True, progress=False)
+
+
+def test_non_finite_loss_stops_with_a_clear_message(corpus, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(corpus["table"], bad)
+    for shard in read_manifest(bad)["shards"]:
+        t = pq.read_table(bad / shard)
+        i = t.schema.get_field_index("signal")
+        flat = t.column("signal").combine_chunks().flatten().to_numpy() * np.float32(3e38)
+        arr = pa.FixedSizeListArray.from_arrays(pa.array(flat), t.schema.field(i).type.list_size)
+        pq.write_table(t.set_column(i, "signal", arr), bad / shard)
+    with pytest.raises(EcgsslError, match="non-finite loss .* at step 0"):
+        pretrain(bad, corpus["text_emb"], tmp_path / "run", PretrainConfig(
+            method="st", max_steps=3, **SMALL), progress=False)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("method", ["mets+st"])
+def test_ddp_on_two_gloo_processes_equals_one_process(corpus, tmp_path, method):
+    out = tmp_path / "ddp.pt"
+    torchrun = Path(sys.executable).parent / "torchrun"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([str(torchrun), "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+                    "--master-port", str(_free_port()), str(HERE / "ddp_worker.py"),
+                    str(corpus["table"]), str(corpus["text_emb"]), str(out), method],
+                   check=True, capture_output=True, env=env, timeout=300)
+    ddp = torch.load(out, weights_only=True)
+    cfg = PretrainConfig(method=method, width=16, batch_size=16, mlflow=False)
+    ds = PretrainData.load(corpus["table"], corpus["text_emb"], need_text=True)
+    model, _ = build(cfg, ds.signal.shape[-1], ds.text.shape[1], torch.device("cpu"))
+    losses = step_losses(model, model, ds, cfg, 3, torch.device("cpu"))
+    losses["loss"].backward()
+    for k in ("loss", "mets", "recon", "lead"):
+        assert ddp["losses"][k] == pytest.approx(losses[k].item(), rel=1e-5, abs=1e-6), k
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(ddp["grads"][name], p.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_pretraining_is_tracked_in_mlflow(corpus, tmp_path, monkeypatch):
+    import mlflow
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    cfg = PretrainConfig(method="mets", max_steps=3, **{**SMALL, "mlflow": True},
+                         experiment="test-pretrain")
+    pretrain(corpus["table"], corpus["text_emb"], tmp_path / "run", cfg, progress=False)
+    client = mlflow.MlflowClient(uri)
+    exp = client.get_experiment_by_name("test-pretrain")
+    (run,) = client.search_runs([exp.experiment_id])
+    assert run.data.params["method"] == "mets" and run.data.params["width"] == "16"
+    assert run.data.tags["stage"] == "pretrain" and "git.commit" in run.data.tags
+    history = client.get_metric_history(run.info.run_id, "loss")
+    assert [m.step for m in history] == [0, 1, 2]
+    for key in ("lr", "temperature", "samples_per_s", "mets"):
+        assert client.get_metric_history(run.info.run_id, key)
+    arts = {a.path for a in client.list_artifacts(run.info.run_id, "pretrain")}
+    assert {"pretrain/encoder.safetensors", "pretrain/config.json"} <= arts
+
+
+def test_unreachable_tracking_server_is_a_clear_error(corpus, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{_free_port()}")
+    cfg = PretrainConfig(method="st", max_steps=1, **{**SMALL, "mlflow": True})
+    t0 = time.time()
+    with pytest.raises(EcgsslError, match="MLflow tracking server http://127.0.0.1:.* is not "
+                                          "reachable"):
+        pretrain(corpus["table"], corpus["text_emb"], tmp_path / "run", cfg, progress=False)
+    assert time.time() - t0 < 30
