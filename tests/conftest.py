@@ -46,3 +46,24 @@ def corpus(tables, tmp_path_factory) -> dict[str, Path]:
     run_embed_text(out / "reports", out / "text_emb.parquet",
                    EmbedTextConfig(cache=str(out / "cache.parquet")), progress=False)
     return {"table": out / "reports", "text_emb": out / "text_emb.parquet"}
+
+
+@pytest.fixture
+def table_copy(tmp_path):
+    """copy(table, column, fn): a copy of a table with one column replaced by fn(arrow_table),
+    for tests that need a subtly different table (relabelled, corrupted)."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from ecgssl.data.table import read_manifest
+
+    def copy(table: Path, column: str, fn) -> Path:
+        out = tmp_path / f"{Path(table).name}-{column}"
+        shutil.copytree(table, out)
+        for shard in read_manifest(out)["shards"]:
+            t = pq.read_table(out / shard)
+            i = t.schema.get_field_index(column)
+            pq.write_table(t.set_column(i, column, fn(t)), out / shard)
+        return out
+    return copy
