@@ -24,6 +24,7 @@ $(STAMP): pyproject.toml requirements.lock
 
 run: setup
 	$(BIN)/dvc repro
+	$(BIN)/ecgssl summary outputs
 
 test: setup
 	$(BIN)/python -m pytest

@@ -282,5 +282,148 @@ def pretrain(
                       f"{m['throughput/samples_per_s']:.0f} samples/s", highlight=False)
 
 
+class EvalMode(enum.StrEnum):
+    zeroshot = "zeroshot"
+    probe = "probe"
+    finetune = "finetune"
+
+
+@app.command()
+@user_errors
+def evaluate(
+    encoder: Annotated[Path, typer.Option(help="Pretrained encoder folder (`ecgssl pretrain` "
+                                          "output).")],
+    data: Annotated[Path, typer.Option(help="ECG table holding the task's dataset.")],
+    task: Annotated[str, typer.Option(help="cinc2017-af, mitdb-aami, cinc2020-dx, ptbxl-super, "
+                                      "ptbxl-sub, ptbxl-form or ptbxl-rhythm")],
+    mode: Annotated[list[EvalMode], typer.Option(help="zeroshot, probe or finetune; repeat for "
+                                                 "several")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for metrics.json and "
+                                         "plots.")],
+    label_fraction: Annotated[Optional[list[float]], typer.Option(
+        "--label-fraction", help="Percent of train patients with labels; repeat "
+        "[default: evaluate.label_fractions = 1, 10, 100]")] = None,
+    prompt: Annotated[Optional[list[str]], typer.Option(
+        help="Zero-shot: CLASS=free text, replacing that class's prompts; repeat")] = None,
+    mlflow: Annotated[Optional[bool], typer.Option("--mlflow/--no-mlflow")] = None,
+    params: ParamsOpt = None,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+):
+    """Zero-shot, linear-probe and fine-tuning evaluation against a randomly initialised twin.
+
+    Metrics (macro AUROC, macro F1, macro recall, accuracy, per-class AUROC, bootstrap 95 % CIs
+    over test records) go to DIR/metrics.json as `<mode>/<task>/...`; ROC, confusion and
+    label-efficiency plots to DIR/*.png. Thresholds and early stopping use val only.
+    """
+    from ecgssl.config import section
+    from ecgssl.evaluate.stage import run_evaluate
+
+    overrides = {}
+    for p in prompt or []:
+        cls, sep, text = p.partition("=")
+        if not sep or not text.strip():
+            raise EcgsslError(f"--prompt takes CLASS=TEXT, got {p!r}")
+        overrides[cls.strip()] = text.strip()
+    cfg = section("evaluate", {"mlflow": mlflow}, params)
+    m = run_evaluate(encoder, data, task, [x.value for x in mode], output, cfg,
+                     fractions=label_fraction, prompt_overrides=overrides, progress=progress)
+    t = Table(title=f"evaluate {task} -> {output}/metrics.json")
+    for col in ("key", "macro AUROC [95% CI]", "macro F1"):
+        t.add_column(col)
+    for key in sorted(k[:-len("/macro_auroc")] for k in m if k.endswith("/macro_auroc")):
+        t.add_row(key, f"{m[key + '/macro_auroc']:.3f} [{m[key + '/macro_auroc_ci_low']:.3f}, "
+                  f"{m[key + '/macro_auroc_ci_high']:.3f}]", f"{m[key + '/macro_f1']:.3f}")
+    console.print(t)
+
+
+@app.command()
+@user_errors
+def register(
+    name: Annotated[str, typer.Option(help="Registered model name, e.g. "
+                                      "ecgssl-mets+st-encoder or ecgssl-cinc2017-af-classifier")],
+    encoder: Annotated[Optional[Path], typer.Option(help="`ecgssl pretrain` output folder.")
+                       ] = None,
+    classifier: Annotated[Optional[Path], typer.Option(
+        help="An evaluation's classifier-<mode> folder (registers a classifier).")] = None,
+    metrics: Annotated[Optional[list[Path]], typer.Option(
+        "--metrics", help="metrics.json from `ecgssl evaluate`; repeat")] = None,
+    record: Annotated[Optional[Path], typer.Option(
+        help="Also write the registration (name, version, URI) to this JSON file.")] = None,
+):
+    """Log the model as an MLflow pyfunc (safetensors weights, signature float32 [-1, 12, T]),
+    register a new version and give it the alias @challenger.
+
+    The version is tagged with the git commit, data fingerprint, params hash and the test
+    data its metrics were measured on. Tracking URI: $MLFLOW_TRACKING_URI or ./mlflow.db.
+    """
+    from ecgssl.registry.register import register as run_register
+
+    if (encoder is None) == (classifier is None):
+        raise EcgsslError("pass exactly one of --encoder DIR or --classifier DIR")
+    r = run_register(encoder, name, classifier, metrics or [])
+    if record:
+        from ecgssl.storage import write_json
+        write_json(record, r)
+    console.print(f"registered {r['model_uri']} (@challenger) with {r['metrics']} metrics",
+                  highlight=False)
+
+
+@app.command()
+@user_errors
+def promote(
+    name: Annotated[str, typer.Option(help="Registered model name.")],
+    metric: Annotated[Optional[str], typer.Option(
+        help="Gate metric key from the evaluation, higher is better [default: "
+        "promote.metric]")] = None,
+    min_delta: Annotated[Optional[float], typer.Option(
+        help="Smallest win that promotes [default: promote.min_delta]")] = None,
+    force: Annotated[bool, typer.Option(help="Promote without comparing.")] = False,
+    params: ParamsOpt = None,
+):
+    """Move @champion to @challenger when the challenger wins on the gate metric measured on the
+    same test data. Exit status: 0 promoted, 3 not promoted (kept the champion), 2 error."""
+    from ecgssl.config import section
+    from ecgssl.registry.register import promote as run_promote
+
+    cfg = section("promote", {"metric": metric, "min_delta": min_delta}, params)
+    d = run_promote(name, cfg.metric, cfg.min_delta, force)
+    t = Table(title=f"promote {name} on {cfg.metric}")
+    for col in ("", "version", cfg.metric):
+        t.add_column(col)
+    t.add_row("challenger", str(d.challenger), _fmt(d.challenger_value))
+    t.add_row("champion", str(d.champion or "-"), _fmt(d.champion_value))
+    console.print(t)
+    verdict = "[green]promoted[/]" if d.promoted else "[yellow]not promoted[/]"
+    console.print(f"{verdict}: {d.reason}", highlight=False)
+    raise typer.Exit(0 if d.promoted else 3)
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.4f}"
+
+
+@app.command()
+def summary(
+    outputs: Annotated[Path, typer.Argument(help="The pipeline's output folder.")] = Path(
+        "outputs"),
+):
+    """Print the key metrics of a pipeline run and how to look at it in MLflow."""
+    import json
+
+    from ecgssl.tracking import tracking_uri
+    t = Table(title=f"ecgssl: key metrics in {outputs}")
+    for col in ("file", "metric", "value"):
+        t.add_column(col)
+    for f in sorted(outputs.rglob("metrics.json")):
+        for k, v in json.loads(f.read_text()).items():
+            keep = k.startswith("loss/") or k.endswith(("/macro_auroc", "/macro_f1")) and \
+                k.count("/") == 2
+            if keep and isinstance(v, float):
+                t.add_row(str(f.relative_to(outputs)), k, f"{v:.4f}")
+    console.print(t)
+    console.print(f"MLflow: runs and registered models are in {tracking_uri()}; open the UI "
+                  "with `make ui` (http://127.0.0.1:5000).", highlight=False)
+
+
 if __name__ == "__main__":
     app()

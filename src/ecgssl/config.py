@@ -90,12 +90,37 @@ class PretrainConfig(Section):
     experiment: str = "ecgssl"
 
 
+class EvaluateConfig(Section):
+    label_fractions: list[float] = Field([1, 10, 100], description="percent of the train "
+                                         "split's patients with labels (nested subsets)")
+    probe_epochs: int = Field(200, ge=1)
+    probe_lr: float = Field(1e-2, gt=0)
+    finetune_epochs: int = Field(5, ge=1)
+    finetune_lr: float = Field(1e-4, gt=0)
+    batch_size: int = Field(64, ge=1)
+    weight_decay: float = Field(1e-4, ge=0)
+    patience: int = Field(10, ge=1, description="epochs without val-loss gain before stopping")
+    bootstrap: int = Field(200, ge=10, description="bootstrap resamples of test records")
+    seed: int = 0
+    cache: str | None = "outputs/cache/text_embeddings.parquet"
+    mlflow: bool = True
+    experiment: str = "ecgssl"
+
+
+class PromoteConfig(Section):
+    metric: str = Field("zeroshot/cinc2017-af/macro_auroc", description="gate metric key, "
+                        "higher is better")
+    min_delta: float = Field(0.0, description="smallest win that moves @champion")
+
+
 class Params(Section):
     base: BaseConfig = BaseConfig()
     ingest: IngestConfig = IngestConfig()
     reports: ReportsConfig = ReportsConfig()
     embed_text: EmbedTextConfig = EmbedTextConfig()
     pretrain: PretrainConfig = PretrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    promote: PromoteConfig = PromoteConfig()
 
 
 S = TypeVar("S", bound=Section)

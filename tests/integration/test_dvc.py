@@ -39,12 +39,17 @@ def test_dvc_repro_runs_the_pipeline_and_reruns_only_what_changed(tmp_path):
     params = repo / "params.yaml"
     p = yaml.safe_load(params.read_text())
     p["pretrain"].update(max_steps=2, width=16, batch_size=16, mlflow=False)  # tests the wiring
+    p["evaluate"].update(mlflow=False, bootstrap=20, probe_epochs=20)
     params.write_text(yaml.safe_dump(p, sort_keys=False))
     run(["git", "init", "-q"], repo)
     out = run([str(BIN / "dvc"), "repro"], repo)
     for s in ("ptbxl", "mitdb", "cinc2017", "cinc2020"):
         assert (repo / "outputs/tables" / s / "_manifest.json").is_file(), out
     assert json.loads((repo / "outputs/pretrain/metrics.json").read_text())["steps"] == 2
+    assert "zeroshot/cinc2017-af/macro_auroc" in json.loads(
+        (repo / "outputs/eval/cinc2017-af/metrics.json").read_text())
+    assert json.loads((repo / "outputs/registry/encoder.json").read_text())["version"] == "1"
+    assert "promoted: no champion yet" in out
     again = run([str(BIN / "dvc"), "repro"], repo)
     assert "didn't change, skipping" in again and "Running stage" not in again
     # A reports parameter reruns reports and what follows, never ingestion.

@@ -48,3 +48,30 @@ def st_inputs(x: torch.Tensor, mask: torch.Tensor, ratio: tuple[float, float], s
     masked, time_mask = random_masking(shuffled, ratio, segment, generator)
     return {"x": masked, "mask": shuffled_mask, "target": shuffled, "time_mask": time_mask,
             "lead_target": lead_target}
+
+
+def load_pretrained(folder, random_init: bool = False) -> tuple[PretrainModel, dict]:
+    """The model `ecgssl pretrain` wrote to `folder` (or its randomly initialised twin)."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from ecgssl.errors import EcgsslError
+    from ecgssl.train.checkpoint import check_fits
+
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise EcgsslError(f"{folder} is not a pretrained encoder (no config.json; the output "
+                          "of `ecgssl pretrain`)")
+    cfg = json.loads((folder / "config.json").read_text())
+    torch.manual_seed(cfg.get("seed", 0) + 1)
+    model = PretrainModel(cfg["method"], cfg["encoder"], cfg["n_samples"], cfg["text_dim"],
+                          cfg["proj_dim"], cfg["init_temperature"], cfg.get("width", 64))
+    if not random_init:
+        weights = {f"encoder.{k}": v for k, v in load_file(folder / "encoder.safetensors").items()}
+        if (folder / "heads.safetensors").is_file():
+            weights.update(load_file(folder / "heads.safetensors"))
+        check_fits(weights, model, folder)
+        model.load_state_dict(weights)
+    return model.eval(), cfg

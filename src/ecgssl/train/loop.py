@@ -20,6 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ecgssl.config import PretrainConfig
+from ecgssl.data.table import read_manifest
 from ecgssl.errors import EcgsslError
 from ecgssl.models.pretrain import PretrainModel, st_inputs
 from ecgssl.storage import write_json
@@ -90,8 +91,11 @@ def pretrain(data: str | Path, text_emb: str | Path | None, output: str | Path,
     if me == 0:
         out.mkdir(parents=True, exist_ok=True)
     config = {**cfg.model_dump(), "n_samples": n_samples, "fs": ds.fs, "text_dim": text_dim,
-              "text_model": ds.text_meta.get("model_identity"), "train_rows": len(ds),
-              "world_size": world, "encoder_dim": model.encoder.dim}
+              "text_model": ds.text_meta.get("model_identity"),
+              "text_model_name": ds.text_meta.get("model"),
+              "text_pooling": ds.text_meta.get("pooling"), "train_rows": len(ds),
+              "world_size": world, "encoder_dim": model.encoder.dim,
+              "data_fingerprint": read_manifest(data).get("input_fingerprint")}
     tags = {"stage": "pretrain", "method": cfg.method, "data": str(data)}
     with start_run(cfg.mlflow and me == 0, cfg.experiment, f"pretrain-{cfg.method}",
                    tags) as run:

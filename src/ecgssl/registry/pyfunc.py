@@ -1,0 +1,117 @@
+"""The MLflow pyfunc model: safetensors weights and JSON config, no pickled modules.
+
+Input: float32 [N, 12, T] (mV, leads I..V6). Absent leads are all zeros, or say so with the
+`lead_mask` predict param (12 booleans for every row). Output:
+- an encoder model: embeddings [N, D]; with predict param `labels=[...]` (free text), zero-shot
+  probabilities [N, len(labels)];
+- a classifier model: class probabilities [N, C].
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ecgssl.errors import EcgsslError
+
+try:
+    from mlflow.pyfunc import PythonModel
+except ImportError:  # mlflow is a dependency; this keeps the module importable without it
+    PythonModel = object
+
+
+def validate_input(model_input, n_samples: int, lead_mask=None) -> tuple[np.ndarray, np.ndarray]:
+    """Checked float32 [N, 12, T] and bool [N, 12]; EcgsslError naming what is wrong."""
+    if isinstance(model_input, dict):
+        model_input = model_input.get("signal", next(iter(model_input.values()), None))
+    if hasattr(model_input, "to_numpy"):
+        model_input = model_input.to_numpy()
+    x = np.asarray(model_input)
+    if x.dtype.kind not in "fiu":
+        raise EcgsslError(f"input must be numeric float32 [N, 12, {n_samples}], got dtype "
+                          f"{x.dtype}")
+    if x.ndim == 2 and x.shape == (12, n_samples):
+        x = x[None]
+    if x.ndim != 3:
+        raise EcgsslError(f"input must be [N, 12, {n_samples}] (batch, leads, samples), got "
+                          f"shape {list(x.shape)}")
+    if x.shape[1] != 12:
+        raise EcgsslError(f"input has {x.shape[1]} leads; the model takes 12 (I, II, III, aVR, "
+                          "aVL, aVF, V1-V6; zeros for absent leads)")
+    if x.shape[2] != n_samples:
+        raise EcgsslError(f"input has {x.shape[2]} samples per lead; the model takes "
+                          f"{n_samples} (its fs x window)")
+    x = x.astype(np.float32, copy=False)
+    if not np.isfinite(x).all():
+        bad = np.argwhere(~np.isfinite(x))[0]
+        raise EcgsslError(f"input has NaN/inf values (first at row {bad[0]}, lead {bad[1]})")
+    if lead_mask is not None:
+        m = np.asarray(lead_mask, dtype=bool)
+        if m.shape != (12,):
+            raise EcgsslError(f"lead_mask must be 12 booleans, got shape {list(m.shape)}")
+        mask = np.repeat(m[None], len(x), axis=0)
+    else:
+        mask = np.abs(x).max(axis=2) > 0
+    return x, mask
+
+
+class ECGModel(PythonModel):
+    def load_context(self, context):
+        self._load(Path(context.artifacts["model_dir"]))
+
+    def _load(self, folder: Path) -> None:
+        import torch
+        from safetensors.torch import load_file
+
+        from ecgssl.models.pretrain import load_pretrained
+        self.model, self.cfg = load_pretrained(folder)
+        self.head, self.text = None, None
+        if (folder / "classifier.json").is_file():
+            self.head_info = json.loads((folder / "classifier.json").read_text())
+            w = load_file(folder / "classifier.safetensors")
+            self.head = torch.nn.Linear(w["weight"].shape[1], w["weight"].shape[0])
+            self.head.load_state_dict(w)
+
+    def predict(self, context, model_input, params=None):
+        import torch
+
+        params = params or {}
+        x, mask = validate_input(model_input, self.cfg["n_samples"],
+                                 params.get("lead_mask") or None)
+        with torch.no_grad():
+            emb = self.model.encoder(torch.from_numpy(x), torch.from_numpy(mask))
+            if self.head is not None:
+                logits = self.head(emb)
+                probs = torch.sigmoid(logits) if self.head_info["multilabel"] else \
+                    torch.softmax(logits, dim=1)
+                return probs.numpy()
+            labels = params.get("labels")
+            if labels:
+                return self._zero_shot(emb, [str(t) for t in labels])
+            return emb.numpy()
+
+    def _zero_shot(self, emb, labels: list[str]) -> np.ndarray:
+        import torch
+        import torch.nn.functional as F
+
+        from ecgssl.evaluate.zeroshot import text_encoder_for
+        if self.model.mets is None:
+            raise EcgsslError("zero-shot labels need a METS-pretrained encoder")
+        if self.text is None:
+            self.text = text_encoder_for(self.cfg)
+        t = F.normalize(self.model.mets.text_proj(torch.from_numpy(self.text.encode(labels))), -1)
+        e = F.normalize(self.model.mets.ecg_proj(emb), dim=-1)
+        scale = self.model.mets.logit_scale.clamp(max=self.model.mets.max_log_scale).exp()
+        return torch.softmax(scale * e @ t.T, dim=1).numpy()
+
+
+def signature(n_samples: int):
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ParamSchema, ParamSpec, Schema, TensorSpec
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 12, n_samples), "signal")]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1), "output")]),
+        params=ParamSchema([ParamSpec("labels", "string", [], (-1,)),
+                            ParamSpec("lead_mask", "boolean", [], (-1,))]))

@@ -1,0 +1,75 @@
+"""`ecgssl evaluate` on a small encoder pretrained on the bundled sample."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from ecgssl.config import EvaluateConfig, PretrainConfig
+from ecgssl.errors import EcgsslError
+from ecgssl.evaluate import stage
+from ecgssl.evaluate.tasks import load_task
+from ecgssl.train.loop import pretrain
+
+FAST = EvaluateConfig(probe_epochs=30, finetune_epochs=1, bootstrap=20, mlflow=False,
+                      cache=None)
+
+
+@pytest.fixture(scope="session")
+def encoder(corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("encoder")
+    pretrain(corpus["table"], corpus["text_emb"], out, PretrainConfig(
+        method="mets+st", width=16, batch_size=16, max_steps=4, warmup_steps=1, mlflow=False),
+        progress=False)
+    return out
+
+
+def test_zeroshot_and_probe_write_metrics_and_plots(encoder, tables, tmp_path):
+    m = stage.run_evaluate(encoder, tables["cinc2017"], "cinc2017-af", ["zeroshot", "probe"],
+                           tmp_path, FAST, fractions=[10, 100], progress=False)
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved == pytest.approx(m, nan_ok=True)
+    for key in ("zeroshot/cinc2017-af/macro_auroc", "probe/cinc2017-af/f10/macro_f1",
+                "probe/cinc2017-af/f100/macro_auroc_ci_low", "probe-random/cinc2017-af/f100/"
+                "accuracy", "probe/cinc2017-af/macro_auroc", "zeroshot/cinc2017-af/auroc/A"):
+        assert key in m and 0 <= m[key] <= 1, key
+    assert m["probe/cinc2017-af/f10/train_rows"] < m["probe/cinc2017-af/f100/train_rows"]
+    for png in ("roc_zeroshot_cinc2017-af.png", "confusion_probe_cinc2017-af.png",
+                "label_efficiency_probe_cinc2017-af.png"):
+        assert (tmp_path / png).stat().st_size > 5000
+    info = json.loads((tmp_path / "classifier-probe/classifier.json").read_text())
+    assert info["classes"] == ["N", "A", "O", "~"] and info["label_fraction"] == 100
+    assert json.loads((tmp_path / "test_data.json").read_text())["cinc2017-af"]
+
+
+def test_multilabel_finetune_on_mitdb(encoder, tables, tmp_path):
+    m = stage.run_evaluate(encoder, tables["mitdb"], "mitdb-aami", ["finetune"], tmp_path, FAST,
+                           fractions=[100], progress=False)
+    assert 0 <= m["finetune/mitdb-aami/macro_auroc"] <= 1
+    assert "finetune-random/mitdb-aami/f100/macro_f1" in m
+
+
+def test_thresholds_never_see_test_data(tables):
+    task = load_task("mitdb-aami", tables["mitdb"])
+    rng = np.random.default_rng(0)
+    scores = rng.random((len(task.y), len(task.classes)))
+    _, _, thr = stage._score_split(task, lambda idx: scores[idx], FAST)
+    flipped = task.y.copy()
+    flipped[task.part("test")] = 1 - flipped[task.part("test")]
+    task.y = flipped                                            # change every test label
+    scores[task.part("test")] = 1 - scores[task.part("test")]  # and every test score
+    _, _, thr2 = stage._score_split(task, lambda idx: scores[idx], FAST)
+    np.testing.assert_array_equal(thr, thr2)
+    val = task.part("val")
+    np.testing.assert_array_equal(thr, stage.choose_thresholds(task.y[val], scores[val]))
+
+
+def test_tasks_the_table_cannot_serve_are_clear_errors(encoder, tables, tmp_path):
+    with pytest.raises(EcgsslError, match="has no cinc2017 rows"):
+        stage.run_evaluate(encoder, tables["mitdb"], "cinc2017-af", ["zeroshot"], tmp_path, FAST)
+    with pytest.raises(EcgsslError, match="no test rows"):
+        stage.run_evaluate(encoder, tables["ptbxl"], "ptbxl-super", ["zeroshot"], tmp_path, FAST)
+    with pytest.raises(EcgsslError, match="unknown task"):
+        stage.run_evaluate(encoder, tables["mitdb"], "nope", ["zeroshot"], tmp_path, FAST)
