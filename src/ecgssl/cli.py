@@ -344,7 +344,8 @@ def register(
     encoder: Annotated[Optional[Path], typer.Option(help="`ecgssl pretrain` output folder.")
                        ] = None,
     classifier: Annotated[Optional[Path], typer.Option(
-        help="An evaluation's classifier-<mode> folder (registers a classifier).")] = None,
+        help="An evaluation's classifier-<mode> folder: registers that classifier (which "
+        "carries its own, possibly fine-tuned, copy of the encoder).")] = None,
     metrics: Annotated[Optional[list[Path]], typer.Option(
         "--metrics", help="metrics.json from `ecgssl evaluate`; repeat")] = None,
     record: Annotated[Optional[Path], typer.Option(
@@ -358,8 +359,8 @@ def register(
     """
     from ecgssl.registry.register import register as run_register
 
-    if (encoder is None) == (classifier is None):
-        raise EcgsslError("pass exactly one of --encoder DIR or --classifier DIR")
+    if encoder is None and classifier is None:
+        raise EcgsslError("pass --encoder DIR (and --classifier DIR to register a classifier)")
     r = run_register(encoder, name, classifier, metrics or [])
     if record:
         from ecgssl.storage import write_json

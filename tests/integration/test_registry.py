@@ -120,7 +120,7 @@ def test_register_gate_load_and_serve(evaluated, corpus, mlflow_server, tmp_path
 
 def test_classifier_model_and_input_validation(evaluated, mlflow_server, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
-    r = register(None, "ecgssl-cinc2017-af-classifier", classifier=evaluated /
+    r = register(evaluated / "enc", "ecgssl-cinc2017-af-classifier", classifier=evaluated /
                  "eval/classifier-probe", metrics_files=[evaluated / "eval/metrics.json"])
     model = mlflow.pyfunc.load_model(r["model_uri"])
     x = np.zeros((4, 12, 1000), np.float32)

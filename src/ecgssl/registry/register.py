@@ -50,6 +50,11 @@ def register(encoder: str | Path, name: str, classifier: str | Path | None = Non
                           "--encoder (or an evaluation's classifier-<mode> folder as --classifier)")
     ECGModel()._load(src)                     # fail here, not at serving time
     config = read_json(src / "config.json")
+    if classifier and encoder and (Path(encoder) / "config.json").is_file() and config.get(
+            "data_fingerprint") != read_json(Path(encoder) / "config.json").get(
+            "data_fingerprint"):
+        raise EcgsslError(f"classifier {classifier} was not trained from encoder {encoder} "
+                          "(their pretraining data differ)")
     metrics, test_data = {}, {}
     for f in metrics_files:
         f = Path(f)
