@@ -117,6 +117,16 @@ def arrays(tables: list[pa.Table], n_samples: int) -> tuple[np.ndarray, np.ndarr
     return signal, mask
 
 
+def read_meta(path: str | Path, columns: list[str], split: str | None = None) -> pa.Table:
+    """Metadata columns only: no signal is read or decoded."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    filters = pc.field("split") == split if split else None
+    return pa.concat_tables([pq.read_table(path / shard, columns=columns, filters=filters)
+                             for shard in manifest["shards"]]) if manifest["shards"] else \
+        schema(int(manifest["n_samples"])).empty_table().select(columns)
+
+
 def read_table(path: str | Path, split: str | None = None,
                columns: list[str] | None = None) -> ECGArrays:
     """Read a table (optionally one split, chosen metadata columns) into numpy arrays."""

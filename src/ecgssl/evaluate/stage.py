@@ -65,7 +65,7 @@ def run_evaluate(encoder_dir: str | Path, table: str | Path, task_name: str, mod
     fractions = sorted(fractions or cfg.label_fractions)
     metrics, pngs = {}, []
     test = task.part("test")
-    fingerprint = test_fingerprint(table, task)
+    fingerprint = test_fingerprint(task)
     with start_run(cfg.mlflow, cfg.experiment, f"evaluate-{task_name}",
                    {"stage": "evaluate", "task": task_name, "encoder": str(encoder_dir)}) as run:
         if "zeroshot" in modes:
@@ -121,14 +121,11 @@ def _mlflow_key(k: str) -> str:
     return k.replace("~", "noise")
 
 
-def test_fingerprint(table, task: TaskData) -> str:
+def test_fingerprint(task: TaskData) -> str:
     """Identity of the test rows: the same ids and labels give the same fingerprint."""
-    from ecgssl.data.table import read_table
-    t = read_table(table, columns=["ecg_id", "split", "dataset"])
-    ids = sorted(e for e, sp, d in zip(t.column("ecg_id"), t.column("split"), t.column("dataset"))
-                 if sp == "test" and d == task.name.split("-")[0])
-    return stable_hash({"task": task.name, "ids": ids, "classes": task.classes,
-                        "y": task.y[task.part("test")].tolist()})[:16]
+    test = task.part("test")
+    return stable_hash({"task": task.name, "ids": sorted(task.ids[test].tolist()),
+                        "classes": task.classes, "y": task.y[test].tolist()})[:16]
 
 
 def _plots(out: Path, mode: str, task: TaskData, s_test, thresholds) -> list[Path]:

@@ -29,6 +29,7 @@ class TaskData:
     y: np.ndarray            # multi-label: float32 [N, C]; multi-class: int64 [N]
     split: np.ndarray        # str [N]
     group: np.ndarray        # str [N]: patient (or record) for bootstrap and label fractions
+    ids: np.ndarray          # str [N]: ecg_id
 
     def part(self, name: str) -> np.ndarray:
         return np.flatnonzero(self.split == name)
@@ -57,8 +58,8 @@ def load_task(name: str, table: str | Path, min_positives: int = 1) -> TaskData:
     table = Path(table)
     dataset = name.split("-")[0]
     read_manifest(table)
-    t: ECGArrays = read_table(table, columns=["dataset", "record", "patient_id", "split",
-                                              "labels"])
+    t: ECGArrays = read_table(table, columns=["ecg_id", "dataset", "record", "patient_id",
+                                              "split", "labels"])
     rows = np.flatnonzero(t.column("dataset") == dataset)
     if not len(rows):
         raise EcgsslError(f"{table} has no {dataset} rows, so it cannot serve task {name}")
@@ -100,4 +101,5 @@ def load_task(name: str, table: str | Path, min_positives: int = 1) -> TaskData:
     pid = t.column("patient_id")[idx]
     rec = t.column("record")[idx]
     group = np.array([p if p else r for p, r in zip(pid, rec)], dtype=object)
-    return TaskData(name, classes, multilabel, t.signal[idx], t.lead_mask[idx], y, split, group)
+    return TaskData(name, classes, multilabel, t.signal[idx], t.lead_mask[idx], y, split, group,
+                    np.asarray(t.column("ecg_id"))[idx])

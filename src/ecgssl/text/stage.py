@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ecgssl.config import EmbedTextConfig
-from ecgssl.data.table import read_table
+from ecgssl.data.table import read_meta
 from ecgssl.errors import EcgsslError
 from ecgssl.storage import atomic_path
 from ecgssl.text.cache import EmbeddingCache, text_hash
@@ -30,7 +30,7 @@ def encoder_from(cfg: EmbedTextConfig) -> TextEncoder:
 def run_embed_text(input_table: str | Path, output: str | Path, cfg: EmbedTextConfig,
                    progress: bool = True, encoder: TextEncoder | None = None) -> dict:
     t0 = time.perf_counter()
-    reports = read_table(input_table, columns=["report"]).column("report")
+    reports = read_meta(input_table, ["report"]).column("report").to_pylist()
     texts = sorted({r for r in reports if isinstance(r, str) and r.strip()})
     if not texts:
         raise EcgsslError(f"{input_table}: no rows have a report; run `ecgssl reports` first")
