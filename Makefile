@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml requirements.lock
 	@touch $(STAMP)
 
 run: setup
-	$(BIN)/dvc repro
+	$(BIN)/ecgssl pipeline repro
 	$(BIN)/ecgssl summary outputs
 
 test: setup

@@ -403,6 +403,156 @@ def _fmt(v: float | None) -> str:
     return "-" if v is None else f"{v:.4f}"
 
 
+pipeline_app = typer.Typer(
+    help="The whole pipeline on Kubeflow (compile, submit, schedule), locally with kfp.local "
+    "(run-local), or with DVC inside one MLflow parent run (repro).", no_args_is_help=True,
+    rich_markup_mode="markdown")
+app.add_typer(pipeline_app, name="pipeline")
+
+SetOpt = Annotated[Optional[list[str]], typer.Option(
+    "--set", help="Override a params.yaml key for this run: SECTION.KEY=VALUE (YAML value); "
+    "repeat")]
+ArgOpt = Annotated[Optional[list[str]], typer.Option(
+    "--arg", help="A pipeline argument NAME=VALUE (YAML value), e.g. sources=[mitdb]; repeat")]
+HostOpt = Annotated[str, typer.Option(help="Kubeflow Pipelines API URL, e.g. "
+                                      "https://kfp.example.org/pipeline")]
+PackageOpt = Annotated[Optional[Path], typer.Option(
+    help="Compiled pipeline [default: pipelines/compiled/ecgssl_pipeline.yaml]")]
+TokenOpt = Annotated[str, typer.Option(help="Environment variable holding the bearer token")]
+
+
+def _pipeline_arguments(args: list[str] | None, sets: list[str] | None) -> dict:
+    import yaml
+
+    from ecgssl.pipeline.build import pipeline_params
+    out = {}
+    for a in args or []:
+        k, sep, v = a.partition("=")
+        if not sep:
+            raise EcgsslError(f"--arg takes NAME=VALUE, got {a!r}")
+        out[k.strip()] = yaml.safe_load(v)
+    if sets:
+        out["params"] = pipeline_params(sets)
+    return out
+
+
+def _package(package: Path | None) -> Path:
+    from ecgssl.pipeline.build import COMPILED, repo_root
+    return package or repo_root() / COMPILED
+
+
+@pipeline_app.command("compile")
+@user_errors
+def pipeline_compile(
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", help="[default: pipelines/compiled/ecgssl_pipeline.yaml]")] = None,
+    check: Annotated[bool, typer.Option(
+        help="Do not write: exit 1 when the compiled file is out of date with the code.")
+    ] = False,
+):
+    """Compile pipelines/ecgssl_pipeline.py to KFP v2 IR YAML (defaults from params.yaml)."""
+    import tempfile
+
+    from ecgssl.pipeline.build import compile_pipeline
+    if not check:
+        console.print(f"compiled -> {compile_pipeline(output)}", highlight=False)
+        return
+    target = _package(output)
+    with tempfile.TemporaryDirectory() as tmp:
+        fresh = compile_pipeline(Path(tmp) / "p.yaml").read_text()
+    if not target.is_file() or target.read_text() != fresh:
+        console.print(f"[red]{target} is out of date[/]: run `ecgssl pipeline compile`",
+                      highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+    console.print(f"{target} is up to date", highlight=False)
+
+
+@pipeline_app.command("run-local")
+@user_errors
+def pipeline_run_local(
+    pipeline_root: Annotated[Path, typer.Option(help="Where task outputs go.")] = Path(
+        "outputs/kfp"),
+    data_root: Annotated[Optional[Path], typer.Option(
+        help="Folder with one folder per source [default: kfp.data_root]")] = None,
+    source: Annotated[Optional[list[str]], typer.Option(
+        help="Ingest only these sources; repeat [default: kfp.sources]")] = None,
+    task: Annotated[Optional[list[str]], typer.Option(
+        help="Evaluate only these tasks; repeat [default: kfp.tasks]")] = None,
+    tracking_uri: Annotated[Optional[str], typer.Option(
+        help="MLflow tracking URI [default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db]")
+    ] = None,
+    set_: SetOpt = None,
+    arg: ArgOpt = None,
+):
+    """Run the whole Kubeflow pipeline on this machine with kfp.local (no cluster, no Docker):
+    every task is a subprocess running the component's code with this Python."""
+    from ecgssl.pipeline.build import run_local, settings
+    from ecgssl.tracking import tracking_uri as default_uri
+
+    args = _pipeline_arguments(arg, set_)
+    args["data_root"] = str((data_root or Path(settings().data_root)).resolve())
+    if source:
+        args["sources"] = source
+    if task:
+        args["tasks"] = task
+    uri = tracking_uri or default_uri()
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())  # tasks' cwd differs
+    args["tracking_uri"] = uri
+    r = run_local(pipeline_root, args)
+    console.print(f"[green]pipeline run {r['pipeline_run']} succeeded[/] in {r['elapsed_s']} s; "
+                  f"outputs in {r['pipeline_root']}; MLflow: {uri}", highlight=False)
+
+
+@pipeline_app.command("submit")
+@user_errors
+def pipeline_submit(
+    host: HostOpt,
+    experiment: Annotated[str, typer.Option(help="KFP experiment")] = "ecgssl",
+    run_name: Annotated[Optional[str], typer.Option(help="[default: file name + time]")] = None,
+    package: PackageOpt = None,
+    set_: SetOpt = None,
+    arg: ArgOpt = None,
+    token_env: TokenOpt = "KFP_TOKEN",
+):
+    """Start one run of the compiled pipeline on a Kubeflow Pipelines server."""
+    from ecgssl.pipeline.remote import submit
+    r = submit(host, _package(package), experiment, run_name, _pipeline_arguments(arg, set_),
+               token_env)
+    console.print(f"submitted run {r['run_id']}: {r['url']}", highlight=False)
+
+
+@pipeline_app.command("schedule")
+@user_errors
+def pipeline_schedule(
+    host: HostOpt,
+    cron: Annotated[str, typer.Option(help="When to run: 5-field cron (`0 3 * * 1` = Mondays "
+                                      "03:00) or KFP's 6-field form with seconds first")],
+    experiment: Annotated[str, typer.Option(help="KFP experiment")] = "ecgssl",
+    name: Annotated[str, typer.Option(help="Recurring run name")] = "ecgssl-retrain",
+    package: PackageOpt = None,
+    set_: SetOpt = None,
+    arg: ArgOpt = None,
+    token_env: TokenOpt = "KFP_TOKEN",
+):
+    """Create a KFP recurring run (one run at a time, no catch-up of missed slots)."""
+    from ecgssl.pipeline.remote import schedule
+    r = schedule(host, _package(package), cron, experiment, name,
+                 _pipeline_arguments(arg, set_), token_env)
+    console.print(f"recurring run {r['recurring_run_id']} created (cron {r['cron']})",
+                  highlight=False)
+
+
+@pipeline_app.command("repro", context_settings={"allow_extra_args": True,
+                                                 "ignore_unknown_options": True})
+@user_errors
+def pipeline_repro(ctx: typer.Context):
+    """`dvc repro` (extra arguments pass through) inside one MLflow parent run, so every stage
+    that runs is a child run tagged with the git revision. `make run` calls this."""
+    from ecgssl.pipeline.dvc import repro
+    raise typer.Exit(repro(ctx.args))
+
+
 @app.command()
 def summary(
     outputs: Annotated[Path, typer.Argument(help="The pipeline's output folder.")] = Path(

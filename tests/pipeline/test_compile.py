@@ -1,0 +1,117 @@
+"""The compiled Kubeflow pipeline: in sync with the code, and every task configured."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ecgssl.pipeline.build import COMPILED, compile_pipeline, settings
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture()
+def repo_params(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("ECGSSL_PARAMS", str(ROOT / "params.yaml"))
+    monkeypatch.delenv("ECGSSL_IMAGE", raising=False)
+    monkeypatch.delenv("ECGSSL_GPU_IMAGE", raising=False)
+
+
+def _compile(path: Path) -> tuple[dict, dict]:
+    docs = list(yaml.safe_load_all(compile_pipeline(path).read_text()))
+    return docs[0], docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+
+
+def _leaf_tasks(spec: dict) -> dict[str, dict]:
+    """Every container task of the DAG, by name, however deeply nested."""
+    out = {}
+
+    def walk(dag):
+        for name, task in dag["tasks"].items():
+            comp = spec["components"][task["componentRef"]["name"]]
+            if "dag" in comp:
+                walk(comp["dag"])
+            else:
+                out[name] = {**task, "executor": comp["executorLabel"]}
+    walk(spec["root"]["dag"])
+    return out
+
+
+def test_checked_in_compiled_pipeline_is_up_to_date(repo_params, tmp_path):
+    fresh = compile_pipeline(tmp_path / "p.yaml").read_text()
+    assert (ROOT / COMPILED).read_text() == fresh, \
+        "pipelines/compiled/ecgssl_pipeline.yaml is stale: run `ecgssl pipeline compile`"
+
+
+def test_dag_shape_resources_caching_and_retries(repo_params, tmp_path):
+    spec, _ = _compile(tmp_path / "p.yaml")
+    tasks = _leaf_tasks(spec)
+    assert set(tasks) == {"start-run", "finish-run", "ingest", "reports", "embed-text",
+                          "pretrain", "evaluate", "finetune", "register", "gate", "promote"}
+    execs = spec["deploymentSpec"]["executors"]
+    k = settings()
+    for name, task in tasks.items():
+        assert "cachingOptions" in task, name                 # set explicitly on every task
+        assert task["retryPolicy"]["maxRetryCount"] == k.retries, name
+        res = execs[task["executor"]]["container"]["resources"]
+        gpu = name in ("pretrain", "finetune")
+        assert res["resourceCpuRequest"] == (k.gpu_cpu if gpu else k.cpu), name
+        assert res["resourceMemoryLimit"] == (k.gpu_memory if gpu else k.memory), name
+        assert ("accelerator" in res) == gpu, name
+        image = execs[task["executor"]]["container"]["image"]
+        assert image == (k.gpu_image if gpu else k.image), name
+    assert execs["exec-pretrain"]["container"]["resources"]["accelerator"]["resourceType"] == \
+        "nvidia.com/gpu"
+    assert execs["exec-pretrain"]["container"]["resources"]["accelerator"]["resourceCount"] == "1"
+    # Data stages reuse results; side effects on MLflow and the registry never come from cache.
+    cached = {n for n, t in tasks.items() if t["cachingOptions"].get("enableCache")}
+    assert cached == {"ingest", "reports", "embed-text", "pretrain", "evaluate", "finetune"}
+    # Fan-out per source and per task, and the promotion only behind the gate.
+    comps = spec["components"]
+    loops = [c for c in comps.values() if "dag" in c and "parameterIterator" in json.dumps(c)]
+    assert loops
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert params["sources"]["defaultValue"] == k.sources
+    assert json.loads(params["params"]["defaultValue"])["pretrain"]["max_steps"] == \
+        yaml.safe_load((ROOT / "params.yaml").read_text())["pretrain"]["max_steps"]
+    gate_dag = [c for n, c in comps.items() if n.startswith("comp-condition") and
+                "promote" in c.get("dag", {}).get("tasks", {})]
+    assert gate_dag, "promote must sit inside the gate's condition"
+
+
+def test_node_selector_tolerations_and_gpu_limit_from_params(monkeypatch, tmp_path):
+    p = yaml.safe_load((ROOT / "params.yaml").read_text())
+    p["kfp"].update(gpu_limit=2, node_selector={"cloud.google.com/gke-accelerator": "nvidia-l4"},
+                    tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists",
+                                  "effect": "NoSchedule"}])
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("ECGSSL_PARAMS", str(tmp_path / "params.yaml"))
+    monkeypatch.setenv("ECGSSL_GPU_IMAGE", "registry.local/ecgssl:test-gpu")
+    spec, k8s = _compile(tmp_path / "p.yaml")
+    pre = spec["deploymentSpec"]["executors"]["exec-pretrain"]["container"]
+    assert pre["resources"]["accelerator"]["resourceCount"] == "2"
+    assert pre["image"] == "registry.local/ecgssl:test-gpu"
+    assert k8s["exec-pretrain"]["nodeSelector"]["labels"] == {
+        "cloud.google.com/gke-accelerator": "nvidia-l4"}
+    assert k8s["exec-pretrain"]["tolerations"][0]["key"] == "nvidia.com/gpu"
+    assert "nodeSelector" not in k8s["exec-ingest"]
+    # Every task learns its run id from the pod label (for MLflow, without breaking the cache).
+    assert all(e["fieldPathAsEnv"][0]["name"] == "ECGSSL_PIPELINE_RUN" for e in k8s.values())
+
+
+def test_cli_compile_check_detects_a_stale_file(repo_params, tmp_path):
+    stale = tmp_path / "stale.yaml"
+    stale.write_text("# old\n")
+    cmd = [str(BIN / "ecgssl"), "pipeline", "compile", "--check", "--output"]
+    bad = subprocess.run([*cmd, str(stale)], capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode == 1 and "out of date" in bad.stderr
+    good = subprocess.run([*cmd, str(ROOT / COMPILED)], capture_output=True, text=True, cwd=ROOT)
+    assert good.returncode == 0, good.stderr
