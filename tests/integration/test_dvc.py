@@ -38,11 +38,11 @@ def test_dvc_repro_runs_the_pipeline_and_reruns_only_what_changed(tmp_path):
             shutil.copy(src, repo / name)
     params = repo / "params.yaml"
     p = yaml.safe_load(params.read_text())
-    p["pretrain"].update(max_steps=2, width=16, batch_size=16, mlflow=False)  # tests the wiring
-    p["evaluate"].update(mlflow=False, bootstrap=20, probe_epochs=20)
+    p["pretrain"].update(max_steps=2, width=16, batch_size=16)  # tests the wiring
+    p["evaluate"].update(bootstrap=20, probe_epochs=20)
     params.write_text(yaml.safe_dump(p, sort_keys=False))
     run(["git", "init", "-q"], repo)
-    out = run([str(BIN / "dvc"), "repro"], repo)
+    out = run([str(BIN / "ecgssl"), "pipeline", "repro"], repo)   # what `make run` calls
     for s in ("ptbxl", "mitdb", "cinc2017", "cinc2020"):
         assert (repo / "outputs/tables" / s / "_manifest.json").is_file(), out
     assert json.loads((repo / "outputs/pretrain/metrics.json").read_text())["steps"] == 2
@@ -50,6 +50,17 @@ def test_dvc_repro_runs_the_pipeline_and_reruns_only_what_changed(tmp_path):
         (repo / "outputs/eval/cinc2017-af/metrics.json").read_text())
     assert json.loads((repo / "outputs/registry/encoder.json").read_text())["version"] == "1"
     assert "promoted: no champion yet" in out
+    # One MLflow parent run for the repro, a child run for each stage that ran.
+    import mlflow
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    parent = next(r for r in runs if r.data.tags.get("stage") == "pipeline")
+    assert parent.data.tags["runner"] == "dvc" and parent.info.status == "FINISHED"
+    kids = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(r.info.run_name for r in kids) == [
+        "embed-text", "evaluate-cinc2017-af", "evaluate-mitdb-aami", "ingest-cinc2017",
+        "ingest-cinc2020", "ingest-mitdb", "ingest-ptbxl", "pretrain-mets+st",
+        "register-ecgssl-mets-st-encoder", "reports"]
     again = run([str(BIN / "dvc"), "repro"], repo)
     assert "didn't change, skipping" in again and "Running stage" not in again
     # A reports parameter reruns reports and what follows, never ingestion.
