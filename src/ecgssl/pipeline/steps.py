@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ecgssl.config import Params, params_from_dict, section
 from ecgssl.errors import EcgsslError
-from ecgssl.storage import read_json, stable_hash
+from ecgssl.storage import read_json, stable_hash, staged
 from ecgssl.tracking import (
     PIPELINE_RUN_ENV,
     connect,
@@ -80,8 +80,8 @@ def finish(tracking: str, pipeline_run: str, status: str) -> str:
 
 def ingest(source: str, data_root: str, output: str, params: str, tracking: str) -> dict:
     from ecgssl.data.ingest import ingest as run_ingest
-    with _run(tracking):
-        return run_ingest(source, f"{data_root.rstrip('/')}/{source}", output,
+    with _run(tracking), staged() as io:   # data_root may be an s3:// prefix
+        return run_ingest(source, io.input(f"{data_root.rstrip('/')}/{source}"), output,
                           _params(params).ingest, progress=False)
 
 
