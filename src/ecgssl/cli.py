@@ -39,7 +39,7 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except EcgsslError as exc:
-            console.print(f"[bold red]error:[/] {exc}", highlight=False)
+            console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
     return wrapper
 
@@ -188,6 +188,7 @@ def reports_translate(
 
     words = covered = 0
     missing: dict[str, int] = {}
+    sys.stdin.reconfigure(errors="replace")   # one odd byte must not stop a batch of reports
     for line in sys.stdin:
         r = translate_report(line.rstrip("\n"))
         print(r.text)

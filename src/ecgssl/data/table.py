@@ -119,6 +119,17 @@ def arrays(tables: list[pa.Table], n_samples: int) -> tuple[np.ndarray, np.ndarr
     return signal, mask
 
 
+def read_shard(path: Path, columns: list[str], filters) -> pa.Table:
+    try:
+        return pq.read_table(path, columns=columns, filters=filters)
+    except FileNotFoundError:
+        raise EcgsslError(f"{path}: shard listed in the manifest is missing; rerun the stage "
+                          "that wrote this table") from None
+    except (pa.ArrowException, OSError) as exc:
+        raise EcgsslError(f"{path}: unreadable Parquet shard ({exc}); rerun the stage that "
+                          "wrote this table") from None
+
+
 def _row_filter(split: str | None, dataset: str | None = None):
     conds = [pc.field(c) == v for c, v in (("split", split), ("dataset", dataset)) if v]
     return functools.reduce(operator.and_, conds) if conds else None
@@ -129,7 +140,7 @@ def read_meta(path: str | Path, columns: list[str], split: str | None = None) ->
     path = Path(path)
     manifest = read_manifest(path)
     filters = _row_filter(split)
-    return pa.concat_tables([pq.read_table(path / shard, columns=columns, filters=filters)
+    return pa.concat_tables([read_shard(path / shard, columns, filters)
                              for shard in manifest["shards"]]) if manifest["shards"] else \
         schema(int(manifest["n_samples"])).empty_table().select(columns)
 
@@ -146,7 +157,7 @@ def read_table(path: str | Path, split: str | None = None,
     if unknown:
         raise EcgsslError(f"{path}: no such columns: {', '.join(sorted(unknown))}")
     filters = _row_filter(split, dataset)
-    tables = [pq.read_table(path / shard, columns=[*meta_cols, *ARRAY_COLUMNS], filters=filters)
+    tables = [read_shard(path / shard, [*meta_cols, *ARRAY_COLUMNS], filters)
               for shard in manifest["shards"]]
     signal, mask = arrays(tables, n_samples)
     meta = pa.concat_tables([t.select(meta_cols) for t in tables]) if tables else \

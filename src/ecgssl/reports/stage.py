@@ -19,12 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from ecgssl import __version__
 from ecgssl.config import ReportsConfig
-from ecgssl.data.table import MANIFEST, arrays, read_manifest, write_shard
+from ecgssl.data.table import MANIFEST, arrays, read_manifest, read_shard, write_shard
 from ecgssl.errors import EcgsslError
 from ecgssl.reports.generate import generate
 from ecgssl.reports.translate import translate_report
@@ -99,7 +98,7 @@ def run_reports(inputs: list[str | Path], output: str | Path, cfg: ReportsConfig
                       disable=not progress, dynamic_ncols=True) as bar:
                 for path, m in zip(inputs, manifests):
                     for shard in m["shards"]:
-                        table = pq.read_table(path / shard)
+                        table = read_shard(path / shard, None, None)
                         device, stats = _device_reports(table) if cfg.mode != "generated" \
                             else ([None] * table.num_rows, None)
                         if stats:

@@ -7,6 +7,8 @@ texts it has not seen with this exact model. Used for reports and zero-shot prom
 from __future__ import annotations
 
 import hashlib
+import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +34,15 @@ class EmbeddingCache:
     def _load(self, model: str) -> dict[str, np.ndarray]:
         if self.path is None or not self.path.is_file():
             return {}
-        t = pq.read_table(self.path, filters=pc.field("model") == model)
+        try:
+            t = pq.read_table(self.path, filters=pc.field("model") == model)
+        except (pa.ArrowException, OSError) as exc:
+            # A cache is only a shortcut: a damaged one is set aside and rebuilt, never fatal.
+            bad = self.path.with_name(self.path.name + ".corrupt")
+            os.replace(self.path, bad)
+            warnings.warn(f"embedding cache {self.path} was unreadable ({exc}); moved to {bad} "
+                          "and starting a new one", stacklevel=2)
+            return {}
         if not t.num_rows:
             return {}
         vecs = np.stack(t.column("embedding").to_numpy(zero_copy_only=False)).astype(np.float32)

@@ -64,9 +64,13 @@ def read_embeddings(path: str | Path) -> tuple[dict[str, int], np.ndarray, dict]
     p = Path(path)
     if not p.is_file():
         raise EcgsslError(f"embeddings file not found: {p} (run `ecgssl embed-text`)")
-    t = pq.read_table(p)
-    meta = {k.decode(): v.decode() for k, v in (t.schema.metadata or {}).items()}
-    dim = int(meta.get("dim", 0))
+    try:
+        t = pq.read_table(p)
+        meta = {k.decode(): v.decode() for k, v in (t.schema.metadata or {}).items()}
+        dim = int(meta["dim"])
+    except (pa.ArrowException, OSError, KeyError, ValueError) as exc:
+        raise EcgsslError(f"{p} is not an embeddings file of `ecgssl embed-text` ({exc!r}); "
+                          "rerun embed-text") from None
     vecs = t.column("embedding").combine_chunks().flatten().to_numpy().reshape(-1, dim)
     index = {h: i for i, h in enumerate(t.column("text_hash").to_pylist())}
     return index, vecs, meta

@@ -36,7 +36,9 @@ class PtbxlSource(Source):
     def plan(self, root: Path) -> tuple[list[Task], list[dict]]:
         db = require_file(root, DATABASE)
         require_file(root, STATEMENTS)
-        with open(db, newline="", encoding="utf-8") as fh:
+        # A stray non-UTF-8 byte in one report must not sink the whole database: it becomes
+        # U+FFFD in that report, and the row is used as usual.
+        with open(db, newline="", encoding="utf-8", errors="replace") as fh:
             reader = csv.DictReader(fh)
             missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
             if missing:
