@@ -58,8 +58,8 @@ def ecgssl_pipeline(data_root: str = K.data_root, sources: list = K.sources,
                     run_finetune: bool = K.finetune, model_name: str = K.model_name,
                     tracking_uri: str = "", params: str = PARAMS):
     done = _task(mlflow_run.finish_run(tracking_uri=tracking_uri,
-                                       pipeline_run=dsl.PIPELINE_JOB_ID_PLACEHOLDER),
-                 cache=False)
+                                       pipeline_run=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                                       params=params), cache=False)
     with dsl.ExitHandler(done, name="ecgssl-run"):
         start = _task(mlflow_run.start_run(tracking_uri=tracking_uri,
                                            pipeline_run=dsl.PIPELINE_JOB_ID_PLACEHOLDER,

@@ -15,8 +15,8 @@ def start_run(tracking_uri: str, pipeline_run: str, params: str) -> str:
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def finish_run(tracking_uri: str, pipeline_run: str,
+def finish_run(tracking_uri: str, pipeline_run: str, params: str,
                status: dsl.PipelineTaskFinalStatus) -> str:
     """Exit handler: close the parent run as FINISHED, FAILED or KILLED."""
     from ecgssl.pipeline import steps
-    return steps.finish(tracking_uri, pipeline_run, status.state)
+    return steps.finish(tracking_uri, pipeline_run, status.state, params)

@@ -38,14 +38,17 @@ def _params(params: str) -> Params:
 
 
 @contextmanager
-def _run(tracking: str, parent_run_id: str = ""):
+def _run(tracking: str, p: Params | None = None, parent_run_id: str = ""):
     """Inside: MLflow goes to the pipeline's tracking URI, and stage runs are children of the
-    pipeline's parent run: given here, or found by $ECGSSL_PIPELINE_RUN (see ecgssl.tracking)."""
+    pipeline's parent run: given here, or found by $ECGSSL_PIPELINE_RUN (see ecgssl.tracking).
+    With tracking off (`pretrain.mlflow: false`) data stages make no MLflow call at all."""
     old = os.environ.get("MLFLOW_TRACKING_URI")
     if tracking:
         os.environ["MLFLOW_TRACKING_URI"] = tracking
+    children = p is None or p.pretrain.mlflow
     try:
-        with pipeline_env(parent_run_id or None, os.environ.get(PIPELINE_RUN_ENV)):
+        with pipeline_env(parent_run_id or None,
+                          os.environ.get(PIPELINE_RUN_ENV) if children else None):
             yield
     finally:
         if old is None:
@@ -67,10 +70,12 @@ def start(tracking: str, pipeline_run: str, params: str) -> str:
                                    "runner": "kubeflow"})
 
 
-def finish(tracking: str, pipeline_run: str, status: str) -> str:
+def finish(tracking: str, pipeline_run: str, status: str, params: str) -> str:
     """Close the parent run with the pipeline's final state (the exit handler, which KFP lets
     depend on no task, so it finds the parent run by the pipeline run's name)."""
     state = STATUS.get(status, "FAILED")
+    if not _params(params).pretrain.mlflow:
+        return state
     with _run(tracking), pipeline_env(None, os.environ.get(PIPELINE_RUN_ENV) or pipeline_run):
         parent = parent_run_id(connect())
         if parent:
@@ -80,34 +85,39 @@ def finish(tracking: str, pipeline_run: str, status: str) -> str:
 
 def ingest(source: str, data_root: str, output: str, params: str, tracking: str) -> dict:
     from ecgssl.data.ingest import ingest as run_ingest
-    with _run(tracking), staged() as io:   # data_root may be an s3:// prefix
+    p = _params(params)
+    with _run(tracking, p), staged() as io:   # data_root may be an s3:// prefix
         return run_ingest(source, io.input(f"{data_root.rstrip('/')}/{source}"), output,
-                          _params(params).ingest, progress=False)
+                          p.ingest, progress=False)
 
 
 def reports(tables: list[str], output: str, params: str, tracking: str) -> dict:
     from ecgssl.reports.stage import run_reports
-    with _run(tracking):
-        return run_reports(tables, output, _params(params).reports, progress=False)
+    p = _params(params)
+    with _run(tracking, p):
+        return run_reports(tables, output, p.reports, progress=False)
 
 
 def embed_text(table: str, output: str, params: str, tracking: str) -> dict:
     from ecgssl.text.stage import run_embed_text
-    with _run(tracking):
-        return run_embed_text(table, output, _params(params).embed_text, progress=False)
+    p = _params(params)
+    with _run(tracking, p):
+        return run_embed_text(table, output, p.embed_text, progress=False)
 
 
 def pretrain(table: str, embeddings: str, output: str, params: str, tracking: str) -> dict:
     from ecgssl.train.loop import pretrain as run_pretrain
-    with _run(tracking):
-        return run_pretrain(table, embeddings, output, _params(params).pretrain, progress=False)
+    p = _params(params)
+    with _run(tracking, p):
+        return run_pretrain(table, embeddings, output, p.pretrain, progress=False)
 
 
 def evaluate(encoder: str, table: str, task: str, modes: list[str], output: str,
              params: str, tracking: str) -> dict:
     from ecgssl.evaluate.stage import run_evaluate
-    with _run(tracking):
-        return run_evaluate(encoder, table, task, list(modes), output, _params(params).evaluate,
+    p = _params(params)
+    with _run(tracking, p):
+        return run_evaluate(encoder, table, task, list(modes), output, p.evaluate,
                             progress=False)
 
 
@@ -115,7 +125,7 @@ def register(encoder: str, evaluations: list[str], name: str, tracking: str,
              parent_run_id: str) -> dict:
     from ecgssl.registry.register import register as run_register
     files = [Path(e) / "metrics.json" for e in evaluations]
-    with _run(tracking, parent_run_id):
+    with _run(tracking, parent_run_id=parent_run_id):
         return run_register(encoder, name, None, files)
 
 

@@ -1,0 +1,50 @@
+"""The MLflow side of a pipeline run, step by step (what the run-local test shows end to end):
+the parent run, children found through the pipeline run's name, the exit handler's status."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import pytest
+
+from ecgssl.config import Params
+from ecgssl.pipeline import steps
+from ecgssl.tracking import PIPELINE_RUN_ENV, log_stage
+
+
+def _params(**pretrain) -> str:
+    p = Params().model_dump(mode="json")
+    p["pretrain"].update(pretrain)
+    return json.dumps(p)
+
+
+@pytest.mark.parametrize("status,expected", [("SUCCEEDED", "FINISHED"), ("FAILED", "FAILED"),
+                                             ("CANCELED", "KILLED")])
+def test_parent_children_and_final_status(tmp_path, monkeypatch, status, expected):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv(PIPELINE_RUN_ENV, "run-123")       # what the pod label gives a task
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    parent = steps.start(uri, "placeholder", _params())
+    with steps._run(uri, Params()):
+        log_stage("ingest", {"source": "mitdb"}, {"rows": 900}, run_name="ingest-mitdb")
+    assert steps.finish(uri, "placeholder", status, _params()) == expected
+    client = mlflow.MlflowClient(uri)
+    p = client.get_run(parent)
+    assert p.info.status == expected and p.data.tags["ecgssl.pipeline_run"] == "run-123"
+    kids = client.search_runs([p.info.experiment_id],
+                              f"tags.`mlflow.parentRunId` = '{parent}'")
+    assert [k.info.run_name for k in kids] == ["ingest-mitdb"]
+    assert kids[0].data.metrics["rows"] == 900
+
+
+def test_tracking_off_makes_no_mlflow_call(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(PIPELINE_RUN_ENV, "run-456")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")   # nothing listens here
+    off = _params(mlflow=False)
+    assert steps.start("", "x", off) == ""
+    with steps._run("", Params.model_validate(json.loads(off))):
+        log_stage("reports", {}, {"rows": 1})
+    assert steps.finish("", "x", "SUCCEEDED", off) == "FINISHED"
+    assert not (tmp_path / "mlflow.db").exists()
