@@ -16,8 +16,4 @@ def finetune(encoder: Input[Model], table: Input[Dataset], task: str, params: st
     from ecgssl.pipeline import steps
     m = steps.evaluate(encoder.path, table.path, task, ["finetune"], evaluation.path, params,
                        tracking_uri)
-    for k, v in m.items():
-        if k.endswith(("/macro_auroc", "/macro_f1")) and k.count("/") == 2:
-            metrics.log_metric(k.replace("/", "."), float(v))
-    with open(report.path, "w") as fh:
-        fh.write(steps.html_report(f"fine-tune {task}", evaluation.path, m))
+    steps.publish_evaluation(m, evaluation.path, f"fine-tune {task}", metrics, report)

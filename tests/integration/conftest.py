@@ -2,39 +2,19 @@
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
-from servers import BIN, free_port, stop, wait_http
+from servers import S3_ENV, free_port, start_mlflow, start_moto, stop
 
 
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
     """`mlflow server` with a SQLite store and proxied artifacts; yields its URI."""
     root = tmp_path_factory.mktemp("mlflow")
-    port = free_port()
-    proc = subprocess.Popen(
-        [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root / 'db.sqlite'}",
-         "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1",
-         "--port", str(port), "--workers", "1"],
-        stdout=open(root / "server.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
+    proc, uri = start_mlflow(root, str(root / "artifacts"))
     try:
-        wait_http(uri + "/health", proc)
         yield uri
     finally:
         stop(proc)
-
-
-S3_ENV = {"AWS_ACCESS_KEY_ID": "ecgssl-test-key", "AWS_SECRET_ACCESS_KEY": "s3cr3t-ecgssl-key",
-          "AWS_DEFAULT_REGION": "us-east-1"}
-
-
-def start_moto(port: int, log) -> subprocess.Popen:
-    proc = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    wait_http(f"http://127.0.0.1:{port}/moto-api/", proc)
-    return proc
 
 
 @pytest.fixture(scope="session")

@@ -17,8 +17,7 @@ from pathlib import Path
 import boto3
 import pytest
 import yaml
-from conftest import start_moto
-from servers import free_port, stop, wait_http
+from servers import S3_ENV, free_port, start_mlflow, start_moto, stop
 
 from ecgssl.errors import EcgsslError
 from ecgssl.storage import push
@@ -52,17 +51,9 @@ def ecgssl(*args, env: dict) -> str:
 def mlflow_on_s3(s3_env, tmp_path):
     """`mlflow server` whose artifact store is s3://BUCKET/mlflow, proxied: only the server
     talks to S3 (MLFLOW_S3_ENDPOINT_URL is set for it, not for clients)."""
-    port = free_port()
-    env = {**os.environ, "MLFLOW_S3_ENDPOINT_URL": s3_env["AWS_ENDPOINT_URL"]}
-    proc = subprocess.Popen(
-        [str(BIN / "mlflow"), "server", "--backend-store-uri",
-         f"sqlite:///{tmp_path / 'mlflow.db'}", "--artifacts-destination",
-         f"s3://{s3_env['BUCKET']}/mlflow", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"], stdout=open(tmp_path / "mlflow.log", "w"),
-        stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
+    proc, uri = start_mlflow(tmp_path, f"s3://{s3_env['BUCKET']}/mlflow",
+                             {"MLFLOW_S3_ENDPOINT_URL": s3_env["AWS_ENDPOINT_URL"]})
     try:
-        wait_http(uri + "/health", proc)
         yield uri
     finally:
         stop(proc)
@@ -160,7 +151,6 @@ def restartable_s3(tmp_path, monkeypatch):
     log = open(tmp_path / "moto.log", "a")
     state = {"proc": start_moto(port, log)}
     endpoint = f"http://127.0.0.1:{port}"
-    from conftest import S3_ENV
     for k, v in {**S3_ENV, "AWS_ENDPOINT_URL": endpoint}.items():
         monkeypatch.setenv(k, v)
     boto3.client("s3").create_bucket(Bucket="faults")

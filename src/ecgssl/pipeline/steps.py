@@ -147,6 +147,15 @@ def promote(name: str, params: str, tracking: str) -> dict:
     return {"promoted": d.promoted, "reason": d.reason, "champion": d.challenger}
 
 
+def publish_evaluation(m: dict, folder: str, title: str, metrics, report) -> None:
+    """Headline metrics to a KFP Metrics artifact and an HTML page to an HTML artifact."""
+    for k, v in m.items():
+        if k.endswith(("/macro_auroc", "/macro_f1")) and k.count("/") == 2:
+            metrics.log_metric(k.replace("/", "."), float(v))
+    with open(report.path, "w") as fh:
+        fh.write(html_report(title, folder, m))
+
+
 def html_report(title: str, folder: str | Path, metrics: dict) -> str:
     """One self-contained HTML page: the headline metrics and every PNG of `folder` inline."""
     rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.4f}</td></tr>"
