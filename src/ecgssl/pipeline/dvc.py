@@ -6,8 +6,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 from ecgssl.config import load_params
 from ecgssl.tracking import (
@@ -29,7 +32,9 @@ def repro(args: list[str]) -> int:
         env.update({PARENT_ENV: parent, PIPELINE_RUN_ENV: name})
     rc = 1
     try:
-        rc = subprocess.call(["dvc", "repro", *args], env=env)
+        # dvc from this environment even when its bin folder is not on PATH
+        dvc = shutil.which("dvc") or str(Path(sys.executable).parent / "dvc")
+        rc = subprocess.call([dvc, "repro", *args], env=env)
     finally:
         if parent:
             end_pipeline_run(parent, "FINISHED" if rc == 0 else "FAILED")
