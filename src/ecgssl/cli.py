@@ -489,8 +489,9 @@ def pipeline_compile(
 def pipeline_run_local(
     pipeline_root: Annotated[Path, typer.Option(help="Where task outputs go.")] = Path(
         "outputs/kfp"),
-    data_root: Annotated[Optional[Path], typer.Option(
-        help="Folder with one folder per source [default: kfp.data_root]")] = None,
+    data_root: Annotated[Optional[str], typer.Option(
+        help="Folder or s3:// prefix with one folder per source [default: kfp.data_root]")
+    ] = None,
     source: Annotated[Optional[list[str]], typer.Option(
         help="Ingest only these sources; repeat [default: kfp.sources]")] = None,
     task: Annotated[Optional[list[str]], typer.Option(
@@ -507,7 +508,8 @@ def pipeline_run_local(
     from ecgssl.tracking import tracking_uri as default_uri
 
     args = _pipeline_arguments(arg, set_)
-    args["data_root"] = str((data_root or Path(settings().data_root)).resolve())
+    root = data_root or settings().data_root
+    args["data_root"] = root if is_s3(root) else str(Path(root).resolve())  # tasks' cwd differs
     if source:
         args["sources"] = source
     if task:
