@@ -174,10 +174,11 @@ def end_pipeline_run(run_id: str, status: str = "FINISHED") -> None:
 
 
 @contextmanager
-def pipeline_env(parent_run_id: str | None, pipeline_run: str | None):
-    """Make the stages run inside this block child runs of `parent_run_id`."""
+def pipeline_env(parent: str | None, pipeline_run: str | None):
+    """Make the stages run inside this block child runs of `parent` (or of the parent run
+    tagged with `pipeline_run`)."""
     old = {k: os.environ.get(k) for k in (PARENT_ENV, PIPELINE_RUN_ENV)}
-    for k, v in ((PARENT_ENV, parent_run_id), (PIPELINE_RUN_ENV, pipeline_run)):
+    for k, v in ((PARENT_ENV, parent), (PIPELINE_RUN_ENV, pipeline_run)):
         if v:
             os.environ[k] = v
         else:

@@ -38,7 +38,7 @@ def _params(params: str) -> Params:
 
 
 @contextmanager
-def _run(tracking: str, p: Params | None = None, parent_run_id: str = ""):
+def _run(tracking: str, p: Params | None = None, parent: str = ""):
     """Inside: MLflow goes to the pipeline's tracking URI, and stage runs are children of the
     pipeline's parent run: given here, or found by $ECGSSL_PIPELINE_RUN (see ecgssl.tracking).
     With tracking off (`pretrain.mlflow: false`) data stages make no MLflow call at all."""
@@ -47,7 +47,7 @@ def _run(tracking: str, p: Params | None = None, parent_run_id: str = ""):
         os.environ["MLFLOW_TRACKING_URI"] = tracking
     children = p is None or p.pretrain.mlflow
     try:
-        with pipeline_env(parent_run_id or None,
+        with pipeline_env(parent or None,
                           os.environ.get(PIPELINE_RUN_ENV) if children else None):
             yield
     finally:
@@ -125,7 +125,7 @@ def register(encoder: str, evaluations: list[str], name: str, tracking: str,
              parent_run_id: str) -> dict:
     from ecgssl.registry.register import register as run_register
     files = [Path(e) / "metrics.json" for e in evaluations]
-    with _run(tracking, parent_run_id=parent_run_id):
+    with _run(tracking, parent=parent_run_id):
         return run_register(encoder, name, None, files)
 
 
