@@ -14,5 +14,5 @@ def ingest(source: str, data_root: str, params: str, tracking_uri: str,
     """Ingest `<data_root>/<source>` (a folder or s3:// prefix); returns the row count."""
     from ecgssl.pipeline import steps
     m = steps.ingest(source, data_root, table.path, params, tracking_uri)
-    table.metadata.update(steps.table_metadata(table.path))
+    table.metadata.update(steps.table_metadata(m))
     return m["rows"]

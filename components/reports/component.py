@@ -15,7 +15,7 @@ def reports(tables: Input[list[Dataset]], params: str, tracking_uri: str,
     """Device reports translated and/or generated from the signal; returns the row count."""
     from ecgssl.pipeline import steps
     m = steps.reports([t.path for t in tables], table.path, params, tracking_uri)
-    table.metadata.update(steps.table_metadata(table.path))
+    table.metadata.update(steps.table_metadata(m))
     with open(summary.path, "w") as fh:
         fh.write(steps.reports_markdown(m))
     return m["rows"]

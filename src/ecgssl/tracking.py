@@ -109,14 +109,18 @@ def _base_tags() -> dict:
 
 @contextmanager
 def start_run(enabled: bool, experiment: str, run_name: str, tags: dict | None = None,
-              system_metrics: bool = True):
-    """A run of the experiment (a child run, in the parent's experiment, when a parent run id
-    is in $ECGSSL_PARENT_RUN_ID), or a NullRun when tracking is off."""
-    if not enabled:
+              system_metrics: bool = True, only_child: bool = False):
+    """A run of the experiment (a child run, in the parent's experiment, inside a pipeline
+    run), or a NullRun when tracking is off (or, with `only_child`, outside a pipeline run)."""
+    if not enabled or only_child and not (os.environ.get(PARENT_ENV) or
+                                          os.environ.get(PIPELINE_RUN_ENV)):
         yield NullRun()
         return
     mlflow = connect()
     parent = parent_run_id(mlflow)
+    if only_child and not parent:
+        yield NullRun()
+        return
     base_tags = _base_tags()
     if parent:
         base_tags["mlflow.parentRunId"] = parent
@@ -147,11 +151,8 @@ def parent_run_id(mlflow) -> str | None:
 def log_stage(stage: str, params: dict, metrics: dict, run_name: str | None = None) -> None:
     """A child run for a stage that has no run of its own (ingest, reports, embed-text), logged
     only inside a pipeline run so that one-off CLI calls do not litter the experiment."""
-    if not (os.environ.get(PARENT_ENV) or os.environ.get(PIPELINE_RUN_ENV)) or \
-            not parent_run_id(connect()):
-        return
-    with start_run(True, "ecgssl", run_name or stage, {"stage": stage},
-                   system_metrics=False) as run:
+    with start_run(True, "ecgssl", run_name or stage, {"stage": stage}, system_metrics=False,
+                   only_child=True) as run:
         run.log_params(flatten(params))
         run.log_metrics({k: v for k, v in flatten(metrics).items()
                          if isinstance(v, int | float) and not isinstance(v, bool)})

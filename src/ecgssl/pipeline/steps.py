@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ecgssl.config import Params, params_from_dict, section
 from ecgssl.errors import EcgsslError
-from ecgssl.storage import read_json, stable_hash, staged
+from ecgssl.storage import stable_hash, staged
 from ecgssl.tracking import (
     PIPELINE_RUN_ENV,
     connect,
@@ -181,8 +181,8 @@ def reports_markdown(manifest: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def table_metadata(folder: str | Path) -> dict:
-    """What the KFP UI shows beside a table artifact."""
-    m = read_json(Path(folder) / "_manifest.json")
-    return {"rows": m["rows"], "source": m["source"], "fs": m["fs"], "window_s": m["window_s"],
-            "records_quarantined": len(m.get("records_quarantined", []))}
+def table_metadata(manifest: dict) -> dict:
+    """What the KFP UI shows beside a table artifact (from the manifest the stage returned)."""
+    return {"rows": manifest["rows"], "source": manifest["source"], "fs": manifest["fs"],
+            "window_s": manifest["window_s"],
+            "records_quarantined": len(manifest.get("records_quarantined", []))}
