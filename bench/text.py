@@ -33,13 +33,13 @@ def main() -> None:
         t0 = time.perf_counter()
         hot = run_embed_text(tmp / "reports", tmp / "emb2.parquet", cfg, progress=False)
         t_hot = time.perf_counter() - t0
-    n = cold["texts"]
-    print(f"reports (both): {m['rows']} rows in {t_reports:.1f} s "
-          f"({m['rows'] / t_reports:.0f} rows/s)")
-    print(f"embed-text cold:      {n} distinct reports, {n / cold['elapsed_s']:8.1f} reports/s "
-          f"(model {cold['model']})")
-    print(f"embed-text cache hit: {hot['computed']} computed, {n / t_hot:8.1f} reports/s   "
-          f"{cold['elapsed_s'] / t_hot:.1f}x cold")
+    n = cold.texts
+    print(f"reports (both): {m.rows} rows in {t_reports:.1f} s "
+          f"({m.rows / t_reports:.0f} rows/s)")
+    print(f"embed-text cold:      {n} distinct reports, {n / cold.elapsed_s:8.1f} reports/s "
+          f"(model {cold.model})")
+    print(f"embed-text cache hit: {hot.computed} computed, {n / t_hot:8.1f} reports/s   "
+          f"{cold.elapsed_s / t_hot:.1f}x cold")
 
 
 if __name__ == "__main__":

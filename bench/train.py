@@ -53,7 +53,7 @@ def timed_steps(fn, steps: int, device: torch.device) -> float:
 
 
 def measure(ds: PretrainData, method: str, steps: int, device: torch.device, bf16: bool):
-    cfg = PretrainConfig(method=method, batch_size=64, mlflow=False, split="train")
+    cfg = PretrainConfig(method=method, batch_size=64, split="train")
     model, opt = build(cfg, ds.signal.shape[-1], ds.text.shape[1], device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 

@@ -1,15 +1,10 @@
 """KFP component: zero-shot and linear-probe evaluation of one task (see README.md)."""
 
-
-from kfp import dsl
 from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
 
-from ecgssl.pipeline.build import settings
-
-IMAGE = settings().image
+IMAGE = "image"  # the KfpConfig field naming this component's base image
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def evaluate(encoder: Input[Model], table: Input[Dataset], task: str, modes: list[str],
              params: str, tracking_uri: str, evaluation: Output[Dataset],
              metrics: Output[Metrics], report: Output[HTML]):
@@ -17,4 +12,4 @@ def evaluate(encoder: Input[Model], table: Input[Dataset], task: str, modes: lis
     from ecgssl.pipeline import steps
     m = steps.evaluate(encoder.path, table.path, task, modes, evaluation.path, params,
                        tracking_uri)
-    steps.publish_evaluation(m, evaluation.path, f"evaluate {task}", metrics, report)
+    steps.publish_evaluation(m.metrics, evaluation.path, f"evaluate {task}", metrics, report)

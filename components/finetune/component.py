@@ -1,14 +1,10 @@
 """KFP component: fine-tune the encoder on one task at each label fraction, on a GPU."""
 
-from kfp import dsl
 from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
 
-from ecgssl.pipeline.build import settings
-
-IMAGE = settings().gpu_image
+IMAGE = "gpu_image"  # the KfpConfig field naming this component's base image
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def finetune(encoder: Input[Model], table: Input[Dataset], task: str, params: str,
              tracking_uri: str, evaluation: Output[Dataset], metrics: Output[Metrics],
              report: Output[HTML]):
@@ -16,4 +12,4 @@ def finetune(encoder: Input[Model], table: Input[Dataset], task: str, params: st
     from ecgssl.pipeline import steps
     m = steps.evaluate(encoder.path, table.path, task, ["finetune"], evaluation.path, params,
                        tracking_uri)
-    steps.publish_evaluation(m, evaluation.path, f"fine-tune {task}", metrics, report)
+    steps.publish_evaluation(m.metrics, evaluation.path, f"fine-tune {task}", metrics, report)

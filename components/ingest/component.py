@@ -1,18 +1,14 @@
 """KFP component: one source's WFDB records -> an ECG table (see README.md)."""
 
-from kfp import dsl
 from kfp.dsl import Dataset, Output
 
-from ecgssl.pipeline.build import settings
-
-IMAGE = settings().image
+IMAGE = "image"  # the KfpConfig field naming this component's base image
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def ingest(source: str, data_root: str, params: str, tracking_uri: str,
            table: Output[Dataset]) -> int:
     """Ingest `<data_root>/<source>` (a folder or s3:// prefix); returns the row count."""
     from ecgssl.pipeline import steps
     m = steps.ingest(source, data_root, table.path, params, tracking_uri)
     table.metadata.update(steps.table_metadata(m))
-    return m["rows"]
+    return m.rows

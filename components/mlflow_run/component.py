@@ -2,19 +2,15 @@
 
 from kfp import dsl
 
-from ecgssl.pipeline.build import settings
-
-IMAGE = settings().image
+IMAGE = "image"  # the KfpConfig field naming this component's base image
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def start_run(tracking_uri: str, pipeline_run: str, params: str) -> str:
     """Open the parent run of this pipeline run; returns its id ("" when tracking is off)."""
     from ecgssl.pipeline import steps
     return steps.start(tracking_uri, pipeline_run, params)
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def finish_run(tracking_uri: str, pipeline_run: str, params: str,
                status: dsl.PipelineTaskFinalStatus) -> str:
     """Exit handler: close the parent run as FINISHED, FAILED or KILLED."""

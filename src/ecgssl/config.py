@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from ecgssl.errors import ConfigError
 
@@ -20,6 +20,31 @@ DEFAULT_PARAMS = Path("params.yaml")
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def one_of(registry_path: str):
+    """A str field whose value must be a key of a registry (`module:NAME`), read when
+    validating, so the registry stays the only list of choices."""
+    def check(value: str) -> str:
+        choices = registry(registry_path)
+        if value not in choices:
+            raise ValueError(f"unknown {value!r}; choose one of {', '.join(choices)}")
+        return value
+    return AfterValidator(check)
+
+
+def registry(path: str) -> dict:
+    import importlib
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+REPORT_MODES = ("device", "generated", "both")
+EVAL_MODES = ("zeroshot", "probe", "finetune")
+SOURCES_REGISTRY = "ecgssl.data.sources:SOURCES"
+ENCODERS_REGISTRY = "ecgssl.models:ENCODERS"
+METHODS_REGISTRY = "ecgssl.models:METHODS"
+TASKS_REGISTRY = "ecgssl.evaluate.tasks:TASKS"
 
 
 class BaseConfig(Section):
@@ -42,7 +67,7 @@ class IngestConfig(Section):
 
 
 class ReportsConfig(Section):
-    mode: Literal["device", "generated", "both"] = Field(
+    mode: Literal[REPORT_MODES] = Field(
         "both", description="device: translate the device report; generated: interpret the "
         "signal; both: device text when present, measurement sentences appended")
     workers: int | None = Field(None, ge=1, description="worker processes; null = CPU count")
@@ -58,8 +83,10 @@ class EmbedTextConfig(Section):
 
 
 class PretrainConfig(Section):
-    method: Literal["mets", "st", "mets+st"] = "mets+st"
-    encoder: Literal["resnet1d18", "vit1d"] = "resnet1d18"
+    method: Annotated[str, one_of(METHODS_REGISTRY)] = Field(
+        "mets+st", description="pretraining method (ecgssl.models.METHODS)")
+    encoder: Annotated[str, one_of(ENCODERS_REGISTRY)] = Field(
+        "resnet1d18", description="ECG encoder (ecgssl.models.ENCODERS)")
     width: int = Field(64, ge=8, description="encoder width: resnet1d18 stem channels (64 as "
                        "in ResNet-18), vit1d token dim / 4")
     epochs: int = Field(1, ge=1, description="passes over the train split (unless max_steps)")
@@ -86,8 +113,6 @@ class PretrainConfig(Section):
     mets_weight: float = Field(1.0, ge=0)
     st_weight: float = Field(1.0, ge=0)
     split: str = Field("train", description="table split to pretrain on")
-    mlflow: bool = Field(True, description="log to MLflow (MLFLOW_TRACKING_URI or ./mlflow.db)")
-    experiment: str = "ecgssl"
 
 
 class EvaluateConfig(Section):
@@ -103,14 +128,36 @@ class EvaluateConfig(Section):
     bootstrap: int = Field(200, ge=10, description="bootstrap resamples of test records")
     seed: int = 0
     cache: str | None = "outputs/cache/text_embeddings.parquet"
-    mlflow: bool = True
-    experiment: str = "ecgssl"
 
 
 class PromoteConfig(Section):
     metric: str = Field("zeroshot/cinc2017-af/macro_auroc", description="gate metric key, "
                         "higher is better")
     min_delta: float = Field(0.0, description="smallest win that moves @champion")
+
+
+class TrackingConfig(Section):
+    """MLflow: one section for every stage (see ecgssl.tracking for the run context)."""
+    enabled: bool = Field(True, description="log runs to MLflow; false = no MLflow call at all")
+    experiment: str = Field("ecgssl", description="experiment of pipeline and stage runs")
+    uri: str | None = Field(None, description="tracking URI; null = $MLFLOW_TRACKING_URI, "
+                            "else sqlite:///mlflow.db in the working directory")
+
+
+class PipelineConfig(Section):
+    """What the whole pipeline runs over; drives `dvc.yaml` (foreach) and the Kubeflow
+    pipeline's parameter defaults alike."""
+    data_root: str = Field("data/sample", description="folder or s3:// prefix holding one "
+                           "folder per source")
+    sources: list[Annotated[str, one_of(SOURCES_REGISTRY)]] = Field(
+        ["ptbxl", "mitdb", "cinc2017", "cinc2020"], description="sources to ingest "
+        "(ecgssl.data.sources.SOURCES)")
+    tasks: list[Annotated[str, one_of(TASKS_REGISTRY)]] = Field(
+        ["cinc2017-af", "mitdb-aami"], description="tasks to evaluate "
+        "(ecgssl.evaluate.tasks.TASKS)")
+    eval_modes: list[Literal[EVAL_MODES]] = ["zeroshot", "probe"]
+    finetune: bool = Field(False, description="also fine-tune per task (a GPU task on KFP)")
+    model_name: str = Field("ecgssl-mets-st-encoder", description="registered model name")
 
 
 class KfpConfig(Section):
@@ -131,13 +178,6 @@ class KfpConfig(Section):
                                               "({key, operator, value, effect})")
     retries: int = Field(2, ge=0, description="retries of a failed task (with backoff)")
     caching: bool = Field(True, description="reuse a task's outputs when its inputs match")
-    data_root: str = Field("data/sample", description="folder or s3:// prefix holding one "
-                           "folder per source")
-    sources: list[str] = ["ptbxl", "mitdb", "cinc2017", "cinc2020"]
-    tasks: list[str] = ["cinc2017-af", "mitdb-aami"]
-    eval_modes: list[str] = ["zeroshot", "probe"]
-    finetune: bool = Field(False, description="also fine-tune per task (a GPU task)")
-    model_name: str = "ecgssl-mets-st-encoder"
 
 
 class Params(Section):
@@ -148,6 +188,8 @@ class Params(Section):
     pretrain: PretrainConfig = PretrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     promote: PromoteConfig = PromoteConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    pipeline: PipelineConfig = PipelineConfig()
     kfp: KfpConfig = KfpConfig()
 
 

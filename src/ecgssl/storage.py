@@ -61,6 +61,20 @@ def write_json(path: str | Path, obj) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
+def expand_folder(path: str | Path, marker: str, names: list[str], what: str) -> list[Path]:
+    """`path` itself when it holds `marker` (or is no folder); else its subfolders holding
+    `marker`: those in `names`, in that order, when any exist, else all by name."""
+    path = Path(path)
+    if (path / marker).is_file() or not path.is_dir():
+        return [path]
+    found = {p.name: p for p in path.iterdir() if (p / marker).is_file()}
+    chosen = [found[n] for n in names if n in found] or [found[n] for n in sorted(found)]
+    if not chosen:
+        raise EcgsslError(f"{path} is no {what} and holds none (no {marker} in it or its "
+                          "subfolders)")
+    return chosen
+
+
 def tree_fingerprint(root: str | Path) -> str:
     """sha256 over (relative path, size, mtime) of every file below root.
 
@@ -92,7 +106,7 @@ def stable_hash(obj) -> str:
 # AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION / AWS_DEFAULT_REGION, profiles) plus
 # AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL for MinIO and other S3-compatible servers.
 
-S3_RETRIES = int(os.environ.get("ECGSSL_S3_RETRIES", "5"))
+DEFAULT_S3_ATTEMPTS = 5
 _SYNC_RECORD = ".ecgssl-sync.json"
 _FATAL = ("ACCESS_DENIED", "AccessDenied", "NO_SUCH_BUCKET", "NoSuchBucket",
           "InvalidAccessKeyId", "SignatureDoesNotMatch")
@@ -126,15 +140,24 @@ def s3_filesystem():
                            connect_timeout=5, request_timeout=60, **kwargs)
 
 
+def s3_attempts() -> int:
+    """Attempts per S3 call: $ECGSSL_S3_RETRIES (read when a call is made, not at import)."""
+    try:
+        return max(1, int(os.environ.get("ECGSSL_S3_RETRIES") or DEFAULT_S3_ATTEMPTS))
+    except ValueError:
+        raise EcgsslError("ECGSSL_S3_RETRIES must be a whole number of attempts, got "
+                          f"{os.environ['ECGSSL_S3_RETRIES']!r}") from None
+
+
 def _retry(what: str, fn, *args):
-    delay = 0.5
-    for attempt in range(1, S3_RETRIES + 1):
+    delay, attempts = 0.5, s3_attempts()
+    for attempt in range(1, attempts + 1):
         try:
             return fn(*args)
         except (FileNotFoundError, PermissionError):
             raise
         except OSError as exc:
-            if any(f in str(exc) for f in _FATAL) or attempt == S3_RETRIES:
+            if any(f in str(exc) for f in _FATAL) or attempt == attempts:
                 raise EcgsslError(f"S3 {what} failed after {attempt} attempt(s): {exc}") \
                     from None
             time.sleep(delay)

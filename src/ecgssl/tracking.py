@@ -1,11 +1,19 @@
 """MLflow tracking with the project's conventions, and a no-op stand-in when it is off.
 
-Tracking URI: $MLFLOW_TRACKING_URI, else a SQLite store `mlflow.db` in the working directory.
-An unreachable server is a clear error naming the URI, never a hang.
+Every stage takes a `RunContext`: where to track (URI, experiment), whether to track at all, and
+its lineage (the pipeline's parent run and the pipeline run's name). A front door (the CLI,
+`ecgssl pipeline repro`, a Kubeflow step) builds it once, from the `tracking` section of
+params.yaml and what the front door was handed; library code never reads the environment for
+it. The environment variables a front door accepts:
 
-A pipeline run (a Kubeflow run, or `make run` = `ecgssl pipeline repro`) is one parent run; each
-stage it runs becomes a child run of it: the parent's id travels in $ECGSSL_PARENT_RUN_ID and
-the pipeline run's name (KFP run id or git revision) in $ECGSSL_PIPELINE_RUN.
+- `MLFLOW_TRACKING_URI`: where to track when `tracking.uri` is null (else a SQLite store
+  `mlflow.db` in the working directory);
+- `ECGSSL_PARENT_RUN_ID`: the parent run a CLI stage joins (`ecgssl pipeline repro` sets it for
+  the `dvc repro` it runs);
+- `ECGSSL_PIPELINE_RUN`: the pipeline run's name (a KFP pod's `pipeline/runid` label, or set by
+  `repro`/`run-local`); a stage without a parent id finds the parent run by this tag.
+
+An unreachable server is a clear error naming the URI, never a hang.
 """
 
 from __future__ import annotations
@@ -13,17 +21,62 @@ from __future__ import annotations
 import os
 import subprocess
 from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ecgssl import __version__
 from ecgssl.errors import EcgsslError
 
+if TYPE_CHECKING:
+    from ecgssl.config import TrackingConfig
+
 DEFAULT_URI = "sqlite:///mlflow.db"
-PARENT_ENV, PIPELINE_RUN_ENV = "ECGSSL_PARENT_RUN_ID", "ECGSSL_PIPELINE_RUN"
+PARENT_ENV, PIPELINE_RUN_ENV, URI_ENV = ("ECGSSL_PARENT_RUN_ID", "ECGSSL_PIPELINE_RUN",
+                                         "MLFLOW_TRACKING_URI")
 
 
-def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+@dataclass(frozen=True)
+class RunContext:
+    """Where and whether a stage tracks, and which pipeline run it belongs to."""
+    enabled: bool = False
+    tracking_uri: str = DEFAULT_URI
+    experiment: str = "ecgssl"
+    parent_run_id: str | None = None
+    pipeline_run: str | None = None
+
+    @classmethod
+    def at_front_door(cls, cfg: TrackingConfig, uri: str | None = None,
+                      enabled: bool | None = None, env: dict | None = None) -> RunContext:
+        """The context a front door builds: params' `tracking` section, explicit overrides
+        (a CLI flag, a pipeline argument), then the environment variables listed above."""
+        env = os.environ if env is None else env
+        return cls(enabled=cfg.enabled if enabled is None else enabled,
+                   tracking_uri=uri or cfg.uri or env.get(URI_ENV) or DEFAULT_URI,
+                   experiment=cfg.experiment,
+                   parent_run_id=env.get(PARENT_ENV) or None,
+                   pipeline_run=env.get(PIPELINE_RUN_ENV) or None)
+
+    @property
+    def in_pipeline(self) -> bool:
+        return bool(self.parent_run_id or self.pipeline_run)
+
+    def with_parent(self, parent_run_id: str | None, pipeline_run: str | None = None
+                    ) -> RunContext:
+        return replace(self, parent_run_id=parent_run_id or None,
+                       pipeline_run=pipeline_run or self.pipeline_run)
+
+    def env(self) -> dict[str, str]:
+        """What a front door hands to the front doors it launches (e.g. `dvc repro`'s stages)."""
+        out = {URI_ENV: self.tracking_uri}
+        if self.parent_run_id:
+            out[PARENT_ENV] = self.parent_run_id
+        if self.pipeline_run:
+            out[PIPELINE_RUN_ENV] = self.pipeline_run
+        return out
+
+
+OFF = RunContext()
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
@@ -35,6 +88,12 @@ def flatten(d: dict, prefix: str = "") -> dict:
         else:
             out[key] = v
     return out
+
+
+def metric_key(k: str) -> str:
+    """Our metric keys as MLflow accepts them ('~', the Challenge 2017 noise class, is not
+    allowed). Evaluate logs and promote reads through this one function, so they agree."""
+    return k.replace("~", "noise")
 
 
 def git_commit() -> str:
@@ -62,7 +121,8 @@ class MlflowRun(NullRun):
         self.mlflow, self.run_id = mlflow, run.info.run_id
 
     def log_metrics(self, metrics, step=None):
-        self.mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+        self.mlflow.log_metrics({metric_key(k): float(v) for k, v in metrics.items()},
+                                step=step)
 
     def log_params(self, params):
         items = list(params.items())
@@ -88,107 +148,87 @@ def check_server(uri: str, timeout: float = 5.0) -> None:
         urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout)
     except (urllib.error.URLError, OSError) as exc:
         raise EcgsslError(f"MLflow tracking server {uri} is not reachable ({exc}); start it, "
-                          "fix MLFLOW_TRACKING_URI, or turn tracking off (mlflow: false)") \
-            from None
+                          "fix MLFLOW_TRACKING_URI / tracking.uri, or turn tracking off "
+                          "(tracking.enabled: false)") from None
 
 
-def connect():
+def connect(ctx: RunContext):
     import mlflow
-    uri = tracking_uri()
-    check_server(uri)
-    mlflow.set_tracking_uri(uri)
+    check_server(ctx.tracking_uri)
+    mlflow.set_tracking_uri(ctx.tracking_uri)
     return mlflow
 
 
-def _base_tags() -> dict:
+def _base_tags(ctx: RunContext) -> dict:
     tags = {"ecgssl.version": __version__, "git.commit": git_commit()}
-    if os.environ.get(PIPELINE_RUN_ENV):
-        tags["ecgssl.pipeline_run"] = os.environ[PIPELINE_RUN_ENV]
+    if ctx.pipeline_run:
+        tags["ecgssl.pipeline_run"] = ctx.pipeline_run
     return tags
 
 
 @contextmanager
-def start_run(enabled: bool, experiment: str, run_name: str, tags: dict | None = None,
+def start_run(ctx: RunContext, run_name: str, tags: dict | None = None,
               system_metrics: bool = True, only_child: bool = False):
-    """A run of the experiment (a child run, in the parent's experiment, inside a pipeline
-    run), or a NullRun when tracking is off (or, with `only_child`, outside a pipeline run)."""
-    if not enabled or only_child and not (os.environ.get(PARENT_ENV) or
-                                          os.environ.get(PIPELINE_RUN_ENV)):
+    """A run of the context's experiment (a child run, in the parent's experiment, inside a
+    pipeline run), or a NullRun when tracking is off (or, with `only_child`, outside a
+    pipeline run)."""
+    if not ctx.enabled or only_child and not ctx.in_pipeline:
         yield NullRun()
         return
-    mlflow = connect()
-    parent = parent_run_id(mlflow)
+    mlflow = connect(ctx)
+    parent = parent_run_id(ctx)
     if only_child and not parent:
         yield NullRun()
         return
-    base_tags = _base_tags()
+    base_tags = _base_tags(ctx)
     if parent:
         base_tags["mlflow.parentRunId"] = parent
         mlflow.set_experiment(experiment_id=mlflow.MlflowClient().get_run(
             parent).info.experiment_id)
     else:
-        mlflow.set_experiment(experiment)
+        mlflow.set_experiment(ctx.experiment)
     with mlflow.start_run(run_name=run_name, tags={**base_tags, **(tags or {})},
                           log_system_metrics=system_metrics) as run:
         yield MlflowRun(mlflow, run)
 
 
-def parent_run_id(mlflow) -> str | None:
-    """The pipeline's parent run: $ECGSSL_PARENT_RUN_ID, else the run tagged with the pipeline
-    run in $ECGSSL_PIPELINE_RUN. Kubeflow tasks take the second way (the run id comes from the
-    pod's label), because a run id among a task's inputs would defeat KFP's cache."""
-    if os.environ.get(PARENT_ENV):
-        return os.environ[PARENT_ENV]
-    pipeline_run = os.environ.get(PIPELINE_RUN_ENV)
-    if not pipeline_run:
-        return None
-    runs = mlflow.search_runs(
+def parent_run_id(ctx: RunContext) -> str | None:
+    """The pipeline's parent run: the context's, else the run tagged with its pipeline run.
+    Kubeflow tasks take the second way (the run name comes from the pod's label), because a
+    run id among a task's inputs would defeat KFP's cache."""
+    if ctx.parent_run_id or not ctx.pipeline_run:
+        return ctx.parent_run_id
+    runs = connect(ctx).search_runs(
         search_all_experiments=True, output_format="list", max_results=1,
-        filter_string=f"tags.`ecgssl.pipeline_run` = '{pipeline_run}' and tags.stage = 'pipeline'")
+        filter_string=f"tags.`ecgssl.pipeline_run` = '{ctx.pipeline_run}' "
+                      "and tags.stage = 'pipeline'")
     return runs[0].info.run_id if runs else None
 
 
-def log_stage(stage: str, params: dict, metrics: dict, run_name: str | None = None) -> None:
+def log_stage(ctx: RunContext, stage: str, params: dict, metrics: dict,
+              run_name: str | None = None) -> None:
     """A child run for a stage that has no run of its own (ingest, reports, embed-text), logged
     only inside a pipeline run so that one-off CLI calls do not litter the experiment."""
-    with start_run(True, "ecgssl", run_name or stage, {"stage": stage}, system_metrics=False,
+    with start_run(ctx, run_name or stage, {"stage": stage}, system_metrics=False,
                    only_child=True) as run:
         run.log_params(flatten(params))
         run.log_metrics({k: v for k, v in flatten(metrics).items()
                          if isinstance(v, int | float) and not isinstance(v, bool)})
 
 
-def start_pipeline_run(experiment: str, pipeline_run: str, tags: dict | None = None) -> str:
-    """Open the parent run of one pipeline run; returns its id (stages find it in
-    $ECGSSL_PARENT_RUN_ID)."""
-    mlflow = connect()
-    exp = mlflow.set_experiment(experiment)
+def start_pipeline_run(ctx: RunContext, pipeline_run: str, tags: dict | None = None
+                       ) -> RunContext:
+    """Open the parent run of one pipeline run; returns the context its stages run in."""
+    mlflow = connect(ctx)
+    ctx = replace(ctx, pipeline_run=pipeline_run)
+    exp = mlflow.set_experiment(ctx.experiment)
     run = mlflow.MlflowClient().create_run(
         exp.experiment_id, run_name=f"pipeline {pipeline_run}",
-        tags={**_base_tags(), "ecgssl.pipeline_run": pipeline_run, "stage": "pipeline",
-              **(tags or {})})
-    return run.info.run_id
+        tags={**_base_tags(ctx), "stage": "pipeline", **(tags or {})})
+    return ctx.with_parent(run.info.run_id)
 
 
-def end_pipeline_run(run_id: str, status: str = "FINISHED") -> None:
-    connect().MlflowClient().set_terminated(run_id, status)
-
-
-@contextmanager
-def pipeline_env(parent: str | None, pipeline_run: str | None):
-    """Make the stages run inside this block child runs of `parent` (or of the parent run
-    tagged with `pipeline_run`)."""
-    old = {k: os.environ.get(k) for k in (PARENT_ENV, PIPELINE_RUN_ENV)}
-    for k, v in ((PARENT_ENV, parent), (PIPELINE_RUN_ENV, pipeline_run)):
-        if v:
-            os.environ[k] = v
-        else:
-            os.environ.pop(k, None)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+def end_pipeline_run(ctx: RunContext, status: str = "FINISHED") -> None:
+    parent = parent_run_id(ctx)
+    if parent:
+        connect(ctx).MlflowClient().set_terminated(parent, status)

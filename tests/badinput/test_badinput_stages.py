@@ -43,7 +43,7 @@ def test_ptbxl_csv_with_a_non_utf8_byte_keeps_the_row(sample, tmp_path):
     lines[i] = lines[i].replace(b"sinusrhythmus", b"sinusrhythmus \xe4\xfc", 1)
     db.write_bytes(b"\n".join(lines))
     m = ingest("ptbxl", root, tmp_path / "out", IngestConfig(workers=1), progress=False)
-    assert m["records_ok"] == 1
+    assert m.records_ok == 1
     report = read_table(tmp_path / "out", columns=["report_device"]).column("report_device")[0]
     assert "\ufffd" in report
 
@@ -75,7 +75,7 @@ def test_odd_report_text_embeds(tables, tmp_path, table_copy):
     t = table_copy(tables["mitdb"], "report", lambda t: pa.array(
         [odd[i % len(odd)] for i in range(t.num_rows)], pa.string()))
     s = run_embed_text(t, tmp_path / "e.parquet", EmbedTextConfig(cache=None), progress=False)
-    assert s["texts"] == len(odd)
+    assert s.texts == len(odd)
     _, vecs, _ = read_embeddings(tmp_path / "e.parquet")
     assert np.allclose(np.linalg.norm(vecs, axis=1), 1, atol=1e-4)   # long text truncated
 
@@ -164,7 +164,7 @@ def test_encoder_folder_of_another_width_or_none(corpus, tmp_path):
     from ecgssl.train.loop import pretrain
     enc = tmp_path / "enc"
     pretrain(corpus["table"], corpus["text_emb"], enc,
-             PretrainConfig(max_steps=1, batch_size=4, width=8, mlflow=False, method="st"),
+             PretrainConfig(max_steps=1, batch_size=4, width=8, method="st"),
              progress=False)
     cfg = json.loads((enc / "config.json").read_text())
     (enc / "config.json").write_text(json.dumps({**cfg, "width": 16}))

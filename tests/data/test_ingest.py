@@ -157,7 +157,7 @@ def test_rerun_is_a_noop(tables):
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     m = ingest("cinc2020", Path(read_manifest(out)["input"]), out, IngestConfig(workers=2),
                progress=False)
-    assert m.get("up_to_date")
+    assert m.up_to_date
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
 
 
@@ -166,7 +166,7 @@ def test_changed_options_rebuild_the_table(tmp_path, sample):
     ingest("cinc2020", sample / "cinc2020", out, IngestConfig(workers=1), progress=False)
     m = ingest("cinc2020", sample / "cinc2020", out, IngestConfig(workers=1, window_s=5),
                progress=False)
-    assert not m.get("up_to_date") and m["n_samples"] == 500
+    assert not m.up_to_date and m.raw["n_samples"] == 500
     assert read_table(out).signal.shape[2] == 500
 
 

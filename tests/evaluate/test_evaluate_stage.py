@@ -13,7 +13,7 @@ from ecgssl.evaluate import stage
 from ecgssl.evaluate.tasks import load_task
 from ecgssl.train.loop import pretrain
 
-FAST = EvaluateConfig(probe_epochs=30, finetune_epochs=1, bootstrap=20, mlflow=False,
+FAST = EvaluateConfig(probe_epochs=30, finetune_epochs=1, bootstrap=20,
                       cache=None)
 
 
@@ -21,14 +21,17 @@ FAST = EvaluateConfig(probe_epochs=30, finetune_epochs=1, bootstrap=20, mlflow=F
 def encoder(corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("encoder")
     pretrain(corpus["table"], corpus["text_emb"], out, PretrainConfig(
-        method="mets+st", width=16, batch_size=16, max_steps=4, warmup_steps=1, mlflow=False),
+        method="mets+st", width=16, batch_size=16, max_steps=4, warmup_steps=1),
         progress=False)
     return out
 
 
 def test_zeroshot_and_probe_write_metrics_and_plots(encoder, tables, tmp_path):
-    m = stage.run_evaluate(encoder, tables["cinc2017"], "cinc2017-af", ["zeroshot", "probe"],
+    r = stage.run_evaluate(encoder, tables["cinc2017"], "cinc2017-af", ["zeroshot", "probe"],
                            tmp_path, FAST, fractions=[10, 100], progress=False)
+    m = r.metrics
+    assert set(r.headline()) == {"zeroshot/cinc2017-af", "probe/cinc2017-af",
+                                 "probe-random/cinc2017-af"}
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved == pytest.approx(m, nan_ok=True)
     for key in ("zeroshot/cinc2017-af/macro_auroc", "probe/cinc2017-af/f10/macro_f1",
@@ -46,7 +49,7 @@ def test_zeroshot_and_probe_write_metrics_and_plots(encoder, tables, tmp_path):
 
 def test_multilabel_finetune_on_mitdb(encoder, tables, tmp_path):
     m = stage.run_evaluate(encoder, tables["mitdb"], "mitdb-aami", ["finetune"], tmp_path, FAST,
-                           fractions=[100], progress=False)
+                           fractions=[100], progress=False).metrics
     assert 0 <= m["finetune/mitdb-aami/macro_auroc"] <= 1
     assert "finetune-random/mitdb-aami/f100/macro_f1" in m
 

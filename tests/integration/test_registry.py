@@ -19,6 +19,7 @@ from ecgssl.errors import EcgsslError
 from ecgssl.evaluate.stage import run_evaluate
 from ecgssl.registry.pyfunc import ECGModel
 from ecgssl.registry.register import promote, register
+from ecgssl.tracking import RunContext
 from ecgssl.train.loop import pretrain
 
 pytestmark = pytest.mark.integration
@@ -29,10 +30,10 @@ GATE = "zeroshot/cinc2017-af/macro_auroc"
 def evaluated(corpus, tables, tmp_path_factory):
     root = tmp_path_factory.mktemp("reg")
     pretrain(corpus["table"], corpus["text_emb"], root / "enc", PretrainConfig(
-        method="mets+st", width=16, batch_size=16, max_steps=4, warmup_steps=1, mlflow=False),
+        method="mets+st", width=16, batch_size=16, max_steps=4, warmup_steps=1),
         progress=False)
     run_evaluate(root / "enc", tables["cinc2017"], "cinc2017-af", ["zeroshot", "probe"],
-                 root / "eval", EvaluateConfig(probe_epochs=20, bootstrap=20, mlflow=False,
+                 root / "eval", EvaluateConfig(probe_epochs=20, bootstrap=20,
                                                cache=None),
                  fractions=[100], progress=False)
     return root
@@ -48,18 +49,19 @@ def test_register_gate_load_and_serve(evaluated, corpus, mlflow_server, tmp_path
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server,
            "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}   # serve execs uvicorn from PATH
     name = "ecgssl-test-encoder"
+    ctx = RunContext(enabled=True, tracking_uri=mlflow_server)
     metrics = evaluated / "eval" / "metrics.json"
-    v1 = register(evaluated / "enc", name, metrics_files=[metrics])
+    v1 = register(evaluated / "enc", name, ctx, metrics_files=[metrics])
     p = cli("promote", "--name", name, "--metric", GATE, env=env)
     assert p.returncode == 0 and "no champion yet" in p.stderr, p.stderr
 
     # Same numbers again: not a win, the champion stays (exit 3).
-    v2 = register(evaluated / "enc", name, metrics_files=[metrics])
+    v2 = register(evaluated / "enc", name, ctx, metrics_files=[metrics])
     p = cli("promote", "--name", name, "--metric", GATE, env=env)
     assert p.returncode == 3 and "does not win" in p.stderr, p.stderr
     client = mlflow.MlflowClient(mlflow_server)
-    assert client.get_model_version_by_alias(name, "champion").version == v1["version"]
-    assert client.get_model_version_by_alias(name, "challenger").version == v2["version"]
+    assert client.get_model_version_by_alias(name, "champion").version == v1.version
+    assert client.get_model_version_by_alias(name, "challenger").version == v2.version
 
     # A challenger measured better on the same test data wins.
     better = tmp_path / "eval"
@@ -68,15 +70,15 @@ def test_register_gate_load_and_serve(evaluated, corpus, mlflow_server, tmp_path
     m[GATE] += 0.05
     (better / "metrics.json").write_text(json.dumps(m))
     (better / "test_data.json").write_text((evaluated / "eval/test_data.json").read_text())
-    v3 = register(evaluated / "enc", name, metrics_files=[better / "metrics.json"])
-    d = promote(name, GATE, min_delta=0.01)
+    v3 = register(evaluated / "enc", name, ctx, metrics_files=[better / "metrics.json"])
+    d = promote(name, GATE, ctx, min_delta=0.01)
     assert d.promoted and d.challenger_value == pytest.approx(d.champion_value + 0.05)
     champ = client.get_model_version_by_alias(name, "champion")
-    assert champ.version == v3["version"]
+    assert champ.version == v3.version
     assert champ.tags["promotion.decision"] == "promoted"
     assert champ.tags["git.commit"] and champ.tags["params.hash"]
     assert champ.tags["data.fingerprint"] == read_manifest(corpus["table"])["input_fingerprint"]
-    old = client.get_model_version(name, v1["version"])
+    old = client.get_model_version(name, v1.version)
     assert old.tags["promotion.role"] == "champion" and "promotion.champion_value" in old.tags
 
     # Other test data: not comparable, refused.
@@ -84,8 +86,8 @@ def test_register_gate_load_and_serve(evaluated, corpus, mlflow_server, tmp_path
     other.mkdir()
     (other / "metrics.json").write_text(json.dumps({**m, GATE: 0.99}))
     (other / "test_data.json").write_text(json.dumps({"cinc2017-af": "0000"}))
-    register(evaluated / "enc", name, metrics_files=[other / "metrics.json"])
-    d = promote(name, GATE)
+    register(evaluated / "enc", name, ctx, metrics_files=[other / "metrics.json"])
+    d = promote(name, GATE, ctx)
     assert not d.promoted and "different cinc2017-af test data" in d.reason
 
     # Load the champion in a fresh process and predict.
@@ -120,9 +122,11 @@ def test_register_gate_load_and_serve(evaluated, corpus, mlflow_server, tmp_path
 
 def test_classifier_model_and_input_validation(evaluated, mlflow_server, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
-    r = register(evaluated / "enc", "ecgssl-cinc2017-af-classifier", classifier=evaluated /
-                 "eval/classifier-probe", metrics_files=[evaluated / "eval/metrics.json"])
-    model = mlflow.pyfunc.load_model(r["model_uri"])
+    r = register(evaluated / "enc", "ecgssl-cinc2017-af-classifier",
+                 RunContext(enabled=True, tracking_uri=mlflow_server),
+                 classifier=evaluated / "eval/classifier-probe",
+                 metrics_files=[evaluated / "eval/metrics.json"])
+    model = mlflow.pyfunc.load_model(r.model_uri)
     x = np.zeros((4, 12, 1000), np.float32)
     x[:, 0] = np.sin(np.arange(1000) / 9)
     probs = model.predict(x)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ecgssl.config import load_params
 from ecgssl.pipeline.build import COMPILED, compile_pipeline, settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -78,7 +79,8 @@ def test_dag_shape_resources_caching_and_retries(repo_params, tmp_path):
     loops = [c for c in comps.values() if "dag" in c and "parameterIterator" in json.dumps(c)]
     assert loops
     params = spec["root"]["inputDefinitions"]["parameters"]
-    assert params["sources"]["defaultValue"] == k.sources
+    assert params["sources"]["defaultValue"] == load_params().pipeline.sources
+    assert params["tasks"]["defaultValue"] == load_params().pipeline.tasks
     assert json.loads(params["params"]["defaultValue"])["pretrain"]["max_steps"] == \
         yaml.safe_load((ROOT / "params.yaml").read_text())["pretrain"]["max_steps"]
     gate_dag = [c for n, c in comps.items() if n.startswith("comp-condition") and

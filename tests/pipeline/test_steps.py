@@ -13,9 +13,9 @@ from ecgssl.pipeline import steps
 from ecgssl.tracking import PIPELINE_RUN_ENV, log_stage
 
 
-def _params(**pretrain) -> str:
+def _params(**tracking) -> str:
     p = Params().model_dump(mode="json")
-    p["pretrain"].update(pretrain)
+    p["tracking"].update(tracking)
     return json.dumps(p)
 
 
@@ -26,8 +26,8 @@ def test_parent_children_and_final_status(tmp_path, monkeypatch, status, expecte
     monkeypatch.setenv(PIPELINE_RUN_ENV, "run-123")       # what the pod label gives a task
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     parent = steps.start(uri, "placeholder", _params())
-    with steps._run(uri, Params()):
-        log_stage("ingest", {"source": "mitdb"}, {"rows": 900}, run_name="ingest-mitdb")
+    log_stage(steps._ctx(uri, Params()), "ingest", {"source": "mitdb"}, {"rows": 900},
+              run_name="ingest-mitdb")
     assert steps.finish(uri, "placeholder", status, _params()) == expected
     client = mlflow.MlflowClient(uri)
     p = client.get_run(parent)
@@ -42,9 +42,8 @@ def test_tracking_off_makes_no_mlflow_call(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv(PIPELINE_RUN_ENV, "run-456")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")   # nothing listens here
-    off = _params(mlflow=False)
+    off = _params(enabled=False)
     assert steps.start("", "x", off) == ""
-    with steps._run("", Params.model_validate(json.loads(off))):
-        log_stage("reports", {}, {"rows": 1})
+    log_stage(steps._ctx("", Params.model_validate(json.loads(off))), "reports", {}, {"rows": 1})
     assert steps.finish("", "x", "SUCCEEDED", off) == "FINISHED"
     assert not (tmp_path / "mlflow.db").exists()

@@ -20,8 +20,8 @@ def test_device_mode_translates_the_device_report(tables, tmp_path):
     t = read_table(tmp_path / "r")
     assert t.column("report")[0] == translate(t.column("report_device")[0]) == \
         "sinus rhythm. low limb lead voltage."
-    assert m["reports"]["counts"] == {"device": 1, "generated": 0, "empty": 0}
-    assert m["reports"]["translation_coverage"] == 1.0
+    assert m.reports.counts == {"device": 1, "generated": 0, "empty": 0}
+    assert m.reports.translation_coverage == 1.0
     assert (tmp_path / "r" / "scp_statements.csv").is_file()
 
 
@@ -29,15 +29,15 @@ def test_both_mode_joins_tables_and_appends_measurements(tables, tmp_path):
     m = run_reports([tables["ptbxl"], tables["cinc2020"]], tmp_path / "r",
                     ReportsConfig(mode="both", workers=2), progress=False)
     t = read_table(tmp_path / "r")
-    assert len(t) == m["rows"] == 17 and m["source"] == "ptbxl+cinc2020"
+    assert len(t) == m.rows == 17 and m.source == "ptbxl+cinc2020"
     reports = dict(zip(t.column("dataset"), t.column("report")))
     assert reports["ptbxl"].startswith("sinus rhythm. low limb lead voltage. Sinus rhythm at")
     assert all(r and "bpm" in r for r in t.column("report"))
-    assert m["reports"]["counts"] == {"device": 1, "generated": 17, "empty": 0}
+    assert m.reports.counts == {"device": 1, "generated": 17, "empty": 0}
     np.testing.assert_array_equal(t.signal[1:], read_table(tables["cinc2020"]).signal)
     again = run_reports([tables["ptbxl"], tables["cinc2020"]], tmp_path / "r",
                         ReportsConfig(mode="both", workers=2), progress=False)
-    assert again.get("up_to_date")
+    assert again.up_to_date
 
 
 def test_generated_reports_never_read_labels(tables, tmp_path, table_copy):

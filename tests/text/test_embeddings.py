@@ -75,10 +75,10 @@ def test_embed_text_stage_writes_one_vector_per_distinct_report(tables, tmp_path
     s = run_embed_text(tmp_path / "r", tmp_path / "emb.parquet", cfg, progress=False,
                        encoder=encoder)
     index, vecs, meta = read_embeddings(tmp_path / "emb.parquet")
-    assert len(index) == s["texts"] == vecs.shape[0] and vecs.shape[1] == 384
+    assert len(index) == s.texts == vecs.shape[0] and vecs.shape[1] == 384
     assert meta["model_identity"] == encoder.identity and meta["pooling"] == "mean"
     calls = encoder.forward_calls
     s2 = run_embed_text(tmp_path / "r", tmp_path / "emb2.parquet", cfg, progress=False,
                         encoder=encoder)
-    assert s2["computed"] == 0 and encoder.forward_calls == calls
+    assert s2.computed == 0 and encoder.forward_calls == calls
     shutil.rmtree(tmp_path / "r")

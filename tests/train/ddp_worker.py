@@ -7,22 +7,22 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from ecgssl.config import PretrainConfig
+from ecgssl.distributed import init_from_env, mean_over_ranks
 from ecgssl.train.data import PretrainData
-from ecgssl.train.distributed import init_from_env, rank
-from ecgssl.train.loop import _mean_over_ranks, build, step_losses
+from ecgssl.train.loop import build, step_losses
 
 
 def main(table: str, text_emb: str, out: str, method: str) -> None:
     device = torch.device("cpu")
-    init_from_env(device)
-    cfg = PretrainConfig(method=method, width=16, batch_size=16, mlflow=False)
+    dist = init_from_env(device)
+    cfg = PretrainConfig(method=method, width=16, batch_size=16)
     ds = PretrainData.load(table, text_emb, need_text="mets" in method)
     model, _ = build(cfg, ds.signal.shape[-1], ds.text.shape[1], device)
     net = DistributedDataParallel(model)
-    losses = step_losses(net, model, ds, cfg, 3, device)
+    losses = step_losses(net, model, ds, cfg, 3, device, dist)
     losses["loss"].backward()
-    values = _mean_over_ranks({k: v.detach() for k, v in losses.items()})
-    if rank() == 0:
+    values = mean_over_ranks({k: v.detach() for k, v in losses.items()}, dist)
+    if dist.rank == 0:
         grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
         torch.save({"losses": values, "grads": grads}, out)
 

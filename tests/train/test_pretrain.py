@@ -20,11 +20,12 @@ from safetensors.torch import load_file
 
 from ecgssl.config import PretrainConfig
 from ecgssl.errors import EcgsslError
+from ecgssl.tracking import RunContext
 from ecgssl.train.data import PretrainData
 from ecgssl.train.loop import build, pretrain, step_losses
 
 HERE = Path(__file__).parent
-SMALL = dict(width=16, batch_size=16, lr=3e-3, warmup_steps=2, mlflow=False, checkpoint_every=4)
+SMALL = dict(width=16, batch_size=16, lr=3e-3, warmup_steps=2, checkpoint_every=4)
 
 # Seeded CPU runs of 20 steps (SMALL config); a change here means training changed.
 EXPECTED = {"mets": (2.8417, 2.7647), "st": (0.7693, 0.3871), "mets+st": (3.5174, 3.2096)}
@@ -34,13 +35,13 @@ EXPECTED = {"mets": (2.8417, 2.7647), "st": (0.7693, 0.3871), "mets+st": (3.5174
 def test_seeded_run_learns_and_is_reproducible(corpus, tmp_path, method):
     cfg = PretrainConfig(method=method, max_steps=20, **SMALL)
     m = pretrain(corpus["table"], corpus["text_emb"], tmp_path / "run", cfg, progress=False)
-    assert m["loss/final"] < m["loss/first"]
+    assert m.loss_final < m.loss_first
     first, final = EXPECTED[method]
-    assert m["loss/first"] == pytest.approx(first, rel=2e-3)
-    assert m["loss/final"] == pytest.approx(final, rel=2e-3)
-    assert m["throughput/samples_per_s"] > 0
+    assert m.loss_first == pytest.approx(first, rel=2e-3)
+    assert m.loss_final == pytest.approx(final, rel=2e-3)
+    assert m.samples_per_s > 0
     saved = json.loads((tmp_path / "run/metrics.json").read_text())
-    assert saved["loss/final"] == pytest.approx(m["loss/final"])
+    assert saved["loss/final"] == pytest.approx(m.loss_final)
     config = json.loads((tmp_path / "run/config.json").read_text())
     assert config["method"] == method and config["n_samples"] == 1000
     weights = load_file(tmp_path / "run/encoder.safetensors")
@@ -109,7 +110,7 @@ def test_ddp_on_two_gloo_processes_equals_one_process(corpus, tmp_path, method):
                     str(corpus["table"]), str(corpus["text_emb"]), str(out), method],
                    check=True, capture_output=True, env=env, timeout=300)
     ddp = torch.load(out, weights_only=True)
-    cfg = PretrainConfig(method=method, width=16, batch_size=16, mlflow=False)
+    cfg = PretrainConfig(method=method, width=16, batch_size=16)
     ds = PretrainData.load(corpus["table"], corpus["text_emb"], need_text=True)
     model, _ = build(cfg, ds.signal.shape[-1], ds.text.shape[1], torch.device("cpu"))
     losses = step_losses(model, model, ds, cfg, 3, torch.device("cpu"))
@@ -123,10 +124,9 @@ def test_ddp_on_two_gloo_processes_equals_one_process(corpus, tmp_path, method):
 def test_pretraining_is_tracked_in_mlflow(corpus, tmp_path, monkeypatch):
     import mlflow
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    cfg = PretrainConfig(method="mets", max_steps=3, **{**SMALL, "mlflow": True},
-                         experiment="test-pretrain")
-    pretrain(corpus["table"], corpus["text_emb"], tmp_path / "run", cfg, progress=False)
+    cfg = PretrainConfig(method="mets", max_steps=3, **SMALL)
+    pretrain(corpus["table"], corpus["text_emb"], tmp_path / "run", cfg, progress=False,
+             ctx=RunContext(enabled=True, tracking_uri=uri, experiment="test-pretrain"))
     client = mlflow.MlflowClient(uri)
     exp = client.get_experiment_by_name("test-pretrain")
     (run,) = client.search_runs([exp.experiment_id])
@@ -141,10 +141,11 @@ def test_pretraining_is_tracked_in_mlflow(corpus, tmp_path, monkeypatch):
 
 
 def test_unreachable_tracking_server_is_a_clear_error(corpus, tmp_path, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{_free_port()}")
-    cfg = PretrainConfig(method="st", max_steps=1, **{**SMALL, "mlflow": True})
+    ctx = RunContext(enabled=True, tracking_uri=f"http://127.0.0.1:{_free_port()}")
+    cfg = PretrainConfig(method="st", max_steps=1, **SMALL)
     t0 = time.time()
     with pytest.raises(EcgsslError, match="MLflow tracking server http://127.0.0.1:.* is not "
                                           "reachable"):
-        pretrain(corpus["table"], corpus["text_emb"], tmp_path / "run", cfg, progress=False)
+        pretrain(corpus["table"], corpus["text_emb"], tmp_path / "run", cfg, progress=False,
+                 ctx=ctx)
     assert time.time() - t0 < 30

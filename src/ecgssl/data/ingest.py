@@ -35,12 +35,11 @@ from ecgssl.data.signal import (
     window_starts,
 )
 from ecgssl.data.sources import Source, Task, get_source
-from ecgssl.data.table import MANIFEST, SCHEMA_VERSION, read_manifest, to_arrow, write_shard
+from ecgssl.data.table import PARTS, SCHEMA_VERSION, TableManifest, to_arrow, write_shard, writing
 from ecgssl.errors import EcgsslError, RecordError
-from ecgssl.storage import exclusive, read_json, stable_hash, tree_fingerprint, write_json
-from ecgssl.tracking import log_stage
+from ecgssl.storage import read_json, stable_hash, tree_fingerprint, write_json
+from ecgssl.tracking import OFF, RunContext, log_stage
 
-PARTS = "_parts"
 IN_FLIGHT_PARTS = 2  # bounds memory: results of at most this many parts wait in the parent
 
 
@@ -159,20 +158,8 @@ def _done_part(out: Path, part: int, key: str) -> dict | None:
     return info
 
 
-def _clear_stale(out: Path, keep_parts: set[str]) -> None:
-    """Remove shards of other runs and temp files a killed run left (we hold the lock)."""
-    for p in [*out.glob(".*.tmp"), *out.glob(f"{PARTS}/.*.tmp")]:
-        p.unlink()
-    for p in out.glob("part-*.parquet"):
-        if p.name not in keep_parts:
-            p.unlink()
-    for p in (out / PARTS).glob("part-*.json") if (out / PARTS).is_dir() else []:
-        if p.stem + ".parquet" not in keep_parts:
-            p.unlink()
-
-
 def ingest(source_name: str, input_dir: str | Path, output_dir: str | Path,
-           cfg: IngestConfig, progress: bool = True) -> dict:
+           cfg: IngestConfig, progress: bool = True, ctx: RunContext = OFF) -> TableManifest:
     """Ingest one source; returns the manifest. Raises EcgsslError when nothing is usable."""
     root, out = Path(input_dir), Path(output_dir)
     if not root.is_dir():
@@ -190,18 +177,13 @@ def ingest(source_name: str, input_dir: str | Path, output_dir: str | Path,
     key = stable_hash({"source": source_name, "fs": cfg.fs, "window_s": cfg.window_s,
                        "options": options, "fingerprint": fingerprint,
                        "schema_version": SCHEMA_VERSION, "version": __version__})
-    with exclusive(out, "ingest"):
-        if (out / MANIFEST).is_file():
-            manifest = read_manifest(out)
-            if manifest.get("options_key") == key and all(
-                    (out / s).is_file() for s in manifest["shards"]):
-                manifest["up_to_date"] = True
-                return manifest
-            (out / MANIFEST).unlink()  # the old table is being replaced: hide it from readers
+    with writing(out, "ingest", key) as job:
+        if job.current:
+            return job.current
         t0 = time.perf_counter()
         parts = [tasks[i:i + cfg.shard_records] for i in range(0, len(tasks), cfg.shard_records)]
         infos = {i: _done_part(out, i, key) for i in range(len(parts))}
-        _clear_stale(out, {f"part-{i:05d}.parquet" for i, v in infos.items() if v})
+        job.clear_stale({f"part-{i:05d}.parquet" for i, v in infos.items() if v})
         todo = [i for i, v in infos.items() if v is None]
         n_todo = sum(len(parts[i]) for i in todo)
         bar = tqdm(total=len(tasks), initial=len(tasks) - n_todo, unit="rec",
@@ -221,16 +203,17 @@ def ingest(source_name: str, input_dir: str | Path, output_dir: str | Path,
         manifest = _manifest(source_name, root, out, cfg, size, key, fingerprint, options,
                              tasks, excluded, [infos[i] for i in range(len(parts))],
                              source.sidecars(root, out), time.perf_counter() - t0)
-        write_json(out / MANIFEST, manifest)
-    log_stage("ingest", {"source": source_name, **cfg.model_dump()},
-              {k: manifest[k] for k in ("rows", "records_ok", "records_total", "elapsed_s")}
-              | {"records_quarantined": len(manifest["records_quarantined"])},
+        result = job.commit(manifest)
+    log_stage(ctx, "ingest", {"source": source_name, **cfg.model_dump()},
+              {"rows": result.rows, "records_ok": result.records_ok,
+               "records_total": result.records_total, "elapsed_s": result.elapsed_s,
+               "records_quarantined": len(result.records_quarantined)},
               run_name=f"ingest-{source_name}")
-    if manifest["records_ok"] == 0:
-        reasons = "; ".join(q["reason"] for q in manifest["records_quarantined"][:3])
+    if result.records_ok == 0:
+        reasons = "; ".join(q["reason"] for q in result.records_quarantined[:3])
         raise EcgsslError(f"no record of {root} could be read ({len(tasks)} quarantined), "
                           f"e.g.: {reasons}")
-    return manifest
+    return result
 
 
 def _run_pool(source_name, root, out, cfg, key, parts, todo, workers, bar) -> dict:

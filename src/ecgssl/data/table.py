@@ -15,7 +15,9 @@ from __future__ import annotations
 import functools
 import json
 import operator
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,10 +27,11 @@ import pyarrow.parquet as pq
 
 from ecgssl.data.signal import N_LEADS
 from ecgssl.errors import EcgsslError
-from ecgssl.storage import atomic_path
+from ecgssl.storage import atomic_path, exclusive, expand_folder, write_json
 
 SCHEMA_VERSION = 1
 MANIFEST = "_manifest.json"
+PARTS = "_parts"          # per-part records of a stage that writes its shards in parts
 ARRAY_COLUMNS = ("signal", "lead_mask")
 
 
@@ -88,6 +91,102 @@ def read_manifest(path: str | Path) -> dict:
         return json.loads(p.read_text())
     except json.JSONDecodeError as exc:
         raise EcgsslError(f"{p}: corrupt manifest: {exc}") from None
+
+
+@dataclass(frozen=True)
+class ReportsSummary:
+    mode: str
+    counts: dict[str, int]                    # device / generated / empty
+    translation_coverage: float | None
+    untranslated_top: list                    # [(token, count)]
+    elapsed_s: float
+
+
+@dataclass(frozen=True)
+class TableManifest:
+    """What a table-writing stage (ingest, reports) returns: the manifest's headline fields,
+    typed, and the whole manifest as written (`raw`)."""
+    path: str
+    source: str
+    rows: int
+    fs: int
+    window_s: float
+    rows_per_split: dict[str, int]
+    elapsed_s: float
+    records_total: int = 0
+    records_ok: int = 0
+    records_quarantined: list[dict] = field(default_factory=list)
+    quarantined_by_kind: dict[str, int] = field(default_factory=dict)
+    records_excluded: list[dict] = field(default_factory=list)
+    reports: ReportsSummary | None = None
+    up_to_date: bool = False
+    raw: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def of(cls, path: str | Path, m: dict, up_to_date: bool = False) -> TableManifest:
+        r = m.get("reports")
+        return cls(
+            path=str(path), source=m["source"], rows=m["rows"], fs=m["fs"],
+            window_s=m["window_s"], rows_per_split=m.get("rows_per_split", {}),
+            elapsed_s=m.get("elapsed_s", r["elapsed_s"] if r else 0.0),
+            records_total=m.get("records_total", 0), records_ok=m.get("records_ok", 0),
+            records_quarantined=m.get("records_quarantined", []),
+            quarantined_by_kind=m.get("quarantined_by_kind", {}),
+            records_excluded=m.get("records_excluded", []),
+            reports=ReportsSummary(r["mode"], r["counts"], r["translation_coverage"],
+                                   [tuple(x) for x in r["untranslated_top"]], r["elapsed_s"])
+            if r else None,
+            up_to_date=up_to_date, raw=m)
+
+
+class TableJob:
+    """A stage's write of one table folder, held under the folder's lock (see `writing`)."""
+
+    def __init__(self, out: Path, key: str):
+        self.out, self.key = out, key
+        self.current: TableManifest | None = None   # set when the table is already up to date
+
+    def clear_stale(self, keep: set[str] = frozenset()) -> None:
+        """Remove shards (and their part records) not in `keep`, and temp files a killed run
+        left; only ever called under the lock."""
+        out = self.out
+        for p in [*out.glob(".*.tmp"), *out.glob(f"{PARTS}/.*.tmp")]:
+            p.unlink()
+        for p in out.glob("part-*.parquet"):
+            if p.name not in keep:
+                p.unlink()
+        for p in (out / PARTS).glob("part-*.json") if (out / PARTS).is_dir() else []:
+            if p.stem + ".parquet" not in keep:
+                p.unlink()
+
+    def commit(self, manifest: dict) -> TableManifest:
+        """Write the manifest, last: from now on readers see the new table."""
+        write_json(self.out / MANIFEST, manifest)
+        return TableManifest.of(self.out, manifest)
+
+
+@contextmanager
+def writing(out: str | Path, stage: str, key: str) -> Iterator[TableJob]:
+    """The skeleton every table-writing stage shares: lock the folder; when its manifest has
+    the same options key and all its shards, hand back `job.current` (up to date, nothing to
+    do); otherwise hide the old manifest so no reader sees a table being replaced. The stage
+    then clears stale shards, writes its own and calls `job.commit(manifest)`."""
+    out = Path(out)
+    with exclusive(out, stage):
+        job = TableJob(out, key)
+        if (out / MANIFEST).is_file():
+            old = read_manifest(out)
+            if old.get("options_key") == key and all((out / s).is_file() for s in old["shards"]):
+                job.current = TableManifest.of(out, old, up_to_date=True)
+            else:
+                (out / MANIFEST).unlink()
+        yield job
+
+
+def expand_tables(path: str | Path, names: list[str] = ()) -> list[Path]:
+    """A table folder as itself; a folder of tables (e.g. outputs/tables) as its tables: those
+    named in `names`, in that order, when any exist, else all of them by name."""
+    return expand_folder(path, MANIFEST, names, "ECG table")
 
 
 @dataclass

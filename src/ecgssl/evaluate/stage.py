@@ -11,12 +11,13 @@ test split is scored once per model.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from ecgssl.config import EvaluateConfig
+from ecgssl.config import EVAL_MODES, EvaluateConfig
 from ecgssl.errors import EcgsslError
 from ecgssl.evaluate import plots
 from ecgssl.evaluate.metrics import choose_thresholds, evaluate_scores, predictions
@@ -31,9 +32,31 @@ from ecgssl.evaluate.zeroshot import (
 from ecgssl.models.pretrain import load_pretrained
 from ecgssl.storage import read_json, stable_hash, write_json
 from ecgssl.text.cache import EmbeddingCache
-from ecgssl.tracking import start_run
+from ecgssl.tracking import OFF, RunContext, start_run
 
-MODES = ("zeroshot", "probe", "finetune")
+MODES = EVAL_MODES
+HEADLINE = ("macro_auroc", "macro_f1")
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    task: str
+    output: str
+    test_fingerprint: str
+    metrics: dict[str, float] = field(repr=False)   # everything in metrics.json
+
+    def headline(self) -> dict[str, dict[str, float]]:
+        """{`<mode>/<task>`: {macro_auroc, its CI, macro_f1}} at the largest label fraction."""
+        return {k[:-len("/macro_auroc")]: {
+                    "macro_auroc": self.metrics[k],
+                    "ci_low": self.metrics[k + "_ci_low"], "ci_high": self.metrics[k + "_ci_high"],
+                    "macro_f1": self.metrics[k[:-len("macro_auroc")] + "macro_f1"]}
+                for k in sorted(self.metrics) if is_headline(k) and k.endswith("/macro_auroc")}
+
+
+def is_headline(key: str) -> bool:
+    """`<mode>/<task>/macro_auroc|macro_f1`: the numbers people compare runs by."""
+    return key.endswith(tuple(f"/{h}" for h in HEADLINE)) and key.count("/") == 2
 
 
 def _score_split(task: TaskData, scores_of, cfg) -> tuple[dict, np.ndarray, np.ndarray]:
@@ -51,7 +74,8 @@ def _score_split(task: TaskData, scores_of, cfg) -> tuple[dict, np.ndarray, np.n
 
 def run_evaluate(encoder_dir: str | Path, table: str | Path, task_name: str, modes: list[str],
                  output: str | Path, cfg: EvaluateConfig, fractions: list[float] | None = None,
-                 prompt_overrides: dict[str, str] | None = None, progress: bool = True) -> dict:
+                 prompt_overrides: dict[str, str] | None = None, progress: bool = True,
+                 ctx: RunContext = OFF) -> EvalResult:
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     bad = [m for m in modes if m not in MODES]
@@ -66,7 +90,7 @@ def run_evaluate(encoder_dir: str | Path, table: str | Path, task_name: str, mod
     metrics, pngs = {}, []
     test = task.part("test")
     fingerprint = test_fingerprint(task)
-    with start_run(cfg.mlflow, cfg.experiment, f"evaluate-{task_name}",
+    with start_run(ctx, f"evaluate-{task_name}",
                    {"stage": "evaluate", "task": task_name, "encoder": str(encoder_dir)}) as run:
         if "zeroshot" in modes:
             prompts = load_prompts(task_name, table)
@@ -111,14 +135,10 @@ def run_evaluate(encoder_dir: str | Path, table: str | Path, task_name: str, mod
         # Which test data these numbers are for: promotion only compares equal fingerprints.
         write_json(out / "test_data.json", {task_name: fingerprint})
         run.set_tags({f"test_data.{task_name}": fingerprint})
-        run.log_metrics({_mlflow_key(k): v for k, v in metrics.items() if np.isfinite(v)})
+        run.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)})
         for p in pngs:
             run.log_artifact(p, "plots")
-    return metrics
-
-
-def _mlflow_key(k: str) -> str:
-    return k.replace("~", "noise")
+    return EvalResult(task_name, str(out), fingerprint, metrics)
 
 
 def test_fingerprint(task: TaskData) -> str:

@@ -1,22 +1,68 @@
 """Downstream tasks: which rows, which label space, multi-class or multi-label, which splits.
 
-A task reads the table's own `split` column (PTB-XL folds, MIT-BIH DS1/DS2, hashed records), so
-evaluation never re-splits and never mixes a patient into two splits.
+`TASKS` is the one list: a task is a `TaskSpec` entry (the dataset it reads, how native labels
+map to classes, the class order, multi-label or not, and whether labels belong to a record or a
+window). A task reads the table's own `split` column (PTB-XL folds, MIT-BIH DS1/DS2, hashed
+records), so evaluation never re-splits and never mixes a patient into two splits.
 """
 
 from __future__ import annotations
 
-import csv
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
 from ecgssl.data.table import ECGArrays, read_manifest, read_table
 from ecgssl.errors import EcgsslError
 
-TASKS = ("cinc2017-af", "mitdb-aami", "cinc2020-dx", "ptbxl-super", "ptbxl-sub", "ptbxl-form",
-         "ptbxl-rhythm")
+LabelMap = Callable[[Path], dict[str, str]]   # table folder -> {native label: class}
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    dataset: str                                  # rows of this `dataset` value
+    multilabel: bool = True
+    classes: tuple[str, ...] | None = None        # fixed order; None = every class present
+    label_map: LabelMap | None = None             # None = native labels are the classes
+    keep_unlabelled: bool = False                 # rows with no class stay (all negatives)
+    level: Literal["record", "window"] = "record"  # what the labels describe
+    help: str = ""
+
+
+def _statements(column: str | None, flag: str) -> LabelMap:
+    """PTB-XL statements with `flag` set, mapped to `column` (or to themselves)."""
+    def label_map(table: Path) -> dict[str, str]:
+        from ecgssl.data.sources.ptbxl import read_statements
+        out = {}
+        for code, row in read_statements(table).items():
+            if row.get(flag) in ("1", "1.0"):
+                target = row.get(column, "") if column else code
+                if target:
+                    out[code] = target
+        return out
+    return label_map
+
+
+TASKS: dict[str, TaskSpec] = {
+    "cinc2017-af": TaskSpec("cinc2017", multilabel=False, classes=("N", "A", "O", "~"),
+                            help="Challenge 2017: normal, AF, other rhythm, noisy"),
+    "mitdb-aami": TaskSpec("mitdb", classes=tuple("NSVFQ"), keep_unlabelled=True,
+                           level="window", help="MIT-BIH AAMI beat classes per window, "
+                           "DS1 -> DS2"),
+    "cinc2020-dx": TaskSpec("cinc2020", help="Challenge 2020/21: SNOMED codes present"),
+    "ptbxl-super": TaskSpec("ptbxl", label_map=_statements("diagnostic_class", "diagnostic"),
+                            help="PTB-XL diagnostic superclasses"),
+    "ptbxl-sub": TaskSpec("ptbxl", label_map=_statements("diagnostic_subclass", "diagnostic"),
+                          help="PTB-XL diagnostic subclasses"),
+    "ptbxl-form": TaskSpec("ptbxl", label_map=_statements(None, "form"),
+                           help="PTB-XL form statements"),
+    "ptbxl-rhythm": TaskSpec("ptbxl", label_map=_statements(None, "rhythm"),
+                             help="PTB-XL rhythm statements"),
+}
 
 
 @dataclass
@@ -35,65 +81,44 @@ class TaskData:
         return np.flatnonzero(self.split == name)
 
 
-def _scp_map(table: Path, column: str, flag: str | None) -> dict[str, str]:
-    path = Path(table) / "scp_statements.csv"
-    if not path.is_file():
-        raise EcgsslError(f"{table}: scp_statements.csv is missing next to the table; ingest "
-                          "PTB-XL with `ecgssl ingest ptbxl` (it copies the file)")
-    out = {}
-    with open(path, newline="") as fh:
-        for row in csv.DictReader(fh):
-            code = row.get("") or row.get("Unnamed: 0") or next(iter(row.values()))
-            if flag and (row.get(flag) or "").strip() not in ("1", "1.0"):
-                continue
-            target = (row.get(column) or "").strip() if column else code
-            if target:
-                out[code] = target
-    return out
+def get_task(name: str) -> TaskSpec:
+    if name not in TASKS:
+        raise EcgsslError(f"unknown task {name!r}; choose one of {', '.join(TASKS)}")
+    return TASKS[name]
+
+
+def _targets(spec: TaskSpec, labels: list[list[str]], table: Path, min_positives: int):
+    """(classes, kept row positions, y) from each row's native labels."""
+    if not spec.multilabel:
+        classes = list(spec.classes)
+        keep = [i for i, labs in enumerate(labels) if labs and labs[0] in classes]
+        return classes, keep, np.array([classes.index(labels[i][0]) for i in keep], np.int64)
+    mapping = spec.label_map(table) if spec.label_map else None
+    mapped = [sorted({mapping[c] for c in labs if c in mapping} if mapping else set(labs))
+              for labs in labels]
+    counts = Counter(c for labs in mapped for c in labs)
+    classes = [c for c in spec.classes if c in counts] if spec.classes else \
+        sorted(c for c, n in counts.items() if n >= min_positives)
+    keep = [i for i, labs in enumerate(mapped) if labs or spec.keep_unlabelled]
+    y = np.zeros((len(keep), len(classes)), dtype=np.float32)
+    for j, i in enumerate(keep):
+        for c in mapped[i]:
+            if c in classes:
+                y[j, classes.index(c)] = 1.0
+    return classes, keep, y
 
 
 def load_task(name: str, table: str | Path, min_positives: int = 1) -> TaskData:
-    if name not in TASKS:
-        raise EcgsslError(f"unknown task {name!r}; choose one of {', '.join(TASKS)}")
+    spec = get_task(name)
     table = Path(table)
-    dataset = name.split("-")[0]
     read_manifest(table)
     t: ECGArrays = read_table(table, columns=["ecg_id", "dataset", "record", "patient_id",
-                                              "split", "labels"], dataset=dataset)
-    rows = np.flatnonzero(t.column("dataset") == dataset)
+                                              "split", "labels"], dataset=spec.dataset)
+    rows = np.flatnonzero(t.column("dataset") == spec.dataset)
     if not len(rows):
-        raise EcgsslError(f"{table} has no {dataset} rows, so it cannot serve task {name}")
+        raise EcgsslError(f"{table} has no {spec.dataset} rows, so it cannot serve task {name}")
     labels = [list(t.column("labels")[i]) for i in rows]
-    multilabel = name != "cinc2017-af"
-    if name == "cinc2017-af":
-        classes = ["N", "A", "O", "~"]
-        keep = [i for i, labs in enumerate(labels) if labs and labs[0] in classes]
-        y = np.array([classes.index(labels[i][0]) for i in keep], dtype=np.int64)
-    else:
-        if name == "mitdb-aami":
-            mapping = {c: c for c in "NSVFQ"}
-        elif name == "cinc2020-dx":
-            mapping = {c: c for labs in labels for c in labs}
-        else:
-            kind = name.split("-")[1]
-            mapping = {"super": lambda: _scp_map(table, "diagnostic_class", "diagnostic"),
-                       "sub": lambda: _scp_map(table, "diagnostic_subclass", "diagnostic"),
-                       "form": lambda: _scp_map(table, None, "form"),
-                       "rhythm": lambda: _scp_map(table, None, "rhythm")}[kind]()
-        mapped = [sorted({mapping[c] for c in labs if c in mapping}) for labs in labels]
-        counts = {}
-        for labs in mapped:
-            for c in labs:
-                counts[c] = counts.get(c, 0) + 1
-        classes = sorted(c for c, n in counts.items() if n >= min_positives)
-        if name == "mitdb-aami":
-            classes = [c for c in "NSVFQ" if c in counts]
-        keep = [i for i, labs in enumerate(mapped) if labs or name == "mitdb-aami"]
-        y = np.zeros((len(keep), len(classes)), dtype=np.float32)
-        for j, i in enumerate(keep):
-            for c in mapped[i]:
-                if c in classes:
-                    y[j, classes.index(c)] = 1.0
+    classes, keep, y = _targets(spec, labels, table, min_positives)
     idx = rows[keep]
     split = np.asarray(t.column("split"))[idx]
     if not (split == "test").any():
@@ -101,5 +126,5 @@ def load_task(name: str, table: str | Path, min_positives: int = 1) -> TaskData:
     pid = t.column("patient_id")[idx]
     rec = t.column("record")[idx]
     group = np.array([p if p else r for p, r in zip(pid, rec)], dtype=object)
-    return TaskData(name, classes, multilabel, t.signal[idx], t.lead_mask[idx], y, split, group,
-                    np.asarray(t.column("ecg_id"))[idx])
+    return TaskData(name, classes, spec.multilabel, t.signal[idx], t.lead_mask[idx], y, split,
+                    group, np.asarray(t.column("ecg_id"))[idx])

@@ -7,6 +7,7 @@ embeddings are averaged). `--prompt CLASS=TEXT` on the command line replaces a c
 from __future__ import annotations
 
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,17 +22,13 @@ from ecgssl.text.encoder import TextEncoder
 def load_prompts(task: str, table=None) -> dict[str, list[str]]:
     """Class prompts of a task: prompts/<task>.yaml, and for PTB-XL statements without an
     entry there, the statement's description from the table's scp_statements.csv."""
+    from ecgssl.data.sources.ptbxl import STATEMENTS, read_statements
+    from ecgssl.evaluate.tasks import get_task
     prompts: dict[str, list[str]] = {}
-    if task.startswith("ptbxl") and table is not None:
-        import csv
-        from pathlib import Path
-        path = Path(table) / "scp_statements.csv"
-        if path.is_file():
-            with open(path, newline="") as fh:
-                for row in csv.DictReader(fh):
-                    code = row.get("") or next(iter(row.values()))
-                    if row.get("description"):
-                        prompts[code] = [row["description"].lower() + "."]
+    if get_task(task).dataset == "ptbxl" and table is not None and \
+            (Path(table) / STATEMENTS).is_file():
+        prompts = {code: [row["description"].lower() + "."]
+                   for code, row in read_statements(table).items() if row.get("description")}
     f = resources.files("ecgssl.evaluate").joinpath("prompts", f"{task}.yaml")
     if f.is_file():
         prompts.update({str(k): [str(t) for t in v]
@@ -80,5 +77,4 @@ def zero_shot_scores(model, x, mask, class_emb: torch.Tensor, multilabel: bool) 
     sims = ecg_embeddings(model, x, mask) @ class_emb.T
     if multilabel:
         return sims.numpy()
-    scale = model.mets.logit_scale.clamp(max=model.mets.max_log_scale).exp()
-    return torch.softmax(scale * sims, dim=1).numpy()
+    return torch.softmax(model.mets.scale() * sims, dim=1).numpy()

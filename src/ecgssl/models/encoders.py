@@ -2,7 +2,8 @@
 
 `resnet1d18` (default) is a ResNet-18 with 1-D convolutions; `vit1d` embeds non-overlapping
 time patches and runs a transformer encoder. Both zero absent leads before anything else, and
-both expose `features(x, mask)` -> a [B, C, L] time feature map for dense (reconstruction) heads.
+both expose `features(x, mask)` -> a [B, C, L] time feature map for dense (reconstruction) heads
+(the `ecgssl.models.Encoder` protocol; the registry is `ecgssl.models.ENCODERS`).
 
 GroupNorm instead of BatchNorm: the encoder's output then does not depend on what else is in
 the batch, so a DDP rank's slice computes exactly what the single-process run computes, and
@@ -80,13 +81,3 @@ class ViT1d(nn.Module):
     def forward(self, x, mask):
         return self.features(x, mask).mean(-1)
 
-
-ENCODERS = ("resnet1d18", "vit1d")
-
-
-def build_encoder(name: str, n_samples: int, width: int = 64) -> nn.Module:
-    if name == "resnet1d18":
-        return ResNet1d(width=width)
-    if name == "vit1d":
-        return ViT1d(n_samples, dim=4 * width, heads=max(1, width // 8))
-    raise ValueError(f"unknown encoder {name!r}; choose one of {', '.join(ENCODERS)}")

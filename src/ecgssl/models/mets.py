@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ecgssl.train.distributed import gather_with_grad
+from ecgssl.distributed import SINGLE, DistState, gather_with_grad
 
 
 class METSHead(nn.Module):
@@ -29,32 +29,31 @@ class METSHead(nn.Module):
     def forward(self, ecg_emb: torch.Tensor, text_emb: torch.Tensor):
         z_e = F.normalize(self.ecg_proj(ecg_emb), dim=-1)
         z_t = F.normalize(self.text_proj(text_emb), dim=-1)
-        return z_e, z_t, self.logit_scale.clamp(max=self.max_log_scale).exp()
+        return z_e, z_t, self.scale()
+
+    def scale(self) -> torch.Tensor:
+        """exp(logit_scale), clamped: the one place the clamp lives."""
+        return self.logit_scale.clamp(max=self.max_log_scale).exp()
 
     @property
     def temperature(self) -> float:
-        return 1.0 / float(self.logit_scale.detach().clamp(max=self.max_log_scale).exp())
+        return 1.0 / float(self.scale().detach())
 
 
 def info_nce(z_e: torch.Tensor, z_t: torch.Tensor, scale: torch.Tensor,
-             text_ids: torch.Tensor) -> torch.Tensor:
+             text_ids: torch.Tensor, dist: DistState = SINGLE) -> torch.Tensor:
     """Symmetric InfoNCE over the global batch (gathered across ranks).
 
     Rows whose reports are identical (same `text_ids`) are not negatives of each other: their
     off-diagonal logits are masked out in both directions. Each rank scores its own rows
     against all columns; averaging over ranks gives the single-process loss.
     """
-    all_e, all_t = gather_with_grad(z_e), gather_with_grad(z_t)
-    all_ids = gather_with_grad(text_ids)
-    offset = _rank_offset(z_e.shape[0])
-    rows = torch.arange(z_e.shape[0], device=z_e.device) + offset
+    all_e, all_t = gather_with_grad(z_e, dist), gather_with_grad(z_t, dist)
+    all_ids = gather_with_grad(text_ids, dist)
+    rows = torch.arange(z_e.shape[0], device=z_e.device) + dist.rank * z_e.shape[0]
     same = text_ids[:, None] == all_ids[None, :]
     same[torch.arange(len(rows)), rows] = False                 # keep the positive itself
     logits_e = (scale * z_e @ all_t.T).masked_fill(same, float("-inf"))
     logits_t = (scale * z_t @ all_e.T).masked_fill(same, float("-inf"))
     return 0.5 * (F.cross_entropy(logits_e, rows) + F.cross_entropy(logits_t, rows))
 
-
-def _rank_offset(local: int) -> int:
-    import torch.distributed as dist
-    return dist.get_rank() * local if dist.is_available() and dist.is_initialized() else 0

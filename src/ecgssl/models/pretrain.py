@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ecgssl.models.encoders import build_encoder
+from ecgssl.distributed import SINGLE, DistState
+from ecgssl.errors import EcgsslError
+from ecgssl.models import METHODS, build_encoder
 from ecgssl.models.mets import METSHead, info_nce
 from ecgssl.models.st import STHead, lead_loss, random_masking, reconstruction_loss, shuffle_leads
-
-METHODS = ("mets", "st", "mets+st")
 
 
 class PretrainModel(nn.Module):
@@ -20,22 +20,24 @@ class PretrainModel(nn.Module):
             raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
         self.method, self.n_samples = method, n_samples
         self.encoder = build_encoder(encoder, n_samples, width)
+        objectives = METHODS[method].objectives
         self.mets = METSHead(self.encoder.dim, text_dim, proj_dim, init_temperature) \
-            if "mets" in method else None
-        self.st = STHead(self.encoder.dim, self.encoder.stride) if "st" in method else None
+            if "mets" in objectives else None
+        self.st = STHead(self.encoder.dim, self.encoder.stride) if "st" in objectives else None
 
-    def forward(self, batch: dict, aug: dict, weights: dict) -> dict[str, torch.Tensor]:
+    def forward(self, batch: dict, aug: dict, weights: dict,
+                dist: DistState = SINGLE) -> dict[str, torch.Tensor]:
         """Losses of one (local) batch; `aug` holds this batch's masking/shuffling draws."""
         losses = {}
         if self.mets is not None:
             z_e, z_t, scale = self.mets(self.encoder(batch["x"], batch["mask"]), batch["text"])
-            losses["mets"] = info_nce(z_e, z_t, scale, batch["text_id"])
+            losses["mets"] = info_nce(z_e, z_t, scale, batch["text_id"], dist)
         if self.st is not None:
             feats = self.encoder.features(aug["x"], aug["mask"])
             rec, logits = self.st(feats, self.n_samples)
             losses["recon"] = reconstruction_loss(rec, aug["target"], aug["time_mask"],
-                                                  aug["mask"])
-            losses["lead"] = lead_loss(logits, aug["lead_target"])
+                                                  aug["mask"], dist)
+            losses["lead"] = lead_loss(logits, aug["lead_target"], dist)
             losses["st"] = losses["recon"] + weights["lead"] * losses["lead"]
         losses["loss"] = sum(weights[k] * losses[k] for k in ("mets", "st") if k in losses)
         return losses
@@ -57,8 +59,6 @@ def load_pretrained(folder, random_init: bool = False) -> tuple[PretrainModel, d
 
     from safetensors.torch import load_file
 
-    from ecgssl.errors import EcgsslError
-    from ecgssl.train.checkpoint import check_fits
 
     folder = Path(folder)
     if not (folder / "config.json").is_file():
@@ -75,3 +75,16 @@ def load_pretrained(folder, random_init: bool = False) -> tuple[PretrainModel, d
         check_fits(weights, model, folder)
         model.load_state_dict(weights)
     return model.eval(), cfg
+
+
+def check_fits(weights: dict[str, torch.Tensor], model: nn.Module, path) -> None:
+    """A clear error when saved weights belong to another architecture."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(weights))
+    unexpected = sorted(set(weights) - set(own))
+    shapes = [f"{k} {tuple(weights[k].shape)} vs {tuple(own[k].shape)}"
+              for k in sorted(set(own) & set(weights)) if weights[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        raise EcgsslError(f"checkpoint {path} does not fit this model (another encoder, width "
+                          f"or method?): missing {missing[:3]}, unexpected {unexpected[:3]}, "
+                          f"shape mismatches {shapes[:3]}")

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ecgssl.train.distributed import global_mean
+from ecgssl.distributed import SINGLE, DistState, global_mean
 
 N_LEADS = 12
 
@@ -67,15 +67,15 @@ class STHead(nn.Module):
         return rec, self.lead(feats.mean(-1)).view(b, N_LEADS, N_LEADS)
 
 
-def reconstruction_loss(pred, target, time_mask, lead_mask):
+def reconstruction_loss(pred, target, time_mask, lead_mask, dist: DistState = SINGLE):
     """MSE over masked time samples of present leads only (mean over the global batch)."""
     w = (time_mask[:, None, :] & lead_mask[:, :, None]).to(pred.dtype)
-    return global_mean(((pred - target) ** 2 * w).sum(), w.sum())
+    return global_mean(((pred - target) ** 2 * w).sum(), w.sum(), dist)
 
 
-def lead_loss(logits, targets):
+def lead_loss(logits, targets, dist: DistState = SINGLE):
     """Cross-entropy over 12 leads at every present position (mean over the global batch)."""
     flat = targets.reshape(-1)
     ce = F.cross_entropy(logits.reshape(-1, N_LEADS).float(), flat, ignore_index=-100,
                          reduction="sum")
-    return global_mean(ce, (flat != -100).sum().to(ce.dtype))
+    return global_mean(ce, (flat != -100).sum().to(ce.dtype), dist)

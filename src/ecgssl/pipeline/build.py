@@ -7,20 +7,24 @@
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import json
 import os
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import yaml
 
-from ecgssl.config import KfpConfig, load_params, params_from_dict
+from ecgssl.config import KfpConfig, Params, load_params, params_from_dict
 from ecgssl.errors import EcgsslError
-from ecgssl.tracking import pipeline_env
+from ecgssl.tracking import PIPELINE_RUN_ENV
 
 PIPELINE_FILE = Path("pipelines") / "ecgssl_pipeline.py"
 COMPILED = Path("pipelines") / "compiled" / "ecgssl_pipeline.yaml"
+STAGES = ("mlflow_run", "ingest", "reports", "embed_text", "pretrain", "evaluate", "finetune",
+          "register", "promote")
 
 
 def repo_root() -> Path:
@@ -50,22 +54,40 @@ def load_component(stage: str):
     return _load(path, f"ecgssl_components.{stage}")
 
 
-def load_pipeline():
-    return _load(repo_root() / PIPELINE_FILE, "ecgssl_pipelines.ecgssl_pipeline").ecgssl_pipeline
+def components(k: KfpConfig) -> SimpleNamespace:
+    """Every component function of components/*/component.py as a KFP component whose base
+    image is the one these compile-time settings name (the module's IMAGE says which field)."""
+    from kfp import dsl
+    out = {}
+    for stage in STAGES:
+        module = load_component(stage)
+        image = getattr(k, getattr(module, "IMAGE", "image"))
+        for name, fn in vars(module).items():
+            if inspect.isfunction(fn) and fn.__module__ == module.__name__ \
+                    and not name.startswith("_"):
+                out[name] = dsl.component(base_image=image, install_kfp_package=False)(fn)
+    return SimpleNamespace(**out)
 
 
-def settings() -> KfpConfig:
-    """The `kfp` section of params.yaml, with the images overridable from the environment (so a
-    CI system can point a build at the image it just pushed)."""
-    k = load_params().kfp
+def load_pipeline(p: Params | None = None):
+    """The pipeline function, built for these params (params.yaml by default)."""
+    p = p or load_params()
+    module = _load(repo_root() / PIPELINE_FILE, "ecgssl_pipelines.ecgssl_pipeline")
+    return module.build_pipeline(settings(p), p.pipeline, pipeline_params(p=p))
+
+
+def settings(p: Params | None = None) -> KfpConfig:
+    """The `kfp` section, with the images overridable from the environment when compiling (so
+    a CI system can point a build at the image it just pushed)."""
+    k = (p or load_params()).kfp
     return k.model_copy(update={"image": os.environ.get("ECGSSL_IMAGE") or k.image,
                                 "gpu_image": os.environ.get("ECGSSL_GPU_IMAGE") or k.gpu_image})
 
 
-def pipeline_params(sets: list[str] = ()) -> str:
+def pipeline_params(sets: list[str] = (), p: Params | None = None) -> str:
     """params.yaml (plus `section.key=value` overrides) as the pipeline's `params` argument:
     JSON text, because a KFP struct argument can hold no null (e.g. `embed_text.cache: null`)."""
-    out = load_params().model_dump(mode="json")
+    out = (p or load_params()).model_dump(mode="json")
     for item in sets:
         key, sep, value = item.partition("=")
         name, dot, field = key.strip().partition(".")
@@ -76,12 +98,34 @@ def pipeline_params(sets: list[str] = ()) -> str:
     return json.dumps(out, sort_keys=True)
 
 
-def compile_pipeline(output: str | Path | None = None) -> Path:
+def pipeline_arguments(args: list[str] | None, sets: list[str] | None) -> dict:
+    """`--arg NAME=VALUE` and `--set SECTION.KEY=VALUE` of the pipeline commands as the
+    pipeline's arguments (values are YAML)."""
+    out = {}
+    for a in args or []:
+        k, sep, v = a.partition("=")
+        if not sep:
+            raise EcgsslError(f"--arg takes NAME=VALUE, got {a!r}")
+        out[k.strip()] = yaml.safe_load(v)
+    if sets:
+        out["params"] = pipeline_params(sets)
+    return out
+
+
+def compile_pipeline(output: str | Path | None = None, p: Params | None = None) -> Path:
     from kfp import compiler
     out = Path(output) if output else repo_root() / COMPILED
     out.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(load_pipeline(), str(out))
+    compiler.Compiler().compile(load_pipeline(p), str(out))
     return out
+
+
+def is_up_to_date(target: Path) -> bool:
+    """Does the compiled file equal what compiling the code now gives?"""
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        fresh = compile_pipeline(Path(tmp) / "p.yaml").read_text()
+    return target.is_file() and target.read_text() == fresh
 
 
 def run_local(pipeline_root: str | Path, arguments: dict) -> dict:
@@ -98,11 +142,18 @@ def run_local(pipeline_root: str | Path, arguments: dict) -> dict:
     pipeline = load_pipeline()
     run = f"local-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     t0 = time.perf_counter()
-    with pipeline_env(None, run):
-        try:
-            pipeline(**arguments)
-        except RuntimeError as exc:
-            raise EcgsslError(f"local pipeline run failed: {exc} (task logs above; outputs in "
-                              f"{root})") from None
+    # The tasks are subprocesses: they receive the run's name as a pod does, in the environment.
+    old = os.environ.get(PIPELINE_RUN_ENV)
+    os.environ[PIPELINE_RUN_ENV] = run
+    try:
+        pipeline(**arguments)
+    except RuntimeError as exc:
+        raise EcgsslError(f"local pipeline run failed: {exc} (task logs above; outputs in "
+                          f"{root})") from None
+    finally:
+        if old is None:
+            os.environ.pop(PIPELINE_RUN_ENV, None)
+        else:
+            os.environ[PIPELINE_RUN_ENV] = old
     return {"pipeline_run": run, "pipeline_root": str(root),
             "elapsed_s": round(time.perf_counter() - t0, 1)}

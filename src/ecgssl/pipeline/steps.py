@@ -13,18 +13,16 @@ from __future__ import annotations
 import base64
 import html
 import os
-from contextlib import contextmanager
 from pathlib import Path
 
-from ecgssl.config import Params, params_from_dict, section
+from ecgssl.config import Params, params_from_dict
 from ecgssl.errors import EcgsslError
 from ecgssl.storage import stable_hash, staged
 from ecgssl.tracking import (
+    PARENT_ENV,
     PIPELINE_RUN_ENV,
-    connect,
+    RunContext,
     end_pipeline_run,
-    parent_run_id,
-    pipeline_env,
     start_pipeline_run,
 )
 
@@ -37,120 +35,100 @@ def _params(params: str) -> Params:
     return params_from_dict(yaml.safe_load(params or "{}") or {}, "pipeline argument `params`")
 
 
-@contextmanager
-def _run(tracking: str, p: Params | None = None, parent: str = ""):
-    """Inside: MLflow goes to the pipeline's tracking URI, and stage runs are children of the
-    pipeline's parent run: given here, or found by $ECGSSL_PIPELINE_RUN (see ecgssl.tracking).
-    With tracking off (`pretrain.mlflow: false`) data stages make no MLflow call at all."""
-    old = os.environ.get("MLFLOW_TRACKING_URI")
-    if tracking:
-        os.environ["MLFLOW_TRACKING_URI"] = tracking
-    children = p is None or p.pretrain.mlflow
-    try:
-        with pipeline_env(parent or None,
-                          os.environ.get(PIPELINE_RUN_ENV) if children else None):
-            yield
-    finally:
-        if old is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = old
+def _ctx(tracking: str, p: Params, parent: str = "", pipeline_run: str = "") -> RunContext:
+    """The front door of a Kubeflow step: the run context from the pipeline's arguments and
+    the pod's $ECGSSL_PIPELINE_RUN (its `pipeline/runid` label; kfp.local sets it too), by
+    which stage runs find the parent run. With `tracking.enabled: false` no MLflow call."""
+    env = {k: v for k, v in os.environ.items() if k != PARENT_ENV}   # parent: given or by tag
+    ctx = RunContext.at_front_door(p.tracking, uri=tracking or None, env=env)
+    return ctx.with_parent(parent, os.environ.get(PIPELINE_RUN_ENV) or pipeline_run)
 
 
 def start(tracking: str, pipeline_run: str, params: str) -> str:
-    """Open the parent run; returns its id ("" when tracking is off). The pipeline run's name
-    is $ECGSSL_PIPELINE_RUN where set (the pod's run-id label; kfp.local sets it too)."""
+    """Open the parent run; returns its id ("" when tracking is off)."""
     p = _params(params)
-    if not p.pretrain.mlflow:
+    ctx = _ctx(tracking, p, pipeline_run=pipeline_run)
+    if not ctx.enabled:
         return ""
-    with _run(tracking):
-        return start_pipeline_run(p.pretrain.experiment,
-                                  os.environ.get(PIPELINE_RUN_ENV) or pipeline_run,
-                                  {"params.hash": stable_hash(p.model_dump())[:16],
-                                   "runner": "kubeflow"})
+    return start_pipeline_run(ctx, ctx.pipeline_run, {
+        "params.hash": stable_hash(p.model_dump())[:16], "runner": "kubeflow"}).parent_run_id
 
 
 def finish(tracking: str, pipeline_run: str, status: str, params: str) -> str:
     """Close the parent run with the pipeline's final state (the exit handler, which KFP lets
     depend on no task, so it finds the parent run by the pipeline run's name)."""
     state = STATUS.get(status, "FAILED")
-    if not _params(params).pretrain.mlflow:
-        return state
-    with _run(tracking), pipeline_env(None, os.environ.get(PIPELINE_RUN_ENV) or pipeline_run):
-        parent = parent_run_id(connect())
-        if parent:
-            end_pipeline_run(parent, state)
+    ctx = _ctx(tracking, _params(params), pipeline_run=pipeline_run)
+    if ctx.enabled:
+        end_pipeline_run(ctx, state)
     return state
 
 
-def ingest(source: str, data_root: str, output: str, params: str, tracking: str) -> dict:
+def ingest(source: str, data_root: str, output: str, params: str, tracking: str):
     from ecgssl.data.ingest import ingest as run_ingest
     p = _params(params)
-    with _run(tracking, p), staged() as io:   # data_root may be an s3:// prefix
+    with staged() as io:   # data_root may be an s3:// prefix
         return run_ingest(source, io.input(f"{data_root.rstrip('/')}/{source}"), output,
-                          p.ingest, progress=False)
+                          p.ingest, progress=False, ctx=_ctx(tracking, p))
 
 
-def reports(tables: list[str], output: str, params: str, tracking: str) -> dict:
+def reports(tables: list[str], output: str, params: str, tracking: str):
     from ecgssl.reports.stage import run_reports
     p = _params(params)
-    with _run(tracking, p):
-        return run_reports(tables, output, p.reports, progress=False)
+    return run_reports(tables, output, p.reports, progress=False, ctx=_ctx(tracking, p))
 
 
-def embed_text(table: str, output: str, params: str, tracking: str) -> dict:
+def embed_text(table: str, output: str, params: str, tracking: str):
     from ecgssl.text.stage import run_embed_text
     p = _params(params)
-    with _run(tracking, p):
-        return run_embed_text(table, output, p.embed_text, progress=False)
+    return run_embed_text(table, output, p.embed_text, progress=False, ctx=_ctx(tracking, p))
 
 
-def pretrain(table: str, embeddings: str, output: str, params: str, tracking: str) -> dict:
+def pretrain(table: str, embeddings: str, output: str, params: str, tracking: str):
     from ecgssl.train.loop import pretrain as run_pretrain
     p = _params(params)
-    with _run(tracking, p):
-        return run_pretrain(table, embeddings, output, p.pretrain, progress=False)
+    return run_pretrain(table, embeddings, output, p.pretrain, progress=False,
+                        ctx=_ctx(tracking, p))
 
 
 def evaluate(encoder: str, table: str, task: str, modes: list[str], output: str,
-             params: str, tracking: str) -> dict:
+             params: str, tracking: str):
     from ecgssl.evaluate.stage import run_evaluate
     p = _params(params)
-    with _run(tracking, p):
-        return run_evaluate(encoder, table, task, list(modes), output, p.evaluate,
-                            progress=False)
+    return run_evaluate(encoder, table, task, list(modes), output, p.evaluate, progress=False,
+                        ctx=_ctx(tracking, p))
 
 
 def register(encoder: str, evaluations: list[str], name: str, tracking: str,
-             parent_run_id: str) -> dict:
+             parent_run_id: str, params: str = ""):
     from ecgssl.registry.register import register as run_register
     files = [Path(e) / "metrics.json" for e in evaluations]
-    with _run(tracking, parent=parent_run_id):
-        return run_register(encoder, name, None, files)
+    return run_register(encoder, name, _ctx(tracking, _params(params), parent=parent_run_id),
+                        None, files)
 
 
 def gate(name: str, params: str, tracking: str) -> bool:
     """Would the new @challenger replace @champion? (decides only; `promote` acts)."""
     from ecgssl.registry.register import promote as run_promote
-    cfg = section("promote", params=_params(params))
-    with _run(tracking):
-        return run_promote(name, cfg.metric, cfg.min_delta, dry_run=True).promoted
+    p = _params(params)
+    return run_promote(name, p.promote.metric, _ctx(tracking, p), p.promote.min_delta,
+                       dry_run=True).promoted
 
 
-def promote(name: str, params: str, tracking: str) -> dict:
+def promote(name: str, params: str, tracking: str):
     from ecgssl.registry.register import promote as run_promote
-    cfg = section("promote", params=_params(params))
-    with _run(tracking):
-        d = run_promote(name, cfg.metric, cfg.min_delta)
+    p = _params(params)
+    d = run_promote(name, p.promote.metric, _ctx(tracking, p), p.promote.min_delta)
     if not d.promoted:
         raise EcgsslError(f"{name}: the gate passed but promotion was refused: {d.reason}")
-    return {"promoted": d.promoted, "reason": d.reason, "champion": d.challenger}
+    return d
 
 
 def publish_evaluation(m: dict, folder: str, title: str, metrics, report) -> None:
     """Headline metrics to a KFP Metrics artifact and an HTML page to an HTML artifact."""
+    from ecgssl.evaluate.stage import is_headline
     for k, v in m.items():
-        if k.endswith(("/macro_auroc", "/macro_f1")) and k.count("/") == 2:
+        if is_headline(k):
             metrics.log_metric(k.replace("/", "."), float(v))
     with open(report.path, "w") as fh:
         fh.write(html_report(title, folder, m))
@@ -158,9 +136,9 @@ def publish_evaluation(m: dict, folder: str, title: str, metrics, report) -> Non
 
 def html_report(title: str, folder: str | Path, metrics: dict) -> str:
     """One self-contained HTML page: the headline metrics and every PNG of `folder` inline."""
+    from ecgssl.evaluate.stage import is_headline
     rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.4f}</td></tr>"
-                   for k, v in sorted(metrics.items())
-                   if k.endswith(("/macro_auroc", "/macro_f1")) and isinstance(v, float))
+                   for k, v in sorted(metrics.items()) if is_headline(k))
     imgs = "".join(
         f'<h3>{html.escape(p.stem)}</h3><img src="data:image/png;base64,'
         f'{base64.b64encode(p.read_bytes()).decode()}" style="max-width:640px">'
@@ -170,19 +148,18 @@ def html_report(title: str, folder: str | Path, metrics: dict) -> str:
             f"<tr><th>metric</th><th>value</th></tr>{rows}</table>{imgs}</body></html>")
 
 
-def reports_markdown(manifest: dict) -> str:
-    r = manifest["reports"]
-    cov = r["translation_coverage"]
-    lines = [f"# Reports ({r['mode']})", "", f"- rows: {manifest['rows']}",
-             *(f"- {k}: {v}" for k, v in r["counts"].items()),
+def reports_markdown(m) -> str:
+    r = m.reports
+    cov = r.translation_coverage
+    lines = [f"# Reports ({r.mode})", "", f"- rows: {m.rows}",
+             *(f"- {k}: {v}" for k, v in r.counts.items()),
              f"- translation coverage: {'n/a' if cov is None else f'{cov:.1%}'}",
              "- most frequent untranslated tokens: " + (", ".join(
-                 f"{t} ({n})" for t, n in r["untranslated_top"][:10]) or "none")]
+                 f"{t} ({n})" for t, n in r.untranslated_top[:10]) or "none")]
     return "\n".join(lines) + "\n"
 
 
-def table_metadata(manifest: dict) -> dict:
+def table_metadata(m) -> dict:
     """What the KFP UI shows beside a table artifact (from the manifest the stage returned)."""
-    return {"rows": manifest["rows"], "source": manifest["source"], "fs": manifest["fs"],
-            "window_s": manifest["window_s"],
-            "records_quarantined": len(manifest.get("records_quarantined", []))}
+    return {"rows": m.rows, "source": m.source, "fs": m.fs, "window_s": m.window_s,
+            "records_quarantined": len(m.records_quarantined)}

@@ -103,8 +103,7 @@ class ECGModel(PythonModel):
             self.text = text_encoder_for(self.cfg)
         t = F.normalize(self.model.mets.text_proj(torch.from_numpy(self.text.encode(labels))), -1)
         e = F.normalize(self.model.mets.ecg_proj(emb), dim=-1)
-        scale = self.model.mets.logit_scale.clamp(max=self.model.mets.max_log_scale).exp()
-        return torch.softmax(scale * e @ t.T, dim=1).numpy()
+        return torch.softmax(self.model.mets.scale() * e @ t.T, dim=1).numpy()
 
 
 def signature(n_samples: int):

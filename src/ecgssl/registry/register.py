@@ -15,13 +15,13 @@ import datetime as dt
 import math
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import ecgssl
 from ecgssl.errors import EcgsslError
-from ecgssl.storage import read_json, stable_hash
-from ecgssl.tracking import connect, git_commit, start_run, tracking_uri
+from ecgssl.storage import expand_folder, read_json, stable_hash
+from ecgssl.tracking import RunContext, connect, git_commit, metric_key, start_run
 
 CHALLENGER, CHAMPION = "challenger", "champion"
 PIP = ["torch==2.13.0", "numpy==2.4.6", "safetensors==0.8.0", "transformers==5.23.0",
@@ -29,12 +29,30 @@ PIP = ["torch==2.13.0", "numpy==2.4.6", "safetensors==0.8.0", "transformers==5.2
        "pydantic==2.14.3", "filelock==4.2.11", "tqdm==4.70.1", "scikit-learn==1.9.1"]
 
 
-def _metric_key(k: str) -> str:
-    return k.replace("~", "noise")
+def expand_evaluations(path: Path, tasks: list[str] = ()) -> list[Path]:
+    """An evaluation folder as itself; a folder of evaluation folders (outputs/eval) as those
+    named in `tasks` (in that order) when any exist, else every one by name."""
+    return expand_folder(path, "metrics.json", tasks, "evaluation")
 
 
-def register(encoder: str | Path, name: str, classifier: str | Path | None = None,
-             metrics_files: list[str | Path] = (), experiment: str = "ecgssl") -> dict:
+@dataclass(frozen=True)
+class Registration:
+    name: str
+    version: str
+    model_uri: str        # models:/NAME/VERSION
+    run_id: str
+    metrics: int          # how many metrics the version carries
+
+    def to_dict(self) -> dict:
+        from dataclasses import asdict
+        return asdict(self)
+
+
+def register(encoder: str | Path, name: str, ctx: RunContext,
+             classifier: str | Path | None = None,
+             metrics_files: list[str | Path] = ()) -> Registration:
+    """Log and register; needs MLflow whatever `tracking.enabled` says (the registry is
+    MLflow), at the context's tracking URI, inside its pipeline run when it has one."""
     from ecgssl.registry.pyfunc import ECGModel, signature
     src = Path(classifier or encoder)
     if not (src / "config.json").is_file():
@@ -56,17 +74,18 @@ def register(encoder: str | Path, name: str, classifier: str | Path | None = Non
                         if isinstance(v, int | float) and math.isfinite(v)})
         if (f.parent / "test_data.json").is_file():
             test_data.update(read_json(f.parent / "test_data.json"))
-    mlflow = connect()
+    ctx = replace(ctx, enabled=True)
+    mlflow = connect(ctx)
     tags = {"git.commit": git_commit(), "data.fingerprint": str(config.get("data_fingerprint")),
             "params.hash": stable_hash(config)[:16], "ecgssl.version": ecgssl.__version__,
             "kind": "classifier" if classifier else "encoder",
             **{f"test_data.{t}": fp for t, fp in test_data.items()}}
     with tempfile.TemporaryDirectory() as tmp, \
-            start_run(True, experiment, f"register-{name}", {"stage": "register", **tags},
-                      system_metrics=False):
+            start_run(ctx, f"register-{name}", {"stage": "register", **tags},
+                      system_metrics=False) as run:
         bundle = Path(tmp) / "model_dir"
         shutil.copytree(src, bundle, ignore=shutil.ignore_patterns("checkpoints", "*.png"))
-        mlflow.log_metrics({_metric_key(k): float(v) for k, v in metrics.items()})
+        run.log_metrics(metrics)
         mlflow.log_dict(metrics, "metrics.json")
         info = mlflow.pyfunc.log_model(
             name="model", python_model=ECGModel(), artifacts={"model_dir": str(bundle)},
@@ -78,8 +97,7 @@ def register(encoder: str | Path, name: str, classifier: str | Path | None = Non
     client.set_registered_model_alias(name, CHALLENGER, version)
     for k, v in tags.items():
         client.set_model_version_tag(name, version, k, v)
-    return {"name": name, "version": version, "model_uri": f"models:/{name}/{version}",
-            "run_id": info.run_id, "metrics": len(metrics)}
+    return Registration(name, version, f"models:/{name}/{version}", info.run_id, len(metrics))
 
 
 @dataclass
@@ -94,21 +112,21 @@ class Decision:
 
 def _version_metric(client, version, key: str) -> float | None:
     """The metric as logged on the run that registered the version."""
-    v = client.get_run(version.run_id).data.metrics.get(_metric_key(key))
+    v = client.get_run(version.run_id).data.metrics.get(metric_key(key))
     return float(v) if v is not None else None
 
 
-def promote(name: str, metric: str, min_delta: float = 0.0, force: bool = False,
-            dry_run: bool = False) -> Decision:
+def promote(name: str, metric: str, ctx: RunContext, min_delta: float = 0.0,
+            force: bool = False, dry_run: bool = False) -> Decision:
     """Decide, and unless `dry_run`, move @champion and tag both versions with the decision."""
-    mlflow = connect()
+    mlflow = connect(ctx)
     client = mlflow.MlflowClient()
     from mlflow.exceptions import MlflowException
     try:
         chal = client.get_model_version_by_alias(name, CHALLENGER)
     except MlflowException:
         raise EcgsslError(f"model {name!r} has no @{CHALLENGER} version; run `ecgssl register` "
-                          f"first (tracking URI {tracking_uri()})") from None
+                          f"first (tracking URI {ctx.tracking_uri})") from None
     try:
         champ = client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException:

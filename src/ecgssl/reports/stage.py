@@ -23,12 +23,12 @@ from tqdm import tqdm
 
 from ecgssl import __version__
 from ecgssl.config import ReportsConfig
-from ecgssl.data.table import MANIFEST, arrays, read_manifest, read_shard, write_shard
+from ecgssl.data.table import TableManifest, arrays, read_manifest, read_shard, write_shard, writing
 from ecgssl.errors import EcgsslError
 from ecgssl.reports.generate import generate
-from ecgssl.reports.translate import translate_report
-from ecgssl.storage import exclusive, stable_hash, write_json
-from ecgssl.tracking import log_stage
+from ecgssl.reports.translate import Coverage
+from ecgssl.storage import stable_hash
+from ecgssl.tracking import OFF, RunContext, log_stage
 
 CHUNK_ROWS = 32
 
@@ -65,7 +65,7 @@ def _reports_key(inputs: list[Path], manifests: list[dict], cfg: ReportsConfig) 
 
 
 def run_reports(inputs: list[str | Path], output: str | Path, cfg: ReportsConfig,
-                progress: bool = True) -> dict:
+                progress: bool = True, ctx: RunContext = OFF) -> TableManifest:
     inputs, out = [Path(p) for p in inputs], Path(output)
     if not inputs:
         raise EcgsslError("reports needs at least one --input table")
@@ -78,19 +78,13 @@ def run_reports(inputs: list[str | Path], output: str | Path, cfg: ReportsConfig
             f"{p} ({m['fs']} Hz, {m['n_samples']} samples)" for p, m in zip(inputs, manifests)))
     key = _reports_key(inputs, manifests, cfg)
     workers = cfg.workers or os.cpu_count() or 1
-    with exclusive(out, "reports"):
-        if (out / MANIFEST).is_file():
-            old = read_manifest(out)
-            if old.get("reports", {}).get("key") == key and all(
-                    (out / s).is_file() for s in old["shards"]):
-                return {**old, "up_to_date": True}
-            (out / MANIFEST).unlink()
-        for stale in out.glob("part-*.parquet"):
-            stale.unlink()
+    with writing(out, "reports", key) as job:
+        if job.current:
+            return job.current
+        job.clear_stale()
         t0 = time.perf_counter()
         total = sum(m["rows"] for m in manifests)
-        counts, untranslated = collections.Counter(), collections.Counter()
-        words = covered = 0
+        counts, coverage = collections.Counter(), Coverage()
         shards, sidecars = [], []
         gen = _Generator(workers) if cfg.mode != "device" else None
         try:
@@ -99,12 +93,9 @@ def run_reports(inputs: list[str | Path], output: str | Path, cfg: ReportsConfig
                 for path, m in zip(inputs, manifests):
                     for shard in m["shards"]:
                         table = read_shard(path / shard, None, None)
-                        device, stats = _device_reports(table) if cfg.mode != "generated" \
-                            else ([None] * table.num_rows, None)
-                        if stats:
-                            words += stats[0]
-                            covered += stats[1]
-                            untranslated.update(stats[2])
+                        device = [coverage.add(t).text or None for t in
+                                  table.column("report_device").to_pylist()] \
+                            if cfg.mode != "generated" else [None] * table.num_rows
                         generated = [None] * table.num_rows
                         if gen is not None:
                             signal, mask = arrays([table], m["n_samples"])
@@ -146,29 +137,17 @@ def run_reports(inputs: list[str | Path], output: str | Path, cfg: ReportsConfig
                 "key": key,
                 "mode": cfg.mode,
                 "counts": {k: counts[k] for k in ("device", "generated", "empty")},
-                "translation_coverage": round(covered / words, 4) if words else None,
-                "untranslated_top": untranslated.most_common(20),
+                "translation_coverage": coverage.ratio(),
+                "untranslated_top": coverage.untranslated.most_common(20),
                 "elapsed_s": round(time.perf_counter() - t0, 2),
             },
         }
-        write_json(out / MANIFEST, manifest)
-    r = manifest["reports"]
-    log_stage("reports", cfg.model_dump(), {"rows": total, **r["counts"],
-                                            "translation_coverage": r["translation_coverage"],
-                                            "elapsed_s": r["elapsed_s"]})
-    return manifest
-
-
-def _device_reports(table: pa.Table):
-    texts = table.column("report_device").to_pylist()
-    out, words, covered, missing = [], 0, 0, collections.Counter()
-    for t in texts:
-        r = translate_report(t)
-        out.append(r.text or None)
-        words += r.words
-        covered += r.translated + r.english
-        missing.update(r.untranslated)
-    return out, (words, covered, missing)
+        result = job.commit(manifest)
+    r = result.reports
+    log_stage(ctx, "reports", cfg.model_dump(), {"rows": total, **r.counts,
+                                                 "translation_coverage": r.translation_coverage,
+                                                 "elapsed_s": r.elapsed_s})
+    return result
 
 
 def _combine(device: str | None, generated: str | None, mode: str) -> str | None:

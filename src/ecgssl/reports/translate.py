@@ -121,19 +121,38 @@ def translate(text: str | None) -> str:
     return translate_report(text).text
 
 
+class Coverage:
+    """Counts over many translated reports: word tokens, how many were translated or already
+    English, and which were not (the one counter the stage, the CLI and the tests share)."""
+
+    def __init__(self):
+        self.words = self.covered = 0
+        self.untranslated: collections.Counter = collections.Counter()
+
+    def add(self, text: str | None) -> Translation:
+        r = translate_report(text)
+        self.words += r.words
+        self.covered += r.translated + r.english
+        self.untranslated.update(r.untranslated)
+        return r
+
+    def ratio(self, empty: float | None = None) -> float | None:
+        """Share (0..1) of word tokens translated or recognised as English; `empty` when
+        there were no words."""
+        return round(self.covered / self.words, 4) if self.words else empty
+
+
 def coverage(texts: Iterable[str | None]) -> float:
     """Share (0..1) of report word tokens translated or recognised as English."""
-    words = covered = 0
+    c = Coverage()
     for t in texts:
-        r = translate_report(t)
-        words += r.words
-        covered += r.translated + r.english
-    return covered / words if words else 1.0
+        c.add(t)
+    return c.covered / c.words if c.words else 1.0
 
 
 def untranslated(texts: Iterable[str | None]) -> collections.Counter:
     """How often each untranslated token occurs: what the lexicon should learn next."""
-    counts: collections.Counter = collections.Counter()
+    c = Coverage()
     for t in texts:
-        counts.update(translate_report(t).untranslated)
-    return counts
+        c.add(t)
+    return c.untranslated

@@ -9,6 +9,7 @@ model identity, pooling and dimension; pretraining joins it to the table by text
 from __future__ import annotations
 
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,19 @@ from ecgssl.errors import EcgsslError
 from ecgssl.storage import atomic_path
 from ecgssl.text.cache import EmbeddingCache, text_hash
 from ecgssl.text.encoder import TextEncoder
-from ecgssl.tracking import log_stage
+from ecgssl.tracking import OFF, RunContext, log_stage
+
+
+@dataclass(frozen=True)
+class EmbedTextResult:
+    texts: int            # distinct reports embedded
+    rows: int             # table rows
+    model: str            # model identity (name + weights hash + pooling)
+    dim: int
+    computed: int         # vectors computed now
+    cached: int           # vectors taken from the cache
+    forward_calls: int
+    elapsed_s: float
 
 
 def encoder_from(cfg: EmbedTextConfig) -> TextEncoder:
@@ -29,7 +42,8 @@ def encoder_from(cfg: EmbedTextConfig) -> TextEncoder:
 
 
 def run_embed_text(input_table: str | Path, output: str | Path, cfg: EmbedTextConfig,
-                   progress: bool = True, encoder: TextEncoder | None = None) -> dict:
+                   progress: bool = True, encoder: TextEncoder | None = None,
+                   ctx: RunContext = OFF) -> EmbedTextResult:
     t0 = time.perf_counter()
     reports = read_meta(input_table, ["report"]).column("report").to_pylist()
     texts = sorted({r for r in reports if isinstance(r, str) and r.strip()})
@@ -39,12 +53,11 @@ def run_embed_text(input_table: str | Path, output: str | Path, cfg: EmbedTextCo
     cache = EmbeddingCache(cfg.cache)
     vecs = cache.embed(texts, encoder, progress=progress)
     write_embeddings(output, texts, vecs, encoder)
-    summary = {"texts": len(texts), "rows": len(reports), "model": encoder.identity,
-               "dim": encoder.dim, "computed": cache.misses, "cached": cache.hits,
-               "forward_calls": encoder.forward_calls,
-               "elapsed_s": round(time.perf_counter() - t0, 2)}
-    log_stage("embed-text", cfg.model_dump(), summary)
-    return summary
+    result = EmbedTextResult(len(texts), len(reports), encoder.identity, encoder.dim,
+                             cache.misses, cache.hits, encoder.forward_calls,
+                             round(time.perf_counter() - t0, 2))
+    log_stage(ctx, "embed-text", cfg.model_dump(), asdict(result))
+    return result
 
 
 def write_embeddings(path: str | Path, texts: list[str], vecs: np.ndarray, encoder) -> None:

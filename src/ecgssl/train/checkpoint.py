@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from ecgssl.errors import EcgsslError
+from ecgssl.models.pretrain import check_fits
 
 KEEP = 2
 
@@ -40,19 +40,6 @@ def save(folder: Path, step: int, model, optimizer, scheduler, extra: dict) -> P
 def latest(folder: Path) -> Path | None:
     found = sorted((folder / "checkpoints").glob("step-*"))
     return found[-1] if found else None
-
-
-def check_fits(weights: dict[str, torch.Tensor], model: torch.nn.Module, path: Path) -> None:
-    """A clear error when saved weights belong to another architecture."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(weights))
-    unexpected = sorted(set(weights) - set(own))
-    shapes = [f"{k} {tuple(weights[k].shape)} vs {tuple(own[k].shape)}"
-              for k in sorted(set(own) & set(weights)) if weights[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
-        raise EcgsslError(f"checkpoint {path} does not fit this model (another encoder, width "
-                          f"or method?): missing {missing[:3]}, unexpected {unexpected[:3]}, "
-                          f"shape mismatches {shapes[:3]}")
 
 
 def load(path: Path, model, optimizer, scheduler) -> dict:

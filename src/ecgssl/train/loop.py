@@ -11,6 +11,7 @@ made for the global batch, so a resumed run and a DDP run reproduce the single-p
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,18 +22,36 @@ from tqdm import tqdm
 
 from ecgssl.config import PretrainConfig
 from ecgssl.data.table import read_manifest
+from ecgssl.distributed import SINGLE, DistState, init_from_env, mean_over_ranks
 from ecgssl.errors import EcgsslError
 from ecgssl.models.pretrain import PretrainModel, st_inputs
 from ecgssl.storage import write_json
-from ecgssl.tracking import flatten, start_run
+from ecgssl.tracking import OFF, RunContext, flatten, start_run
 from ecgssl.train import checkpoint
 from ecgssl.train.data import PretrainData
-from ecgssl.train.distributed import init_from_env, rank, world_size
 from ecgssl.train.schedule import warmup_cosine
 
 
+@dataclass(frozen=True)
+class PretrainResult:
+    loss_first: float         # mean loss of the first 10 steps
+    loss_final: float         # ... of the last 10
+    samples_per_s: float
+    steps: int
+    resumed_at: int
+    output: str
+
+    def metrics(self) -> dict:
+        """metrics.json's keys (what DVC and MLflow show)."""
+        return {"loss/first": self.loss_first, "loss/final": self.loss_final,
+                "throughput/samples_per_s": self.samples_per_s, "steps": self.steps,
+                "resumed_at": self.resumed_at}
+
+
 def pick_device() -> torch.device:
-    return torch.device("cuda", rank() % torch.cuda.device_count()) \
+    import os
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))   # torchrun's, read once here
+    return torch.device("cuda", local_rank % torch.cuda.device_count()) \
         if torch.cuda.is_available() else torch.device("cpu")
 
 
@@ -48,11 +67,11 @@ def build(cfg: PretrainConfig, n_samples: int, text_dim: int, device: torch.devi
 
 
 def step_losses(net, model: PretrainModel, ds: PretrainData, cfg: PretrainConfig, step: int,
-                device: torch.device) -> dict[str, torch.Tensor]:
+                device: torch.device, dist: DistState = SINGLE) -> dict[str, torch.Tensor]:
     """Losses of step `step` on this rank: the global batch and its masking/shuffling draws are
     a function of (seed, step); each rank takes its slice."""
-    world, me = world_size(), rank()
-    local = cfg.batch_size // world
+    me = dist.rank
+    local = cfg.batch_size // dist.world_size
     batch = ds.batch(ds.batch_indices(step, cfg.batch_size, cfg.seed), device)
     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
     segment = max(1, round(cfg.mask_segment_s * ds.fs))
@@ -62,15 +81,17 @@ def step_losses(net, model: PretrainModel, ds: PretrainData, cfg: PretrainConfig
     batch = {k: v[mine] for k, v in batch.items()}
     aug = {k: v[mine].to(device) for k, v in aug.items()}
     weights = {"mets": cfg.mets_weight, "st": cfg.st_weight, "lead": cfg.lead_weight}
-    return net(batch, aug, weights)
+    return net(batch, aug, weights, dist)
 
 
 def pretrain(data: str | Path, text_emb: str | Path | None, output: str | Path,
-             cfg: PretrainConfig, resume: bool = False, progress: bool = True) -> dict:
+             cfg: PretrainConfig, resume: bool = False, progress: bool = True,
+             ctx: RunContext = OFF) -> PretrainResult | None:
+    """Pretrain; rank 0 returns the result (other ranks None)."""
     out = Path(output)
     device = pick_device()
-    init_from_env(device)
-    world, me = world_size(), rank()
+    dist = init_from_env(device)
+    world, me = dist.world_size, dist.rank
     if cfg.batch_size % world:
         raise EcgsslError(f"batch_size {cfg.batch_size} does not split over {world} ranks")
     if cfg.num_workers:
@@ -97,8 +118,7 @@ def pretrain(data: str | Path, text_emb: str | Path | None, output: str | Path,
               "world_size": world, "encoder_dim": model.encoder.dim,
               "data_fingerprint": read_manifest(data).get("input_fingerprint")}
     tags = {"stage": "pretrain", "method": cfg.method, "data": str(data)}
-    with start_run(cfg.mlflow and me == 0, cfg.experiment, f"pretrain-{cfg.method}",
-                   tags) as run:
+    with start_run(ctx if me == 0 else OFF, f"pretrain-{cfg.method}", tags) as run:
         run.log_params(flatten(config))
         bar = tqdm(range(start, total), initial=start, total=total, unit="step",
                    disable=not progress or me != 0, desc=f"pretrain {cfg.method}")
@@ -106,7 +126,7 @@ def pretrain(data: str | Path, text_emb: str | Path | None, output: str | Path,
         t_start = time.perf_counter()
         for step in bar:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                losses = step_losses(net, model, ds, cfg, step, device)
+                losses = step_losses(net, model, ds, cfg, step, device, dist)
             loss = losses["loss"]
             if not torch.isfinite(loss):
                 raise EcgsslError(f"non-finite loss ({loss.item()}) at step {step}: lower "
@@ -118,7 +138,7 @@ def pretrain(data: str | Path, text_emb: str | Path | None, output: str | Path,
             opt.step()
             sched.step()
             seen += cfg.batch_size
-            record = _mean_over_ranks({k: v.detach() for k, v in losses.items()})
+            record = mean_over_ranks({k: v.detach() for k, v in losses.items()}, dist)
             history.append(record["loss"])
             if (step + 1) % cfg.log_every == 0 or step + 1 == total:
                 now = time.perf_counter()
@@ -134,28 +154,18 @@ def pretrain(data: str | Path, text_emb: str | Path | None, output: str | Path,
         elapsed = time.perf_counter() - t_start
         if me == 0:
             sps = (total - start) * cfg.batch_size / elapsed if total > start else float("nan")
-            metrics = _finish(out, model, config, history, total, start, sps)
-            run.log_metrics({k.replace("/", "_"): v for k, v in metrics.items()})
+            result = _finish(out, model, config, history, total, start, sps)
+            run.log_metrics({k.replace("/", "_"): v for k, v in result.metrics().items()})
             for name in ("encoder.safetensors", "heads.safetensors", "config.json",
                          "metrics.json"):
                 if (out / name).is_file():
                     run.log_artifact(out / name, "pretrain")
-            return metrics
-    return {}
-
-
-def _mean_over_ranks(values: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Loss values averaged over ranks: each rank holds its share of the global mean."""
-    t = torch.stack([v.float().cpu() for v in values.values()])
-    if world_size() > 1:
-        import torch.distributed as dist
-        dist.all_reduce(t)
-        t /= world_size()
-    return dict(zip(values, t.tolist()))
+            return result
+    return None
 
 
 def _finish(out: Path, model: PretrainModel, config: dict, history: list[float], total: int,
-            start: int, samples_per_s: float) -> dict:
+            start: int, samples_per_s: float) -> PretrainResult:
     sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file({k[len("encoder."):]: v for k, v in sd.items() if k.startswith("encoder.")},
               out / "encoder.safetensors")
@@ -163,9 +173,7 @@ def _finish(out: Path, model: PretrainModel, config: dict, history: list[float],
     if heads:
         save_file(heads, out / "heads.safetensors")
     write_json(out / "config.json", config)
-    first, last = history[:10], history[-10:]
-    metrics = {"loss/first": float(np.mean(first)), "loss/final": float(np.mean(last)),
-               "throughput/samples_per_s": samples_per_s,
-               "steps": total, "resumed_at": start}
-    write_json(out / "metrics.json", metrics)
-    return metrics
+    result = PretrainResult(float(np.mean(history[:10])), float(np.mean(history[-10:])),
+                            samples_per_s, total, start, str(out))
+    write_json(out / "metrics.json", result.metrics())
+    return result

@@ -43,8 +43,13 @@ class Recording:
 
 
 class Source:
+    """Subclasses set `name`/`n_leads` and implement `plan` and `read`; every source is built
+    the same way, `SourceClass(fs)`, with the rate of the table it will feed."""
     name: str = ""
     n_leads: int | None = None       # leads every record must have; None = any
+
+    def __init__(self, fs: float = 100):
+        self.fs = fs
 
     def plan(self, root: Path) -> tuple[list[Task], list[dict]]:
         """Tasks to read, and records left out on purpose as [{record, reason}]."""
@@ -56,7 +61,6 @@ class Source:
     def sidecars(self, root: Path, out_dir: Path) -> list[str]:
         """Copy files later stages need next to the table; returns their names."""
         return []
-
 
 
 def hash_split(key: str, val: float = 0.1, test: float = 0.1) -> str:

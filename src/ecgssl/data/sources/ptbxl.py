@@ -22,6 +22,21 @@ REQUIRED = ("ecg_id", "patient_id", "age", "sex", "report", "scp_codes", "strat_
             "filename_lr", "filename_hr")
 
 
+def read_statements(folder: str | Path) -> dict[str, dict[str, str]]:
+    """`folder/scp_statements.csv` as {code: row}: the one reader of PTB-XL's statement table
+    (evaluation's label maps and zero-shot prompts both use it). The code is the first,
+    unnamed column."""
+    path = Path(folder) / STATEMENTS
+    if not path.is_file():
+        raise EcgsslError(f"{folder}: {STATEMENTS} is missing next to the table; ingest PTB-XL "
+                          "with `ecgssl ingest ptbxl` (it copies the file)")
+    with open(path, newline="", encoding="utf-8", errors="replace") as fh:
+        reader = csv.reader(fh)
+        header = next(reader, [])
+        return {row[0]: dict(zip(header[1:], (v.strip() for v in row[1:])))
+                for row in reader if row and row[0]}
+
+
 def fold_split(fold: int) -> str:
     return "test" if fold == 10 else "val" if fold == 9 else "train"
 
@@ -30,8 +45,9 @@ class PtbxlSource(Source):
     name = "ptbxl"
     n_leads = 12
 
-    def __init__(self, fs: float = 100):
-        self.file_column = "filename_lr" if fs <= 100 else "filename_hr"
+    @property
+    def file_column(self) -> str:
+        return "filename_lr" if self.fs <= 100 else "filename_hr"
 
     def plan(self, root: Path) -> tuple[list[Task], list[dict]]:
         db = require_file(root, DATABASE)

@@ -1,0 +1,79 @@
+"""The few distributed helpers training and the losses need (torchrun + DDP; gloo on CPU).
+
+Losses take the distributed state explicitly (as open_clip's `ClipLoss(rank, world_size)`), so
+`models/` never asks the process group itself and the same loss runs in one process or many.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistState:
+    """Where this process sits in the job: rank and world size (1 = no process group)."""
+    rank: int = 0
+    world_size: int = 1
+
+    @classmethod
+    def current(cls) -> DistState:
+        return cls(dist.get_rank(), dist.get_world_size()) if is_distributed() else cls()
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+
+SINGLE = DistState()
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def init_from_env(device: torch.device) -> DistState:
+    """Join the process group torchrun describes in the environment (single process when not
+    launched by torchrun)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not is_distributed():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return DistState.current()
+
+
+def gather_with_grad(t: torch.Tensor, state: DistState = SINGLE) -> torch.Tensor:
+    """Concatenate a tensor from every rank, rank order, keeping the autograd graph so that
+    gradients reach the rank that produced each row."""
+    if not state.active:
+        return t
+    if not t.is_floating_point():
+        parts = [torch.empty_like(t) for _ in range(state.world_size)]
+        dist.all_gather(parts, t)
+        return torch.cat(parts)
+    import torch.distributed.nn.functional as dist_fn
+    return torch.cat(dist_fn.all_gather(t))
+
+
+def global_mean(total: torch.Tensor, count: torch.Tensor,
+                state: DistState = SINGLE) -> torch.Tensor:
+    """A mean over the global batch from per-rank sums and counts. Scaled by the world size
+    because DDP averages gradients over ranks: the average of the ranks' values (and their
+    gradients) then equals the single-process mean."""
+    if not state.active:
+        return total / count.clamp(min=1)
+    count = count.detach().clone()
+    dist.all_reduce(count)
+    return total * state.world_size / count.clamp(min=1)
+
+
+def mean_over_ranks(values: dict[str, torch.Tensor], state: DistState = SINGLE
+                    ) -> dict[str, float]:
+    """Loss values averaged over ranks (each rank holds its share of the global mean), as
+    Python floats: one host sync for all of them."""
+    t = torch.stack([v.detach().float() for v in values.values()]).cpu()
+    if state.active:
+        dist.all_reduce(t)
+        t /= state.world_size
+    return dict(zip(values, t.tolist()))

@@ -1,0 +1,107 @@
+"""What the CLI prints: rich tables and one-line summaries of stage results (no logic)."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from ecgssl.data.table import TableManifest
+
+console = Console(stderr=True)
+
+
+def say(text: str) -> None:
+    console.print(text, highlight=False, soft_wrap=True)
+
+
+def error(text: str) -> None:
+    console.print(f"[bold red]error:[/] {text}", highlight=False, soft_wrap=True)
+
+
+def ingest_summary(m: TableManifest, output: str) -> None:
+    if m.up_to_date:
+        say(f"[green]up to date:[/] {output} ({m.rows} rows from {m.records_ok} records; same "
+            "input and options)")
+        return
+    t = Table(title=f"ingest {m.source} -> {output}", show_header=False)
+    t.add_row("rows (windows)", str(m.rows))
+    t.add_row("records ok", f"{m.records_ok} / {m.records_total}")
+    kinds = ", ".join(f"{k} {v}" for k, v in m.quarantined_by_kind.items())
+    t.add_row("quarantined", f"{len(m.records_quarantined)}" + (f" ({kinds})" if kinds else ""))
+    t.add_row("excluded by rule", str(len(m.records_excluded)))
+    t.add_row("rows per split", ", ".join(f"{k} {v}" for k, v in m.rows_per_split.items()))
+    t.add_row("fs / window", f"{m.fs} Hz / {m.window_s:g} s")
+    rate = m.records_total / m.elapsed_s if m.elapsed_s else float("nan")
+    t.add_row("time", f"{m.elapsed_s:.1f} s ({rate:.0f} records/s)")
+    console.print(t)
+    for q in m.records_quarantined[:3]:
+        say(f"  [yellow]quarantined[/] {q['reason']}")
+    if len(m.records_quarantined) > 3:
+        say(f"  ... all {len(m.records_quarantined)} reasons are in "
+            f"{output.rstrip('/')}/_manifest.json")
+
+
+def reports_summary(m: TableManifest, output: str) -> None:
+    r = m.reports
+    if m.up_to_date:
+        say(f"[green]up to date:[/] {output} ({m.rows} rows, mode {r.mode})")
+        return
+    cov = r.translation_coverage
+    say(f"reports ({r.mode}) -> {output}: {m.rows} rows; with device text "
+        f"{r.counts['device']}, generated {r.counts['generated']}, empty {r.counts['empty']}; "
+        f"translation coverage {'n/a' if cov is None else f'{cov:.1%}'} ({r.elapsed_s:.1f} s)")
+    if r.untranslated_top:
+        say("most frequent untranslated tokens: " + ", ".join(
+            f"{t} ({n})" for t, n in r.untranslated_top[:10]))
+
+
+def coverage_lines(coverage) -> None:
+    top = coverage.untranslated.most_common(20)
+    if top:
+        say("untranslated: " + ", ".join(f"{t} ({n})" for t, n in top))
+
+
+def embed_text_summary(s, output: str) -> None:
+    say(f"embed-text -> {output}: {s.texts} distinct reports of {s.rows} rows, {s.computed} "
+        f"computed, {s.cached} from cache; model {s.model} (dim {s.dim}), {s.elapsed_s:.1f} s")
+
+
+def pretrain_summary(r, method: str, output: str) -> None:
+    say(f"pretrain {method} -> {output}: loss {r.loss_first:.4f} -> {r.loss_final:.4f} over "
+        f"{r.steps} steps, {r.samples_per_s:.0f} samples/s")
+
+
+def evaluate_table(r, output: str) -> None:
+    t = Table(title=f"evaluate {r.task} -> {output}/metrics.json")
+    for col in ("key", "macro AUROC [95% CI]", "macro F1"):
+        t.add_column(col)
+    for key, h in r.headline().items():
+        t.add_row(key, f"{h['macro_auroc']:.3f} [{h['ci_low']:.3f}, {h['ci_high']:.3f}]",
+                  f"{h['macro_f1']:.3f}")
+    console.print(t)
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.4f}"
+
+
+def promote_decision(d, name: str, metric: str) -> None:
+    t = Table(title=f"promote {name} on {metric}")
+    for col in ("", "version", metric):
+        t.add_column(col)
+    t.add_row("challenger", str(d.challenger), _fmt(d.challenger_value))
+    t.add_row("champion", str(d.champion or "-"), _fmt(d.champion_value))
+    console.print(t)
+    verdict = "[green]promoted[/]" if d.promoted else "[yellow]not promoted[/]"
+    say(f"{verdict}: {d.reason}")
+
+
+def key_metrics(rows: list[tuple[str, str, float]], outputs, tracking_uri: str) -> None:
+    t = Table(title=f"ecgssl: key metrics in {outputs}")
+    for col in ("file", "metric", "value"):
+        t.add_column(col)
+    for f, k, v in rows:
+        t.add_row(f, k, f"{v:.4f}")
+    console.print(t)
+    say(f"MLflow: runs and registered models are in {tracking_uri}; open the UI with `make ui` "
+        "(http://127.0.0.1:5000).")

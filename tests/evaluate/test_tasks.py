@@ -1,0 +1,53 @@
+"""The task registry: every task loads from the sample's tables, and a new task is one entry."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ecgssl.config import ConfigError, params_from_dict
+from ecgssl.errors import EcgsslError
+from ecgssl.evaluate import tasks
+from ecgssl.evaluate.tasks import TASKS, TaskSpec, load_task
+
+
+@pytest.mark.parametrize("name", ["cinc2017-af", "mitdb-aami", "cinc2020-dx"])
+def test_registered_tasks_load_their_labels(tables, name):
+    spec = TASKS[name]
+    t = load_task(name, tables[spec.dataset])
+    assert len(t.classes) and len(t.x) == len(t.y) == len(t.split)
+    if spec.multilabel:
+        assert t.y.shape == (len(t.x), len(t.classes)) and set(np.unique(t.y)) <= {0.0, 1.0}
+    else:
+        assert t.y.dtype == np.int64 and t.y.max() < len(t.classes)
+    if spec.classes:                       # a fixed order is kept (absent classes dropped)
+        assert t.classes == [c for c in spec.classes if c in t.classes]
+
+
+def test_mitdb_classes_and_windows_without_beats_of_a_class(tables):
+    t = load_task("mitdb-aami", tables["mitdb"])
+    assert t.classes[0] == "N" and set(t.classes) <= set("NSVFQ")
+    assert TASKS["mitdb-aami"].level == "window" and TASKS["cinc2017-af"].level == "record"
+
+
+def test_a_new_task_is_one_registry_entry(tables, monkeypatch):
+    # Challenge 2017 "AF or not", as a user would add it: one TaskSpec, nothing else.
+    monkeypatch.setitem(TASKS, "cinc2017-afonly", TaskSpec(
+        "cinc2017", classes=("A",), label_map=lambda table: {"A": "A"}, keep_unlabelled=True))
+    t = load_task("cinc2017-afonly", tables["cinc2017"])
+    full = load_task("cinc2017-af", tables["cinc2017"])
+    assert t.classes == ["A"] and len(t.x) == len(full.x)
+    np.testing.assert_array_equal(t.y[:, 0] == 1, full.y == full.classes.index("A"))
+    # params.yaml validation reads the same registry
+    assert params_from_dict({"pipeline": {"tasks": ["cinc2017-afonly"]}}).pipeline.tasks == \
+        ["cinc2017-afonly"]
+    monkeypatch.delitem(TASKS, "cinc2017-afonly")
+    with pytest.raises(ConfigError, match="unknown 'cinc2017-afonly'"):
+        params_from_dict({"pipeline": {"tasks": ["cinc2017-afonly"]}})
+
+
+def test_unknown_task_and_wrong_table_are_clear_errors(tables):
+    with pytest.raises(EcgsslError, match="unknown task 'nope'; choose one of cinc2017-af"):
+        tasks.get_task("nope")
+    with pytest.raises(EcgsslError, match="has no mitdb rows"):
+        load_task("mitdb-aami", tables["cinc2017"])

@@ -1,0 +1,64 @@
+"""The run context: built once at a front door, the only path of run lineage."""
+
+from __future__ import annotations
+
+import mlflow
+
+from ecgssl.config import TrackingConfig
+from ecgssl.tracking import (
+    OFF,
+    PARENT_ENV,
+    PIPELINE_RUN_ENV,
+    RunContext,
+    end_pipeline_run,
+    log_stage,
+    metric_key,
+    start_pipeline_run,
+    start_run,
+)
+
+
+def test_front_door_reads_params_then_flags_then_environment():
+    env = {"MLFLOW_TRACKING_URI": "http://mlflow:5000", PARENT_ENV: "abc",
+           PIPELINE_RUN_ENV: "run-1"}
+    ctx = RunContext.at_front_door(TrackingConfig(experiment="exp"), env=env)
+    assert ctx == RunContext(True, "http://mlflow:5000", "exp", "abc", "run-1")
+    pinned = RunContext.at_front_door(TrackingConfig(uri="sqlite:///x.db", enabled=False),
+                                      enabled=True, env=env)
+    assert pinned.tracking_uri == "sqlite:///x.db" and pinned.enabled
+    assert RunContext.at_front_door(TrackingConfig(), env={}).tracking_uri == \
+        "sqlite:///mlflow.db"
+    assert ctx.env() == {"MLFLOW_TRACKING_URI": "http://mlflow:5000", PARENT_ENV: "abc",
+                         PIPELINE_RUN_ENV: "run-1"}
+
+
+def test_stage_runs_become_children_of_the_pipeline_run_by_context_only(tmp_path, monkeypatch):
+    for k in (PARENT_ENV, PIPELINE_RUN_ENV, "MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(k, raising=False)     # nothing travels through the environment
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    base = RunContext(enabled=True, tracking_uri=uri, experiment="t")
+    ctx = start_pipeline_run(base, "run-7")
+    log_stage(ctx, "ingest", {"source": "mitdb"}, {"rows": 3})
+    # A stage that only knows the pipeline run's name (a KFP task) finds the same parent.
+    by_name = RunContext(enabled=True, tracking_uri=uri, pipeline_run="run-7")
+    with start_run(by_name, "evaluate-x", {"stage": "evaluate"}, system_metrics=False) as run:
+        run.log_metrics({"zeroshot/cinc2017-af/auroc/~": 0.5})
+    log_stage(base, "ingest", {}, {"rows": 1})   # outside a pipeline run: logs nothing
+    end_pipeline_run(by_name, "FINISHED")
+    client = mlflow.MlflowClient(uri)
+    parent = client.get_run(ctx.parent_run_id)
+    assert parent.info.status == "FINISHED" and parent.data.tags["ecgssl.pipeline_run"] == "run-7"
+    kids = client.search_runs([parent.info.experiment_id],
+                              f"tags.`mlflow.parentRunId` = '{ctx.parent_run_id}'")
+    assert sorted(k.info.run_name for k in kids) == ["evaluate-x", "ingest"]
+    assert len(client.search_runs([parent.info.experiment_id])) == 3
+    ev = next(k for k in kids if k.info.run_name == "evaluate-x")
+    assert ev.data.metrics[metric_key("zeroshot/cinc2017-af/auroc/~")] == 0.5
+
+
+def test_off_context_touches_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with start_run(OFF, "x") as run:
+        run.log_metrics({"a": 1.0})
+    log_stage(OFF.with_parent("p", "r"), "ingest", {}, {"rows": 1})
+    assert not any(tmp_path.iterdir())
