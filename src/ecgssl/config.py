@@ -91,7 +91,8 @@ class PretrainConfig(Section):
                        "in ResNet-18), vit1d token dim / 4")
     epochs: int = Field(1, ge=1, description="passes over the train split (unless max_steps)")
     max_steps: int | None = Field(None, ge=1, description="stop after this many steps")
-    batch_size: int = Field(64, ge=2, description="global batch (split over DDP ranks)")
+    batch_size: int = Field(256, ge=2, description="global batch (split over DDP ranks); "
+                            "large, because it is the number of contrastive negatives")
     lr: float = Field(1e-3, gt=0)
     warmup_steps: int = Field(100, ge=0)
     weight_decay: float = Field(0.05, ge=0)
@@ -108,7 +109,11 @@ class PretrainConfig(Section):
     init_temperature: float = Field(0.07, gt=0)
     mask_ratio: tuple[float, float] = Field((0.2, 0.6), description="range of the per-sample "
                                              "masked fraction (dynamic masking)")
-    mask_segment_s: float = Field(0.25, gt=0, description="length of one masked segment (s)")
+    mask_segment_s: float = Field(0.5, gt=0, description="length of one masked segment (s); "
+                                  "longer than a QRS complex, so it cannot be interpolated")
+    lead_subset_p: float = Field(0.5, ge=0, le=1, description="METS: probability that a "
+                                 "sample is seen through a random subset of its leads (down "
+                                 "to one), so single-lead input is in distribution")
     lead_weight: float = Field(1.0, ge=0, description="lambda: loss = recon + lambda * lead")
     mets_weight: float = Field(1.0, ge=0)
     st_weight: float = Field(1.0, ge=0)
@@ -118,14 +123,20 @@ class PretrainConfig(Section):
 class EvaluateConfig(Section):
     label_fractions: list[float] = Field([1, 10, 100], description="percent of the train "
                                          "split's patients with labels (nested subsets)")
-    probe_epochs: int = Field(200, ge=1)
-    probe_lr: float = Field(1e-2, gt=0)
+    probe_c: list[float] = Field([0.01, 0.1, 1.0], min_length=1, description="inverse L2 "
+                                 "strengths of the logistic-regression probe; val picks one "
+                                 "(and whether to balance class weights)")
     finetune_epochs: int = Field(5, ge=1)
-    finetune_lr: float = Field(1e-4, gt=0)
+    finetune_lrs: list[float] = Field([1e-4, 1e-3], min_length=1, description="learning "
+                                      "rates tried per fine-tuned arm (pretrained and random, "
+                                      "same grid and budget); val picks one")
     batch_size: int = Field(64, ge=1)
     weight_decay: float = Field(1e-4, ge=0)
-    patience: int = Field(10, ge=1, description="epochs without val-loss gain before stopping")
+    patience: int = Field(3, ge=1, description="fine-tuning epochs without val-loss gain before "
+                          "stopping")
     bootstrap: int = Field(200, ge=10, description="bootstrap resamples of test records")
+    min_class_count: int = Field(10, ge=1, description="macro AUROC averages classes with at "
+                                 "least this many positive and negative test items")
     seed: int = 0
     cache: str | None = "outputs/cache/text_embeddings.parquet"
 

@@ -93,7 +93,7 @@ def test_mitdb_windows_labels_and_splits(tables):
     assert labels["mitdb/119#0"] == ["N", "V"]
     assert "V" in labels["mitdb/106#9"]
     split = dict(zip(t.column("record"), t.column("split")))
-    assert split == {"100": "test", "105": "test", "101": "train", "106": "train", "119": "val"}
+    assert split == {"100": "test", "105": "test", "101": "train", "106": "train", "119": "train"}
     assert t.lead_mask[:, LEADS.index("II")].all()
     assert t.signal.shape == (900, 12, 1000)
 

@@ -13,7 +13,7 @@ from ecgssl.evaluate import stage
 from ecgssl.evaluate.tasks import load_task
 from ecgssl.train.loop import pretrain
 
-FAST = EvaluateConfig(probe_epochs=30, finetune_epochs=1, bootstrap=20,
+FAST = EvaluateConfig(probe_c=[0.1], finetune_epochs=1, finetune_lrs=[1e-3], bootstrap=20,
                       cache=None)
 
 
@@ -54,19 +54,37 @@ def test_multilabel_finetune_on_mitdb(encoder, tables, tmp_path):
     assert "finetune-random/mitdb-aami/f100/macro_f1" in m
 
 
-def test_thresholds_never_see_test_data(tables):
+def test_decisions_never_see_test_data(tables):
     task = load_task("mitdb-aami", tables["mitdb"])
     rng = np.random.default_rng(0)
     scores = rng.random((len(task.y), len(task.classes)))
-    _, _, thr = stage._score_split(task, lambda idx: scores[idx], FAST)
+    decide = task.part("train")                    # MIT-BIH keeps no val split: DS1 decides
+    m, (_, _, thr) = stage.score_model(task, lambda idx: scores[idx], FAST, decide)
     flipped = task.y.copy()
     flipped[task.part("test")] = 1 - flipped[task.part("test")]
     task.y = flipped                                            # change every test label
     scores[task.part("test")] = 1 - scores[task.part("test")]  # and every test score
-    _, _, thr2 = stage._score_split(task, lambda idx: scores[idx], FAST)
+    m2, (_, _, thr2) = stage.score_model(task, lambda idx: scores[idx], FAST, decide)
     np.testing.assert_array_equal(thr, thr2)
-    val = task.part("val")
-    np.testing.assert_array_equal(thr, stage.choose_thresholds(task.y[val], scores[val]))
+    np.testing.assert_array_equal(thr, stage.choose_thresholds(task.y[decide], scores[decide]))
+    assert m["macro_auroc"] != m2["macro_auroc"]
+
+
+def test_record_level_scores_are_the_mean_of_a_records_windows(tables):
+    task = load_task("cinc2017-af", tables["cinc2017"])
+    rng = np.random.default_rng(1)
+    scores = rng.dirichlet(np.ones(4), len(task.y))
+    test = task.part("test")
+    y, s, groups = stage.Levels(task, record_level=True)(test, scores[test])
+    records = sorted(set(task.record[test]))
+    assert len(y) == len(s) == len(records) < len(test)       # several windows per record
+    first = records[0]
+    rows = test[task.record[test] == first]
+    np.testing.assert_allclose(s[0], scores[rows].mean(0))
+    assert y[0] == task.y[rows[0]]
+    m, _ = stage.score_model(task, lambda idx: scores[idx], FAST, task.part("val"))
+    assert "window/macro_auroc" in m and "f1_nao" in m and "window/f1_nao" in m
+    assert {"se/A", "ppv/A", "auroc/A", "auroc_classes"} <= set(m)
 
 
 def test_tasks_the_table_cannot_serve_are_clear_errors(encoder, tables, tmp_path):

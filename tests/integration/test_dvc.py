@@ -39,7 +39,7 @@ def test_dvc_repro_runs_the_pipeline_and_reruns_only_what_changed(tmp_path):
     params = repo / "params.yaml"
     p = yaml.safe_load(params.read_text())
     p["pretrain"].update(max_steps=2, width=16, batch_size=16)  # tests the wiring
-    p["evaluate"].update(bootstrap=20, probe_epochs=20, label_fractions=[100])
+    p["evaluate"].update(bootstrap=20, probe_c=[0.1], label_fractions=[100])
     params.write_text(yaml.safe_dump(p, sort_keys=False))
     run(["git", "init", "-q"], repo)
     out = run([str(BIN / "ecgssl"), "pipeline", "repro"], repo)   # what `make run` calls

@@ -19,7 +19,7 @@ def test_run_local_end_to_end(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     small = ["pretrain.max_steps=2", "pretrain.batch_size=8", "pretrain.width=16",
              "evaluate.label_fractions=[100]", "evaluate.bootstrap=10",
-             "evaluate.probe_epochs=5", f"embed_text.cache={tmp_path / 'cache.parquet'}"]
+             "evaluate.probe_c=[0.1]", f"embed_text.cache={tmp_path / 'cache.parquet'}"]
     cmd = [ECGSSL, "pipeline", "run-local", "--pipeline-root", str(tmp_path / "root"),
            "--source", "mitdb", "--task", "mitdb-aami", "--tracking-uri", uri,
            "--arg", "model_name=kfp-local-test", *[a for s in small for a in ("--set", s)]]

@@ -33,7 +33,7 @@ def evaluated(corpus, tables, tmp_path_factory):
         method="mets+st", width=16, batch_size=16, max_steps=4, warmup_steps=1),
         progress=False)
     run_evaluate(root / "enc", tables["cinc2017"], "cinc2017-af", ["zeroshot", "probe"],
-                 root / "eval", EvaluateConfig(probe_epochs=20, bootstrap=20,
+                 root / "eval", EvaluateConfig(probe_c=[0.1], bootstrap=20,
                                                cache=None),
                  fractions=[100], progress=False)
     return root

@@ -31,8 +31,11 @@ def test_both_mode_joins_tables_and_appends_measurements(tables, tmp_path):
     t = read_table(tmp_path / "r")
     assert len(t) == m.rows == 17 and m.source == "ptbxl+cinc2020"
     reports = dict(zip(t.column("dataset"), t.column("report")))
-    assert reports["ptbxl"].startswith("sinus rhythm. low limb lead voltage. Sinus rhythm at")
-    assert all(r and "bpm" in r for r in t.column("report"))
+    assert reports["ptbxl"].startswith("sinus rhythm. low limb lead voltage. Sinus rhythm.")
+    assert all(r and r.endswith(".") for r in t.column("report"))
+    codes = dict(zip(t.column("dataset"), t.column("report_codes")))
+    assert "SR" in list(codes["ptbxl"])                # the generated statements, as codes
+    assert all(c is not None and len(c) for c in t.column("report_codes"))
     assert m.reports.counts == {"device": 1, "generated": 17, "empty": 0}
     np.testing.assert_array_equal(t.signal[1:], read_table(tables["cinc2020"]).signal)
     again = run_reports([tables["ptbxl"], tables["cinc2020"]], tmp_path / "r",
@@ -49,6 +52,8 @@ def test_generated_reports_never_read_labels(tables, tmp_path, table_copy):
     run_reports([relabelled], tmp_path / "b", cfg, progress=False)
     a, b = read_table(tmp_path / "a"), read_table(tmp_path / "b")
     assert list(a.column("report")) == list(b.column("report"))
+    assert [list(c) for c in a.column("report_codes")] == \
+        [list(c) for c in b.column("report_codes")]
     assert a.meta.column("labels").to_pylist() != b.meta.column("labels").to_pylist()
 
 

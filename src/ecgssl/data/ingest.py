@@ -101,6 +101,7 @@ def record_rows(source: Source, root: Path, cfg: IngestConfig, task: Task) -> pa
         "strat_fold": [rec.strat_fold] * n, "fs": [cfg.fs] * n, "window": kept,
         "signal": signal, "lead_mask": mask, "labels": labels,
         "report_device": [rec.report_device] * n, "report": [None] * n,
+        "report_codes": [None] * n,
         "age": [rec.age] * n, "sex": [rec.sex] * n,
     }, size)
 
@@ -268,6 +269,7 @@ def _manifest(source_name, root, out, cfg, size, key, fingerprint, options, task
             q["kind"] for i in infos for q in i["records_quarantined"]).most_common()),
         "records_excluded": excluded,
         "rows_per_split": dict(sorted(splits.items())),
+        "split_rule": get_source(source_name, cfg.fs).split_rule,
         "label_counts": dict(sorted(labels.items())),
         "shards": [i["shard"] for i in infos if i["shard"]],
         "sidecars": sidecars,

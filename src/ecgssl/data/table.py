@@ -29,7 +29,8 @@ from ecgssl.data.signal import N_LEADS
 from ecgssl.errors import EcgsslError
 from ecgssl.storage import atomic_path, exclusive, expand_folder, write_json
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2         # 2: report_codes
+COLUMNS_SINCE = {"report_codes": 2}   # tables written before a column existed read it as null
 MANIFEST = "_manifest.json"
 PARTS = "_parts"          # per-part records of a stage that writes its shards in parts
 ARRAY_COLUMNS = ("signal", "lead_mask")
@@ -50,6 +51,7 @@ def schema(n_samples: int) -> pa.Schema:
         ("labels", pa.list_(pa.string())),
         ("report_device", pa.string()),
         ("report", pa.string()),
+        ("report_codes", pa.list_(pa.string())),
         ("age", pa.float32()),
         ("sex", pa.string()),
     ], metadata={"ecgssl_schema_version": str(SCHEMA_VERSION)})
@@ -234,13 +236,38 @@ def _row_filter(split: str | None, dataset: str | None = None):
     return functools.reduce(operator.and_, conds) if conds else None
 
 
+def _read_shards(path: Path, manifest: dict, columns: list[str], filters) -> list[pa.Table]:
+    """The shards' `columns`; a column the table's schema version predates comes back null."""
+    version = int(manifest.get("schema_version", 1))
+    if version > SCHEMA_VERSION:
+        raise EcgsslError(f"{path} was written with table schema {version}, newer than this "
+                          f"ecgssl's {SCHEMA_VERSION}: upgrade ecgssl")
+    missing = [c for c in columns if COLUMNS_SINCE.get(c, 0) > version]
+    types = schema(int(manifest["n_samples"]))
+    out = []
+    for shard in manifest["shards"]:
+        t = read_shard(path / shard, [c for c in columns if c not in missing], filters)
+        for c in missing:
+            t = t.append_column(types.field(c), pa.nulls(t.num_rows, types.field(c).type))
+        out.append(t.select(columns))
+    return out
+
+
+def conform(t: pa.Table, n_samples: int) -> pa.Table:
+    """A shard of an older schema as the current one: missing columns null, schema order."""
+    sch = schema(n_samples)
+    for f in sch:
+        if f.name not in t.column_names:
+            t = t.append_column(f, pa.nulls(t.num_rows, f.type))
+    return t.select(sch.names)
+
+
 def read_meta(path: str | Path, columns: list[str], split: str | None = None) -> pa.Table:
     """Metadata columns only: no signal is read or decoded."""
     path = Path(path)
     manifest = read_manifest(path)
-    filters = _row_filter(split)
-    return pa.concat_tables([read_shard(path / shard, columns, filters)
-                             for shard in manifest["shards"]]) if manifest["shards"] else \
+    tables = _read_shards(path, manifest, columns, _row_filter(split))
+    return pa.concat_tables(tables) if tables else \
         schema(int(manifest["n_samples"])).empty_table().select(columns)
 
 
@@ -256,8 +283,7 @@ def read_table(path: str | Path, split: str | None = None,
     if unknown:
         raise EcgsslError(f"{path}: no such columns: {', '.join(sorted(unknown))}")
     filters = _row_filter(split, dataset)
-    tables = [read_shard(path / shard, [*meta_cols, *ARRAY_COLUMNS], filters)
-              for shard in manifest["shards"]]
+    tables = _read_shards(path, manifest, [*meta_cols, *ARRAY_COLUMNS], filters)
     signal, mask = arrays(tables, n_samples)
     meta = pa.concat_tables([t.select(meta_cols) for t in tables]) if tables else \
         schema(n_samples).empty_table().select(meta_cols)

@@ -1,64 +1,142 @@
 """Classification metrics with bootstrap confidence intervals over test records.
 
-Thresholds (multi-label F1/recall/accuracy) are chosen on validation scores and then applied,
-unchanged, to the test scores: `choose_thresholds` never sees test data.
+Decisions (multi-label thresholds, multi-class class offsets) are chosen on validation scores
+and then applied, unchanged, to the test scores: `choose_thresholds` never sees test data.
+Macro AUROC averages the classes with at least `min_count` positive and negative test items
+(a class with 3 positives gives an AUROC that is mostly noise); the others are listed.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from sklearn.metrics import f1_score, recall_score, roc_auc_score
+
+HEADLINE_CI = ("macro_auroc", "macro_f1", "macro_recall", "accuracy")
 
 
 def _auroc(y: np.ndarray, s: np.ndarray) -> float:
     return float(roc_auc_score(y, s)) if 0 < y.sum() < len(y) else float("nan")
 
 
+def onehot(y: np.ndarray, n_classes: int, multilabel: bool) -> np.ndarray:
+    return y if multilabel else np.eye(n_classes)[y]
+
+
 def per_class_auroc(y: np.ndarray, scores: np.ndarray, multilabel: bool) -> np.ndarray:
-    onehot = y if multilabel else np.eye(scores.shape[1])[y]
-    return np.array([_auroc(onehot[:, c], scores[:, c]) for c in range(scores.shape[1])])
+    oh = onehot(y, scores.shape[1], multilabel)
+    return np.array([_auroc(oh[:, c], scores[:, c]) for c in range(scores.shape[1])])
 
 
-def choose_thresholds(y_val: np.ndarray, s_val: np.ndarray) -> np.ndarray:
-    """Per class, the threshold on validation scores that maximises F1 (0.5 if no positives)."""
-    out = np.full(s_val.shape[1], 0.5)
-    for c in range(s_val.shape[1]):
-        if y_val[:, c].sum() == 0:
-            continue
-        cands = np.unique(s_val[:, c])
-        f1s = [f1_score(y_val[:, c], s_val[:, c] >= t, zero_division=0) for t in cands]
-        out[c] = cands[int(np.argmax(f1s))]
-    return out
+def eligible_classes(y: np.ndarray, n_classes: int, multilabel: bool,
+                     min_count: int) -> np.ndarray:
+    """Classes with >= min_count positives and negatives; when none has, every class with at
+    least one of each (so a tiny split still gives a number, marked by the count)."""
+    oh = onehot(y, n_classes, multilabel)
+    pos = oh.sum(0)
+    neg = len(oh) - pos
+    ok = (pos >= min_count) & (neg >= min_count)
+    return ok if ok.any() else (pos > 0) & (neg > 0)
 
 
 def predictions(scores: np.ndarray, multilabel: bool, thresholds: np.ndarray | None):
-    return (scores >= thresholds).astype(int) if multilabel else scores.argmax(1)
+    """Multi-label: score >= per-class threshold. Multi-class: argmax of log score plus a
+    per-class offset (the decision rule tuned on val; no offsets = plain argmax)."""
+    if multilabel:
+        return (scores >= thresholds).astype(int)
+    if thresholds is None:
+        return scores.argmax(1)
+    return (np.log(np.clip(scores, 1e-12, None)) + thresholds).argmax(1)
 
 
-def point_metrics(y, scores, multilabel, thresholds) -> dict[str, float]:
-    pred = predictions(scores, multilabel, thresholds)
-    auc = per_class_auroc(y, scores, multilabel)
-    return {
+def _f1(y, pred, classes_idx) -> float:
+    return float(f1_score(y, pred, labels=classes_idx, average="macro", zero_division=0))
+
+
+def choose_thresholds(y_val: np.ndarray, s_val: np.ndarray, multilabel: bool = True,
+                      f1_over: list[int] | None = None) -> np.ndarray:
+    """Multi-label: per class, the threshold on val scores that maximises F1 (0.5 without
+    positives). Multi-class: per-class log-score offsets that maximise macro F1 (over `f1_over`
+    classes, e.g. Challenge 2017's N, A, O) on val, by coordinate ascent."""
+    n = s_val.shape[1]
+    if multilabel:
+        out = np.full(n, 0.5)
+        for c in range(n):
+            if y_val[:, c].sum() == 0:
+                continue
+            cands = np.unique(s_val[:, c])
+            if len(cands) > 200:
+                cands = np.quantile(s_val[:, c], np.linspace(0, 1, 201))
+            f1s = [f1_score(y_val[:, c], s_val[:, c] >= t, zero_division=0) for t in cands]
+            out[c] = cands[int(np.argmax(f1s))]
+        return out
+    labels = list(f1_over) if f1_over is not None else list(range(n))
+    offsets = np.zeros(n)
+    if len(y_val) == 0:
+        return offsets
+    best = _f1(y_val, predictions(s_val, False, offsets), labels)
+    grid = np.linspace(-3, 3, 25)
+    for _ in range(2):
+        for c in range(n):
+            for g in grid:
+                trial = offsets.copy()
+                trial[c] = g
+                f = _f1(y_val, predictions(s_val, False, trial), labels)
+                if f > best + 1e-9:
+                    best, offsets = f, trial
+    return offsets
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """How one task is scored: its classes, which count for macro AUROC, and an optional
+    challenge F1 over some classes (key `f1_<names>`, e.g. f1_nao)."""
+    classes: list[str]
+    multilabel: bool
+    eligible: np.ndarray                 # bool [C]
+    f1_over: list[int] | None = None
+    f1_key: str | None = None
+
+
+def point_metrics(y, scores, scoring: Scoring, thresholds) -> dict[str, float]:
+    pred = predictions(scores, scoring.multilabel, thresholds)
+    auc = per_class_auroc(y, scores, scoring.multilabel)[scoring.eligible]
+    out = {
         "macro_auroc": float(np.nanmean(auc)) if np.isfinite(auc).any() else float("nan"),
         "macro_f1": float(f1_score(y, pred, average="macro", zero_division=0)),
         "macro_recall": float(recall_score(y, pred, average="macro", zero_division=0)),
-        "accuracy": float((pred == y).all(1).mean() if multilabel else (pred == y).mean()),
+        "accuracy": float((pred == y).all(1).mean() if scoring.multilabel else
+                          (pred == y).mean()),
     }
+    if scoring.f1_key:
+        out[scoring.f1_key] = _f1(y, pred, scoring.f1_over)
+    return out
 
 
-def evaluate_scores(y, scores, multilabel: bool, thresholds, groups: np.ndarray,
-                    classes: list[str], n_boot: int = 200, seed: int = 0) -> dict[str, float]:
-    """Point metrics, per-class AUROC, and 95 % bootstrap CIs resampling test records."""
-    out = point_metrics(y, scores, multilabel, thresholds)
-    for c, a in zip(classes, per_class_auroc(y, scores, multilabel)):
-        out[f"auroc/{c}"] = float(a)
+def evaluate_scores(y, scores, scoring: Scoring, thresholds, groups: np.ndarray,
+                    n_boot: int = 200, seed: int = 0) -> dict:
+    """Point metrics, per-class AUROC, sensitivity (Se) and positive predictivity (+P) as in
+    AAMI EC57, and 95 % bootstrap CIs resampling test groups (patients or records)."""
+    out = point_metrics(y, scores, scoring, thresholds)
+    oh = onehot(y, len(scoring.classes), scoring.multilabel)
+    pred = onehot(predictions(scores, scoring.multilabel, thresholds), len(scoring.classes),
+                  scoring.multilabel)
+    for c, (name, a) in enumerate(zip(scoring.classes,
+                                      per_class_auroc(y, scores, scoring.multilabel))):
+        tp = float((pred[:, c] * oh[:, c]).sum())
+        out[f"auroc/{name}"] = float(a)
+        out[f"se/{name}"] = tp / oh[:, c].sum() if oh[:, c].sum() else float("nan")
+        out[f"ppv/{name}"] = tp / pred[:, c].sum() if pred[:, c].sum() else float("nan")
+    out["auroc_classes"] = float(scoring.eligible.sum())
     uniq, inverse = np.unique(groups.astype(str), return_inverse=True)
     members = [np.flatnonzero(inverse == g) for g in range(len(uniq))]
     rng = np.random.default_rng(seed)
-    boots = {k: [] for k in ("macro_auroc", "macro_f1", "macro_recall", "accuracy")}
+    keys = [*HEADLINE_CI, *([scoring.f1_key] if scoring.f1_key else [])]
+    boots = {k: [] for k in keys}
     for _ in range(n_boot):
         pick = np.concatenate([members[g] for g in rng.integers(0, len(uniq), len(uniq))])
-        m = point_metrics(y[pick], scores[pick], multilabel, thresholds)
+        m = point_metrics(y[pick], scores[pick], scoring, thresholds)
         for k in boots:
             boots[k].append(m[k])
     for k, vals in boots.items():

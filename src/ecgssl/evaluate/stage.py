@@ -5,8 +5,11 @@
 
 Writes DIR/metrics.json with flat keys `<mode>/<task>/<metric>` (and
 `<mode>/<task>/f<percent>/<metric>` per label fraction; the randomly initialised twin under
-`<mode>-random/...`), and PNG plots. Thresholds and early stopping use the val split only; the
-test split is scored once per model.
+`<mode>-random/...`), and PNG plots. Scoring follows the labels: where they belong to a record
+(Challenge 2017/2020, PTB-XL) a record's score is the mean of its windows' and the keys are
+record-level, with window-level copies under `<mode>/<task>/window/...`; MIT-BIH beat labels are
+scored per window. Decisions (thresholds, class offsets) and every hyperparameter are chosen on
+validation rows only; the test split is scored once per model.
 """
 
 from __future__ import annotations
@@ -18,11 +21,18 @@ import numpy as np
 from tqdm import tqdm
 
 from ecgssl.config import EVAL_MODES, EvaluateConfig
+from ecgssl.data.preprocess import for_model
 from ecgssl.errors import EcgsslError
 from ecgssl.evaluate import plots
-from ecgssl.evaluate.metrics import choose_thresholds, evaluate_scores, predictions
+from ecgssl.evaluate.metrics import (
+    Scoring,
+    choose_thresholds,
+    eligible_classes,
+    evaluate_scores,
+    predictions,
+)
 from ecgssl.evaluate.supervised import features, fit, label_subsets, save_classifier
-from ecgssl.evaluate.tasks import TaskData, load_task
+from ecgssl.evaluate.tasks import TaskData, get_task, load_task
 from ecgssl.evaluate.zeroshot import (
     class_embeddings,
     load_prompts,
@@ -59,17 +69,53 @@ def is_headline(key: str) -> bool:
     return key.endswith(tuple(f"/{h}" for h in HEADLINE)) and key.count("/") == 2
 
 
-def _score_split(task: TaskData, scores_of, cfg) -> tuple[dict, np.ndarray, np.ndarray]:
-    val, test = task.part("val"), task.part("test")
-    s_val = scores_of(val) if len(val) else None
-    thresholds = None
-    if task.multilabel:
-        thresholds = choose_thresholds(task.y[val], s_val) if s_val is not None and len(val) \
-            else np.full(len(task.classes), 0.5)
+class Levels:
+    """Window rows -> the items a task is scored on: records (mean of their windows' scores)
+    for record-level labels, the windows themselves for window-level labels."""
+
+    def __init__(self, task: TaskData, record_level: bool):
+        self.task, self.record_level = task, record_level
+
+    def __call__(self, idx: np.ndarray, scores: np.ndarray):
+        """(y, scores, bootstrap groups) of the items behind rows `idx`."""
+        t = self.task
+        if not self.record_level:
+            return t.y[idx], scores, t.group[idx]
+        _, first, inverse = np.unique(t.record[idx], return_index=True, return_inverse=True)
+        summed = np.zeros((len(first), scores.shape[1]))
+        np.add.at(summed, inverse, scores)
+        counts = np.bincount(inverse, minlength=len(first))[:, None]
+        return t.y[idx][first], summed / counts, t.group[idx][first]
+
+
+def score_model(task: TaskData, scores_of, cfg: EvaluateConfig, decide_on: np.ndarray,
+                s_val: np.ndarray | None = None) -> tuple[dict, tuple]:
+    """Metrics of one model: decisions from its scores on held-out rows `decide_on` (given as
+    `s_val`, or `scores_of(decide_on)`), then `scores_of(test)`, scored once.
+
+    Returns ({key suffix: value}, (y, scores, decisions) of the headline level for plots)."""
+    spec = get_task(task.name)
+    test = task.part("test")
+    s_val = scores_of(decide_on) if s_val is None else s_val
     s_test = scores_of(test)                       # the one look at the test split
-    m = evaluate_scores(task.y[test], s_test, task.multilabel, thresholds, task.group[test],
-                        task.classes, n_boot=cfg.bootstrap, seed=cfg.seed)
-    return m, s_test, thresholds
+    levels = [("", Levels(task, spec.level == "record"))]
+    if spec.level == "record":
+        levels.append(("window/", Levels(task, False)))
+    f1_over = [task.classes.index(c) for c in spec.f1_over or () if c in task.classes] or None
+    out, plot = {}, None
+    for prefix, level in levels:
+        yv, sv, _ = level(decide_on, s_val)
+        yt, st, groups = level(test, s_test)
+        decisions = choose_thresholds(yv, sv, task.multilabel, f1_over)
+        scoring = Scoring(task.classes, task.multilabel,
+                          eligible_classes(yt, len(task.classes), task.multilabel,
+                                           cfg.min_class_count),
+                          f1_over, spec.f1_key if f1_over else None)
+        m = evaluate_scores(yt, st, scoring, decisions, groups, n_boot=cfg.bootstrap,
+                            seed=cfg.seed)
+        out.update({prefix + k: v for k, v in m.items()})
+        plot = plot or (yt, st, decisions)
+    return out, plot
 
 
 def run_evaluate(encoder_dir: str | Path, table: str | Path, task_name: str, modes: list[str],
@@ -86,42 +132,44 @@ def run_evaluate(encoder_dir: str | Path, table: str | Path, task_name: str, mod
     if task.x.shape[-1] != pcfg["n_samples"]:
         raise EcgsslError(f"{table} has windows of {task.x.shape[-1]} samples, the encoder was "
                           f"pretrained on {pcfg['n_samples']}; ingest at the same fs/window")
+    task.x = for_model(pcfg)(task.x, task.mask, task.fs)
     fractions = sorted(fractions or cfg.label_fractions)
     metrics, pngs = {}, []
-    test = task.part("test")
+    test, train = task.part("test"), task.part("train")
+    # Zero-shot trains nothing: its decisions come from val, or from train rows where a table
+    # keeps no val split (train rows are never test rows).
+    decide_on = task.part("val") if len(task.part("val")) else train
     fingerprint = test_fingerprint(task)
     with start_run(ctx, f"evaluate-{task_name}",
                    {"stage": "evaluate", "task": task_name, "encoder": str(encoder_dir)}) as run:
         if "zeroshot" in modes:
-            prompts = load_prompts(task_name, table)
+            prompts = load_prompts(task_name, table, task.classes)
             for cls, text in (prompt_overrides or {}).items():
                 prompts[cls] = [text]
-            enc = text_encoder_for(pcfg)
-            emb = class_embeddings(model, prompts, task.classes, enc, EmbeddingCache(cfg.cache))
-            m, s_test, thr = _score_split(
-                task, lambda idx: zero_shot_scores(model, task.x[idx], task.mask[idx], emb,
-                                                   task.multilabel), cfg)
+            emb = class_embeddings(model, prompts, task.classes, text_encoder_for(pcfg),
+                                   EmbeddingCache(cfg.cache))
+            m, plot = score_model(task, lambda idx: zero_shot_scores(
+                model, task.x[idx], task.mask[idx], emb, task.multilabel), cfg, decide_on)
             metrics.update({f"zeroshot/{task_name}/{k}": v for k, v in m.items()})
-            pngs += _plots(out, "zeroshot", task, s_test, thr)
+            pngs += _plots(out, "zeroshot", task, *plot)
         for mode in [m for m in modes if m != "zeroshot"]:
-            subsets = label_subsets(task.group[task.part("train")], fractions, cfg.seed)
+            subsets = label_subsets(task.group[train], fractions, cfg.seed)
             curves = {"pretrained": [], "random init": []}
             nets = {False: model, True: load_pretrained(encoder_dir, random_init=True)[0]}
             feats = {t: features(n, task) for t, n in nets.items()} if mode == "probe" else {}
             jobs = [(f, twin) for f in fractions for twin in (False, True)]
             for f, twin in tqdm(jobs, desc=f"{mode} {task_name}", disable=not progress):
-                train = task.part("train")[subsets[f]]
-                predict = fit(nets[twin], task, train, task.part("val"), mode, cfg,
-                              feats.get(twin))
-                m, s_test, thr = _score_split(task, predict, cfg)
+                rows = train[subsets[f]]
+                fitted = fit(nets[twin], task, rows, mode, cfg, feats.get(twin))
+                m, plot = score_model(task, fitted, cfg, fitted.val_idx, fitted.val_scores)
                 prefix = f"{mode}{'-random' if twin else ''}/{task_name}"
                 metrics.update({f"{prefix}/f{f:g}/{k}": v for k, v in m.items()})
-                metrics[f"{prefix}/f{f:g}/train_rows"] = int(len(train))
+                metrics[f"{prefix}/f{f:g}/train_rows"] = int(len(rows))
                 if f == fractions[-1]:
                     metrics.update({f"{prefix}/{k}": v for k, v in m.items()})
                     if not twin:
-                        pngs += _plots(out, mode, task, s_test, thr)
-                        save_classifier(out / f"classifier-{mode}", encoder_dir, predict, task,
+                        pngs += _plots(out, mode, task, *plot)
+                        save_classifier(out / f"classifier-{mode}", encoder_dir, fitted, task,
                                         {"mode": mode, "label_fraction": f,
                                          "test_fingerprint": fingerprint})
                 curves["random init" if twin else "pretrained"].append(
@@ -130,6 +178,7 @@ def run_evaluate(encoder_dir: str | Path, table: str | Path, task_name: str, mod
                 out / f"label_efficiency_{mode}_{task_name}.png", curves, "macro AUROC",
                 f"{mode}: {task_name}"))
         metrics[f"data/{task_name}/test_rows"] = int(len(test))
+        metrics[f"data/{task_name}/test_records"] = int(len(set(task.record[test])))
         old = read_json(out / "metrics.json") if (out / "metrics.json").is_file() else {}
         write_json(out / "metrics.json", {**old, **metrics})
         # Which test data these numbers are for: promotion only compares equal fingerprints.
@@ -148,12 +197,11 @@ def test_fingerprint(task: TaskData) -> str:
                         "classes": task.classes, "y": task.y[test].tolist()})[:16]
 
 
-def _plots(out: Path, mode: str, task: TaskData, s_test, thresholds) -> list[Path]:
-    y = task.y[task.part("test")]
-    made = [plots.roc_plot(out / f"roc_{mode}_{task.name}.png", y, s_test, task.classes,
+def _plots(out: Path, mode: str, task: TaskData, y, scores, decisions) -> list[Path]:
+    made = [plots.roc_plot(out / f"roc_{mode}_{task.name}.png", y, scores, task.classes,
                            task.multilabel, f"{mode}: {task.name}")]
     if not task.multilabel:
         made.append(plots.confusion_plot(out / f"confusion_{mode}_{task.name}.png", y,
-                                         predictions(s_test, False, thresholds), task.classes,
+                                         predictions(scores, False, decisions), task.classes,
                                          f"{mode}: {task.name}"))
     return made

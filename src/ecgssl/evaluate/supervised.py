@@ -1,20 +1,28 @@
 """Linear probe (frozen encoder) and fine-tuning (whole network) at label fractions.
 
 Label fractions are drawn by patient (or record), seeded, and nested: the 1 % patients are
-inside the 10 %, which are inside the 100 %. Early stopping watches the validation loss only.
+inside the 10 %, which are inside the 100 %. Every choice (the probe's C and class weights, the
+fine-tuning learning rate, early stopping) is made on validation rows only: the table's val
+split, or, where a table has none (MIT-BIH keeps all of DS1 for training), patient-level folds
+of the training rows.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ecgssl.evaluate.metrics import per_class_auroc
 from ecgssl.evaluate.tasks import TaskData
+from ecgssl.models.encoders import pooled
+
+N_FOLDS = 4
 
 
 def label_subsets(groups: np.ndarray, fractions: list[float], seed: int) -> dict[float, np.ndarray]:
@@ -28,64 +36,169 @@ def label_subsets(groups: np.ndarray, fractions: list[float], seed: int) -> dict
     return out
 
 
-def _loss(logits, y, multilabel):
-    return F.binary_cross_entropy_with_logits(logits, y) if multilabel else \
-        F.cross_entropy(logits, y)
+def validation_folds(task: TaskData, train: np.ndarray, seed: int = 0
+                     ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(fit rows, val rows) pairs: the table's val split when it has one; else up to N_FOLDS
+    patient-level folds of `train` (each patient in one fold's val); with one patient, itself."""
+    val = task.part("val")
+    if len(val):
+        return [(train, val)]
+    groups = task.group[train].astype(str)
+    uniq = np.array(sorted(set(groups)))
+    if len(uniq) < 2:
+        return [(train, train)]
+    order = uniq[np.random.default_rng(seed).permutation(len(uniq))]
+    k = min(N_FOLDS, len(uniq))
+    fold_of = {g: i % k for i, g in enumerate(order)}
+    f = np.array([fold_of[g] for g in groups])
+    return [(train[f != i], train[f == i]) for i in range(k)]
+
+
+@torch.no_grad()
+def features(model, task: TaskData, batch: int = 256) -> torch.Tensor:
+    """Frozen-encoder features (mean and max over time) of every row, once per model: the max
+    keeps a single ectopic beat that the mean over ~30 positions dilutes."""
+    enc = model.encoder.eval()
+    return torch.cat([pooled(enc, torch.from_numpy(task.x[i:i + batch]),
+                             torch.from_numpy(task.mask[i:i + batch]))
+                      for i in range(0, len(task.x), batch)])
+
+
+def _val_auroc(task: TaskData, idx: np.ndarray, scores: np.ndarray) -> float:
+    a = per_class_auroc(task.y[idx], scores, task.multilabel)
+    return float(np.nanmean(a)) if np.isfinite(a).any() else -float("inf")
+
+
+@dataclass
+class Fitted:
+    """A trained classifier: rows -> scores, and what `save_classifier` writes."""
+    encoder: nn.Module
+    head: nn.Linear                     # over pooled (mean + max) features
+    choice: dict                        # the hyperparameters val chose
+    feats: torch.Tensor | None = None   # frozen features (probe), else computed per batch
+    task: TaskData | None = None
+    val_idx: np.ndarray | None = None    # held-out rows and their scores, for decisions:
+    val_scores: np.ndarray | None = None  # never rows this classifier was fitted on
+
+    @torch.no_grad()
+    def logits(self, idx: np.ndarray) -> torch.Tensor:
+        out = []
+        for i in range(0, len(idx), 256):
+            b = idx[i:i + 256]
+            f = self.feats[b] if self.feats is not None else pooled(
+                self.encoder.eval(), torch.from_numpy(self.task.x[b]),
+                torch.from_numpy(self.task.mask[b]))
+            out.append(self.head(f))
+        return torch.cat(out)
+
+    def __call__(self, idx: np.ndarray) -> np.ndarray:
+        return _scores(self.logits(idx), self.task.multilabel).numpy()
 
 
 def _scores(logits, multilabel):
     return torch.sigmoid(logits) if multilabel else torch.softmax(logits, dim=1)
 
 
-@torch.no_grad()
-def _features(encoder, x, mask, batch=256) -> torch.Tensor:
-    encoder.eval()
-    return torch.cat([encoder(torch.from_numpy(x[i:i + batch]), torch.from_numpy(mask[i:i + batch]))
-                      for i in range(0, len(x), batch)])
+# --- linear probe: standardised features, L2 logistic regression (L-BFGS) ------------------
+
+def _logreg(x, y, multilabel: bool, c: float, balanced: bool, n_classes: int, seed: int):
+    """(W [C, D], b [C]) of L2 logistic regression on standardised features; one-vs-rest for
+    multi-label (a class with one label value in `y` gets its prior as a constant)."""
+    from sklearn.linear_model import LogisticRegression
+    weight = "balanced" if balanced else None
+    d = x.shape[1]
+    if not multilabel:
+        present = np.unique(y)
+        w, b = np.zeros((n_classes, d)), np.full(n_classes, -30.0)
+        if len(present) == 1:
+            b[present[0]] = 0.0
+            return w, b
+        lr = LogisticRegression(C=c, class_weight=weight, max_iter=300, random_state=seed)
+        lr.fit(x, y)
+        coef, icpt = lr.coef_, lr.intercept_
+        if len(present) == 2:      # binary: one logit, split into two softmax logits
+            coef, icpt = np.stack([-coef[0] / 2, coef[0] / 2]), np.array([-icpt[0] / 2,
+                                                                          icpt[0] / 2])
+        w[present], b[present] = coef, icpt
+        return w, b
+    w, b = np.zeros((n_classes, d)), np.zeros(n_classes)
+    for k in range(n_classes):
+        p = y[:, k].mean() if len(y) else 0.0
+        if 0 < p < 1:
+            lr = LogisticRegression(C=c, class_weight=weight, max_iter=300, random_state=seed)
+            lr.fit(x, y[:, k])
+            w[k], b[k] = lr.coef_[0], lr.intercept_[0]
+        else:
+            b[k] = 30.0 if p >= 1 else -30.0
+    return w, b
 
 
-def features(model, task: TaskData) -> torch.Tensor:
-    """Frozen-encoder features of every row of the task, computed once per model."""
-    return _features(model.encoder, task.x, task.mask)
+def fit_probe(model, task: TaskData, train: np.ndarray, cfg, feats: torch.Tensor) -> Fitted:
+    """C and class weighting chosen by val macro AUROC (mean over folds), then refit on all of
+    `train`; the standardisation is folded into one linear layer."""
+    x_all = feats.numpy().astype(np.float64)
+    folds = validation_folds(task, train, cfg.seed)
+    n_classes = len(task.classes)
+
+    def fit(rows, c, balanced):
+        mu, sd = x_all[rows].mean(0), x_all[rows].std(0) + 1e-6
+        w, b = _logreg((x_all[rows] - mu) / sd, task.y[rows], task.multilabel, c, balanced,
+                       n_classes, cfg.seed)
+        return w / sd, b - (w / sd) @ mu          # the same logits on raw features
+
+    def scores(wb, rows):
+        logits = torch.from_numpy(x_all[rows] @ wb[0].T + wb[1])
+        return _scores(logits, task.multilabel).numpy()
+
+    best, choice = -float("inf"), {"C": cfg.probe_c[0], "class_weight": None}
+    for c in cfg.probe_c:
+        for balanced in (False, True):
+            v = np.mean([_val_auroc(task, va, scores(fit(tr, c, balanced), va))
+                         for tr, va in folds])
+            if v > best + 1e-9:
+                best, choice = v, {"C": c, "class_weight": "balanced" if balanced else None}
+    balanced = choice["class_weight"] is not None
+    w, b = fit(train, choice["C"], balanced)
+    head = nn.Linear(feats.shape[1], n_classes)
+    with torch.no_grad():
+        head.weight.copy_(torch.from_numpy(w).float())
+        head.bias.copy_(torch.from_numpy(b).float())
+    # Held-out scores for the decision thresholds: out-of-fold when val comes from folds.
+    val_idx = np.concatenate([va for _, va in folds])
+    val_scores = np.concatenate([scores(fit(tr, choice["C"], balanced), va) for tr, va in folds])
+    return Fitted(model.encoder, head, {**choice, "val_auroc": best}, feats, task, val_idx,
+                  val_scores)
 
 
-def fit(model, task: TaskData, train: np.ndarray, val: np.ndarray, mode: str, cfg,
-        feats: torch.Tensor | None = None) -> callable:
-    """Train a linear head (probe, on `feats`) or the whole network (finetune); returns
-    rows -> scores."""
+# --- fine-tuning: the whole network, learning rate chosen on val ---------------------------
+
+def _loss(logits, y, multilabel):
+    return F.binary_cross_entropy_with_logits(logits, y) if multilabel else \
+        F.cross_entropy(logits, y)
+
+
+def _finetune_once(model, task: TaskData, train, val, lr: float, cfg) -> tuple[Fitted, float]:
     torch.manual_seed(cfg.seed)
     encoder = copy.deepcopy(model.encoder)
-    n_out = len(task.classes)
-    head = nn.Linear(encoder.dim, n_out)
+    head = nn.Linear(2 * encoder.dim, len(task.classes))
+    fitted = Fitted(encoder, head, {"lr": lr}, None, task)
     y = torch.from_numpy(task.y)
-    if mode == "probe":
-        feats = feats if feats is not None else _features(encoder, task.x, task.mask)
-        params = list(head.parameters())
-        epochs, lr, batch = cfg.probe_epochs, cfg.probe_lr, len(train)
-
-        def logits_of(idx, training=False):
-            return head(feats[idx])
-    else:
-        params = list(encoder.parameters()) + list(head.parameters())
-        epochs, lr, batch = cfg.finetune_epochs, cfg.finetune_lr, cfg.batch_size
-
-        def logits_of(idx, training=False):
-            encoder.train(training)
-            return head(encoder(torch.from_numpy(task.x[idx]), torch.from_numpy(task.mask[idx])))
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW([*encoder.parameters(), *head.parameters()], lr=lr,
+                            weight_decay=cfg.weight_decay)
     rng = np.random.default_rng(cfg.seed)
     best, best_state, stale = float("inf"), None, 0
-    for _ in range(epochs):
+    for _ in range(cfg.finetune_epochs):
         order = rng.permutation(train)
-        for i in range(0, len(order), batch):
-            idx = order[i:i + batch]
-            loss = _loss(logits_of(idx, True), y[idx], task.multilabel)
+        encoder.train()
+        for i in range(0, len(order), cfg.batch_size):
+            idx = order[i:i + cfg.batch_size]
+            logits = head(pooled(encoder, torch.from_numpy(task.x[idx]),
+                                 torch.from_numpy(task.mask[idx])))
+            loss = _loss(logits, y[idx], task.multilabel)
             opt.zero_grad()
             loss.backward()
             opt.step()
-        with torch.no_grad():
-            v = float(_loss(_predict_logits(logits_of, val), y[val], task.multilabel)) \
-                if len(val) else float(loss)
+        v = float(_loss(fitted.logits(val), y[val], task.multilabel))
         if v < best - 1e-4:
             best, stale = v, 0
             best_state = (copy.deepcopy(head.state_dict()), copy.deepcopy(encoder.state_dict()))
@@ -96,21 +209,34 @@ def fit(model, task: TaskData, train: np.ndarray, val: np.ndarray, mode: str, cf
     if best_state is not None:
         head.load_state_dict(best_state[0])
         encoder.load_state_dict(best_state[1])
-
-    def predict(idx: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return _scores(_predict_logits(logits_of, idx), task.multilabel).numpy()
-    predict.encoder, predict.head = encoder, head   # what save_classifier writes
-    return predict
+    return fitted, _val_auroc(task, val, fitted(val))
 
 
-def _predict_logits(logits_of, idx, batch=256):
-    return torch.cat([logits_of(idx[i:i + batch]) for i in range(0, len(idx), batch)])
+def fit_finetune(model, task: TaskData, train: np.ndarray, cfg) -> Fitted:
+    """Each arm (pretrained or random) tries every learning rate of `finetune_lrs` with the
+    same budget and keeps the one with the best val macro AUROC (first fold's val)."""
+    fit_rows, val = validation_folds(task, train, cfg.seed)[0]
+    best, best_auc = None, -float("inf")
+    for lr in cfg.finetune_lrs:
+        fitted, auc = _finetune_once(model, task, fit_rows, val, lr, cfg)
+        if best is None or auc > best_auc:
+            best, best_auc = fitted, auc
+    best.choice["val_auroc"] = best_auc
+    best.val_idx, best.val_scores = val, best(val)
+    return best
 
 
-def save_classifier(folder, pretrained_dir, predict, task: TaskData, info: dict) -> None:
+def fit(model, task: TaskData, train: np.ndarray, mode: str, cfg,
+        feats: torch.Tensor | None = None) -> Fitted:
+    return fit_probe(model, task, train, cfg, feats if feats is not None else
+                     features(model, task)) if mode == "probe" else \
+        fit_finetune(model, task, train, cfg)
+
+
+def save_classifier(folder, pretrained_dir, fitted: Fitted, task: TaskData, info: dict) -> None:
     """A self-contained classifier folder: encoder (fine-tuned or frozen), heads, config,
-    and the linear head with its class list; what `ecgssl register --classifier` takes."""
+    and the linear head over pooled features with its class list; what
+    `ecgssl register --classifier` takes."""
     import json
     import shutil
     from pathlib import Path
@@ -121,10 +247,10 @@ def save_classifier(folder, pretrained_dir, predict, task: TaskData, info: dict)
     for name in ("config.json", "heads.safetensors"):
         if (pretrained_dir / name).is_file():
             shutil.copyfile(pretrained_dir / name, folder / name)
-    sd = {k: v.detach().contiguous() for k, v in predict.encoder.state_dict().items()}
+    sd = {k: v.detach().contiguous() for k, v in fitted.encoder.state_dict().items()}
     save_file(sd, folder / "encoder.safetensors")
-    save_file({k: v.detach().contiguous() for k, v in predict.head.state_dict().items()},
+    save_file({k: v.detach().contiguous() for k, v in fitted.head.state_dict().items()},
               folder / "classifier.safetensors")
     (folder / "classifier.json").write_text(json.dumps(
-        {"task": task.name, "classes": task.classes, "multilabel": task.multilabel, **info},
-        indent=2))
+        {"task": task.name, "classes": task.classes, "multilabel": task.multilabel,
+         "pooling": "mean+max", "choice": fitted.choice, **info}, indent=2))

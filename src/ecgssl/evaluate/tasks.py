@@ -30,7 +30,13 @@ class TaskSpec:
     label_map: LabelMap | None = None             # None = native labels are the classes
     keep_unlabelled: bool = False                 # rows with no class stay (all negatives)
     level: Literal["record", "window"] = "record"  # what the labels describe
+    f1_over: tuple[str, ...] | None = None        # a challenge F1 over these classes
     help: str = ""
+
+    @property
+    def f1_key(self) -> str | None:
+        """`f1_nao` for F1 over N, A, O (the Challenge 2017 score)."""
+        return "f1_" + "".join(c.lower() for c in self.f1_over) if self.f1_over else None
 
 
 def _statements(column: str | None, flag: str) -> LabelMap:
@@ -49,6 +55,7 @@ def _statements(column: str | None, flag: str) -> LabelMap:
 
 TASKS: dict[str, TaskSpec] = {
     "cinc2017-af": TaskSpec("cinc2017", multilabel=False, classes=("N", "A", "O", "~"),
+                            f1_over=("N", "A", "O"),
                             help="Challenge 2017: normal, AF, other rhythm, noisy"),
     "mitdb-aami": TaskSpec("mitdb", classes=tuple("NSVFQ"), keep_unlabelled=True,
                            level="window", help="MIT-BIH AAMI beat classes per window, "
@@ -76,6 +83,8 @@ class TaskData:
     split: np.ndarray        # str [N]
     group: np.ndarray        # str [N]: patient (or record) for bootstrap and label fractions
     ids: np.ndarray          # str [N]: ecg_id
+    record: np.ndarray       # str [N]: the record a window comes from
+    fs: int = 100
 
     def part(self, name: str) -> np.ndarray:
         return np.flatnonzero(self.split == name)
@@ -111,7 +120,6 @@ def _targets(spec: TaskSpec, labels: list[list[str]], table: Path, min_positives
 def load_task(name: str, table: str | Path, min_positives: int = 1) -> TaskData:
     spec = get_task(name)
     table = Path(table)
-    read_manifest(table)
     t: ECGArrays = read_table(table, columns=["ecg_id", "dataset", "record", "patient_id",
                                               "split", "labels"], dataset=spec.dataset)
     rows = np.flatnonzero(t.column("dataset") == spec.dataset)
@@ -127,4 +135,5 @@ def load_task(name: str, table: str | Path, min_positives: int = 1) -> TaskData:
     rec = t.column("record")[idx]
     group = np.array([p if p else r for p, r in zip(pid, rec)], dtype=object)
     return TaskData(name, classes, spec.multilabel, t.signal[idx], t.lead_mask[idx], y, split,
-                    group, np.asarray(t.column("ecg_id"))[idx])
+                    group, np.asarray(t.column("ecg_id"))[idx], np.asarray(rec, dtype=object),
+                    int(read_manifest(table)["fs"]))

@@ -19,20 +19,32 @@ from ecgssl.text.cache import EmbeddingCache
 from ecgssl.text.encoder import TextEncoder
 
 
-def load_prompts(task: str, table=None) -> dict[str, list[str]]:
-    """Class prompts of a task: prompts/<task>.yaml, and for PTB-XL statements without an
-    entry there, the statement's description from the table's scp_statements.csv."""
+def load_prompts(task: str, table=None, classes: list[str] = ()) -> dict[str, list[str]]:
+    """Class prompts of a task, in the report generator's own words where possible.
+
+    prompts/<task>.yaml maps a class to free text, or to `codes:` (lists of SCP statement codes
+    rendered by the same renderer that writes the training reports) plus optional `text:`.
+    A class without an entry gets its statement rendered (PTB-XL codes the generator states),
+    else its scp_statements.csv description, else its own name: zero-shot never fails on a
+    class it has no words for."""
     from ecgssl.data.sources.ptbxl import STATEMENTS, read_statements
     from ecgssl.evaluate.tasks import get_task
+    from ecgssl.reports.codes import PHRASES, render
     prompts: dict[str, list[str]] = {}
     if get_task(task).dataset == "ptbxl" and table is not None and \
             (Path(table) / STATEMENTS).is_file():
-        prompts = {code: [row["description"].lower() + "."]
+        prompts = {code: [render([code]) if code in PHRASES else
+                          row["description"].lower() + "."]
                    for code, row in read_statements(table).items() if row.get("description")}
     f = resources.files("ecgssl.evaluate").joinpath("prompts", f"{task}.yaml")
-    if f.is_file():
-        prompts.update({str(k): [str(t) for t in v]
-                        for k, v in (yaml.safe_load(f.read_text()) or {}).items()})
+    for cls, v in ((yaml.safe_load(f.read_text()) or {}).items() if f.is_file() else ()):
+        if isinstance(v, dict):
+            prompts[str(cls)] = [render(c) for c in v.get("codes", [])] + \
+                [str(t) for t in v.get("text", [])]
+        else:
+            prompts[str(cls)] = [str(t) for t in v]
+    for c in classes:
+        prompts.setdefault(c, [render([c]) if c in PHRASES else f"{c}."])
     return prompts
 
 

@@ -81,3 +81,10 @@ class ViT1d(nn.Module):
     def forward(self, x, mask):
         return self.features(x, mask).mean(-1)
 
+
+
+def pooled(encoder, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[B, 2 * dim]: mean and max over time of the encoder's feature map (what probes and
+    classifiers read; the mean alone dilutes one ectopic beat among ~30 positions)."""
+    f = encoder.features(x, mask)
+    return torch.cat([f.mean(-1), f.amax(-1)], dim=1)

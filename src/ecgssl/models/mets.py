@@ -44,10 +44,14 @@ def info_nce(z_e: torch.Tensor, z_t: torch.Tensor, scale: torch.Tensor,
              text_ids: torch.Tensor, dist: DistState = SINGLE) -> torch.Tensor:
     """Symmetric InfoNCE over the global batch (gathered across ranks).
 
-    Rows whose reports are identical (same `text_ids`) are not negatives of each other: their
-    off-diagonal logits are masked out in both directions. Each rank scores its own rows
+    Rows whose reports say the same (same `text_ids`: equal statement codes, or equal text
+    where a report has no codes) are not negatives of each other: their off-diagonal logits
+    are masked out in both directions. Each rank scores its own rows
     against all columns; averaging over ranks gives the single-process loss.
     """
+    # Logits in fp32 even under bf16 autocast: at scale 100 bf16's 8 mantissa bits round
+    # neighbouring cosines together.
+    z_e, z_t, scale = z_e.float(), z_t.float(), scale.float()
     all_e, all_t = gather_with_grad(z_e, dist), gather_with_grad(z_t, dist)
     all_ids = gather_with_grad(text_ids, dist)
     rows = torch.arange(z_e.shape[0], device=z_e.device) + dist.rank * z_e.shape[0]

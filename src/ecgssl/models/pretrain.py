@@ -30,7 +30,8 @@ class PretrainModel(nn.Module):
         """Losses of one (local) batch; `aug` holds this batch's masking/shuffling draws."""
         losses = {}
         if self.mets is not None:
-            z_e, z_t, scale = self.mets(self.encoder(batch["x"], batch["mask"]), batch["text"])
+            mask = batch.get("mets_mask", batch["mask"])
+            z_e, z_t, scale = self.mets(self.encoder(batch["x"], mask), batch["text"])
             losses["mets"] = info_nce(z_e, z_t, scale, batch["text_id"], dist)
         if self.st is not None:
             feats = self.encoder.features(aug["x"], aug["mask"])
@@ -50,6 +51,21 @@ def st_inputs(x: torch.Tensor, mask: torch.Tensor, ratio: tuple[float, float], s
     masked, time_mask = random_masking(shuffled, ratio, segment, generator)
     return {"x": masked, "mask": shuffled_mask, "target": shuffled, "time_mask": time_mask,
             "lead_target": lead_target}
+
+
+def random_lead_subsets(mask: torch.Tensor, p: float, generator: torch.Generator
+                        ) -> torch.Tensor:
+    """With probability `p` per sample, keep a random non-empty subset of its present leads
+    (size uniform in 1..n, down to one lead alone), so that one- and two-lead inputs are not out
+    of distribution for an encoder that mostly sees 12-lead ECGs."""
+    b = mask.shape[0]
+    draw = torch.rand(b, generator=generator) < p
+    keys = torch.rand(mask.shape, generator=generator).masked_fill(~mask, 2.0)
+    rank = keys.argsort(1).argsort(1)                    # random order, present leads first
+    n = mask.sum(1)
+    keep = (torch.rand(b, generator=generator) * n).floor().long() + 1
+    subset = (rank < keep[:, None]) & mask
+    return torch.where(draw[:, None], subset, mask)
 
 
 def load_pretrained(folder, random_init: bool = False) -> tuple[PretrainModel, dict]:

@@ -10,6 +10,7 @@ from torch import nn
 from ecgssl.distributed import SINGLE, DistState, global_mean
 
 N_LEADS = 12
+MIN_LEADS_FOR_IDENTITY = 3
 
 
 def random_masking(x: torch.Tensor, ratio_range: tuple[float, float], segment: int,
@@ -36,7 +37,8 @@ def shuffle_leads(x: torch.Tensor, lead_mask: torch.Tensor, generator: torch.Gen
     """Permute the present leads of each sample; absent leads keep their (zero) place.
 
     Returns (shuffled x, shuffled mask, targets [B, 12]) with x_shuffled[:, p] = x[:, target[p]]:
-    the target of a position is the lead it came from (-100 where the lead is absent).
+    the target of a position is the lead it came from (-100 where the lead is absent, and for
+    samples with fewer than 3 leads).
     """
     b = x.shape[0]
     perm = torch.arange(N_LEADS, device=x.device).repeat(b, 1)
@@ -45,7 +47,9 @@ def shuffle_leads(x: torch.Tensor, lead_mask: torch.Tensor, generator: torch.Gen
         order = torch.randperm(len(present), generator=generator, device=x.device)
         perm[i, present] = present[order]
     idx = perm[:, :, None].expand(-1, -1, x.shape[2])
-    targets = perm.masked_fill(~lead_mask, -100)
+    # Identity is only learnable with >= 3 leads: one lead is trivial, two a coin flip.
+    few = lead_mask.sum(1, keepdim=True) < MIN_LEADS_FOR_IDENTITY
+    targets = perm.masked_fill(~lead_mask | few, -100)
     return x.gather(1, idx), lead_mask.gather(1, perm), targets
 
 

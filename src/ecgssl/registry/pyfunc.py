@@ -1,6 +1,7 @@
 """The MLflow pyfunc model: safetensors weights and JSON config, no pickled modules.
 
-Input: float32 [N, 12, T] (mV, leads I..V6). Absent leads are all zeros, or say so with the
+Input: float32 [N, 12, T] (mV, leads I..V6), preprocessed here exactly as in training
+(`ecgssl.data.preprocess`). Absent leads are all zeros, or say so with the
 `lead_mask` predict param (12 booleans for every row). Output:
 - an encoder model: embeddings [N, D]; with predict param `labels=[...]` (free text), zero-shot
   probabilities [N, len(labels)];
@@ -77,16 +78,22 @@ class ECGModel(PythonModel):
     def predict(self, context, model_input, params=None):
         import torch
 
+        from ecgssl.data.preprocess import for_model
+        from ecgssl.models.encoders import pooled
         params = params or {}
         x, mask = validate_input(model_input, self.cfg["n_samples"],
                                  params.get("lead_mask") or None)
+        x = for_model(self.cfg)(x, mask, self.cfg.get("fs", 100))   # as in training
+        xt, mt = torch.from_numpy(x), torch.from_numpy(mask)
         with torch.no_grad():
-            emb = self.model.encoder(torch.from_numpy(x), torch.from_numpy(mask))
             if self.head is not None:
-                logits = self.head(emb)
+                feats = pooled(self.model.encoder, xt, mt) \
+                    if self.head_info.get("pooling") == "mean+max" else self.model.encoder(xt, mt)
+                logits = self.head(feats)
                 probs = torch.sigmoid(logits) if self.head_info["multilabel"] else \
                     torch.softmax(logits, dim=1)
                 return probs.numpy()
+            emb = self.model.encoder(xt, mt)
             labels = params.get("labels")
             if labels:
                 return self._zero_shot(emb, [str(t) for t in labels])

@@ -23,9 +23,18 @@ from tqdm import tqdm
 
 from ecgssl import __version__
 from ecgssl.config import ReportsConfig
-from ecgssl.data.table import TableManifest, arrays, read_manifest, read_shard, write_shard, writing
+from ecgssl.data.table import (
+    SCHEMA_VERSION,
+    TableManifest,
+    arrays,
+    conform,
+    read_manifest,
+    read_shard,
+    write_shard,
+    writing,
+)
 from ecgssl.errors import EcgsslError
-from ecgssl.reports.generate import generate
+from ecgssl.reports.generate import Report, generate
 from ecgssl.reports.translate import Coverage
 from ecgssl.storage import stable_hash
 from ecgssl.tracking import OFF, RunContext, log_stage
@@ -33,7 +42,7 @@ from ecgssl.tracking import OFF, RunContext, log_stage
 CHUNK_ROWS = 32
 
 
-def _generate_rows(args: tuple[np.ndarray, np.ndarray, float]) -> list[str]:
+def _generate_rows(args: tuple[np.ndarray, np.ndarray, float]) -> list[Report]:
     signal, mask, fs = args
     return [generate(s, m, fs) for s, m in zip(signal, mask)]
 
@@ -45,7 +54,7 @@ class _Generator:
         self.pool = ProcessPoolExecutor(workers, mp_context=get_context("fork")) \
             if workers > 1 else None
 
-    def __call__(self, signal: np.ndarray, mask: np.ndarray, fs: float) -> list[str]:
+    def __call__(self, signal: np.ndarray, mask: np.ndarray, fs: float) -> list[Report]:
         chunks = [(signal[i:i + CHUNK_ROWS], mask[i:i + CHUNK_ROWS], fs)
                   for i in range(0, len(signal), CHUNK_ROWS)]
         mapper = self.pool.map if self.pool else map
@@ -59,9 +68,13 @@ class _Generator:
 def _reports_key(inputs: list[Path], manifests: list[dict], cfg: ReportsConfig) -> str:
     from importlib import resources
     lexicon = resources.files("ecgssl.reports").joinpath("lexicon.tsv").read_bytes()
+    # The generator's own code is part of the key: changed statements make new reports.
+    generator = [resources.files("ecgssl.reports").joinpath(f).read_bytes().decode()
+                 for f in ("measure.py", "codes.py", "generate.py")]
     return stable_hash({"inputs": [m.get("options_key") for m in manifests],
                         "paths": [str(p) for p in inputs], "mode": cfg.mode,
-                        "version": __version__, "lexicon": stable_hash(lexicon.decode())})
+                        "version": __version__, "lexicon": stable_hash(lexicon.decode()),
+                        "generator": stable_hash(generator), "schema": SCHEMA_VERSION})
 
 
 def run_reports(inputs: list[str | Path], output: str | Path, cfg: ReportsConfig,
@@ -92,7 +105,7 @@ def run_reports(inputs: list[str | Path], output: str | Path, cfg: ReportsConfig
                       disable=not progress, dynamic_ncols=True) as bar:
                 for path, m in zip(inputs, manifests):
                     for shard in m["shards"]:
-                        table = read_shard(path / shard, None, None)
+                        table = conform(read_shard(path / shard, None, None), m["n_samples"])
                         device = [coverage.add(t).text or None for t in
                                   table.column("report_device").to_pylist()] \
                             if cfg.mode != "generated" else [None] * table.num_rows
@@ -100,12 +113,16 @@ def run_reports(inputs: list[str | Path], output: str | Path, cfg: ReportsConfig
                         if gen is not None:
                             signal, mask = arrays([table], m["n_samples"])
                             generated = gen(signal, mask, m["fs"])
-                        reports = [_combine(d, g, cfg.mode) for d, g in zip(device, generated)]
+                        reports = [_combine(d, g and g.text, cfg.mode)
+                                   for d, g in zip(device, generated)]
+                        codes = [list(g.codes) if g else None for g in generated]
                         counts["device"] += sum(1 for d in device if d)
                         counts["generated"] += sum(1 for g in generated if g)
                         counts["empty"] += sum(1 for r in reports if not r)
-                        i = table.schema.get_field_index("report")
-                        table = table.set_column(i, "report", pa.array(reports, pa.string()))
+                        for col, values in (("report", reports), ("report_codes", codes)):
+                            i = table.schema.get_field_index(col)
+                            table = table.set_column(i, col, pa.array(values,
+                                                                      table.schema.field(i).type))
                         name = f"part-{len(shards):05d}.parquet"
                         write_shard(table, out / name)
                         shards.append(name)
@@ -119,8 +136,8 @@ def run_reports(inputs: list[str | Path], output: str | Path, cfg: ReportsConfig
             if gen is not None:
                 gen.close()
         manifest = {
-            **{k: manifests[0][k] for k in ("schema_version", "fs", "window_s", "n_samples",
-                                            "leads")},
+            **{k: manifests[0][k] for k in ("fs", "window_s", "n_samples", "leads")},
+            "schema_version": SCHEMA_VERSION,
             "ecgssl_version": __version__,
             "source": "+".join(m["source"] for m in manifests),
             "sources": [{"table": str(p), "source": m["source"], "rows": m["rows"],

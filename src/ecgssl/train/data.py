@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ecgssl.data.preprocess import preprocess
 from ecgssl.data.table import read_manifest, read_table
 from ecgssl.errors import EcgsslError
 from ecgssl.text.cache import text_hash
@@ -23,7 +24,7 @@ class PretrainData:
     signal: np.ndarray          # float32 [N, 12, T]
     mask: np.ndarray            # bool [N, 12]
     text: np.ndarray | None     # float32 [N, D] report embedding of each row
-    text_id: np.ndarray         # int64 [N]: equal for equal reports
+    text_id: np.ndarray         # int64 [N]: equal for reports that say the same
     fs: int
     text_meta: dict
 
@@ -31,11 +32,15 @@ class PretrainData:
     def load(cls, table: str | Path, text_emb: str | Path | None, need_text: bool,
              split: str = "train") -> PretrainData:
         manifest = read_manifest(table)
-        t = read_table(table, split=split, columns=["report"])
+        t = read_table(table, split=split, columns=["report", "report_codes"])
         if len(t) == 0:
             raise EcgsslError(f"{table}: no rows in split {split!r}")
         reports = t.column("report")
         hashes = [text_hash(r) if isinstance(r, str) and r else None for r in reports]
+        # Which reports count as saying the same thing (never each other's negatives): equal
+        # statement codes where the report has them, else equal text.
+        same = [text_hash(" ".join(sorted(c))) if c is not None and len(c) else h
+                for c, h in zip(t.column("report_codes"), hashes)]
         text, meta = None, {}
         if need_text:
             if text_emb is None:
@@ -48,10 +53,11 @@ class PretrainData:
             keep = np.flatnonzero(rows)
             text = vecs[[index[hashes[i]] for i in keep]]
             t.signal, t.lead_mask = t.signal[keep], t.lead_mask[keep]
-            hashes = [hashes[i] for i in keep]
-        ids = np.array([int(h[:15], 16) if h else -1 - i for i, h in enumerate(hashes)],
+            same = [same[i] for i in keep]
+        ids = np.array([int(h[:15], 16) if h else -1 - i for i, h in enumerate(same)],
                        dtype=np.int64)
-        return cls(t.signal, t.lead_mask, text, ids, int(manifest["fs"]), meta)
+        signal = preprocess(t.signal, t.lead_mask, manifest["fs"])   # once, at load
+        return cls(signal, t.lead_mask, text, ids, int(manifest["fs"]), meta)
 
     def __len__(self) -> int:
         return len(self.signal)

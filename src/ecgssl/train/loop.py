@@ -21,10 +21,11 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ecgssl.config import PretrainConfig
+from ecgssl.data.preprocess import VERSION as PREPROCESS_VERSION
 from ecgssl.data.table import read_manifest
 from ecgssl.distributed import SINGLE, DistState, init_from_env, mean_over_ranks
 from ecgssl.errors import EcgsslError
-from ecgssl.models.pretrain import PretrainModel, st_inputs
+from ecgssl.models.pretrain import PretrainModel, random_lead_subsets, st_inputs
 from ecgssl.storage import write_json
 from ecgssl.tracking import OFF, RunContext, flatten, start_run
 from ecgssl.train import checkpoint
@@ -77,6 +78,9 @@ def step_losses(net, model: PretrainModel, ds: PretrainData, cfg: PretrainConfig
     segment = max(1, round(cfg.mask_segment_s * ds.fs))
     aug = st_inputs(batch["x"].cpu(), batch["mask"].cpu(), cfg.mask_ratio, segment, gen) \
         if model.st is not None else {}
+    if model.mets is not None and cfg.lead_subset_p > 0:
+        batch["mets_mask"] = random_lead_subsets(batch["mask"].cpu(), cfg.lead_subset_p,
+                                                 gen).to(device)
     mine = slice(me * local, (me + 1) * local)
     batch = {k: v[mine] for k, v in batch.items()}
     aug = {k: v[mine].to(device) for k, v in aug.items()}
@@ -116,6 +120,7 @@ def pretrain(data: str | Path, text_emb: str | Path | None, output: str | Path,
               "text_model_name": ds.text_meta.get("model"),
               "text_pooling": ds.text_meta.get("pooling"), "train_rows": len(ds),
               "world_size": world, "encoder_dim": model.encoder.dim,
+              "preprocess": PREPROCESS_VERSION,
               "data_fingerprint": read_manifest(data).get("input_fingerprint")}
     tags = {"stage": "pretrain", "method": cfg.method, "data": str(data)}
     with start_run(ctx if me == 0 else OFF, f"pretrain-{cfg.method}", tags) as run:

@@ -47,6 +47,7 @@ class Source:
     the same way, `SourceClass(fs)`, with the rate of the table it will feed."""
     name: str = ""
     n_leads: int | None = None       # leads every record must have; None = any
+    split_rule: str = "train/val/test 80/10/10 by a stable hash of the patient (or record)"
 
     def __init__(self, fs: float = 100):
         self.fs = fs

@@ -44,6 +44,7 @@ def fold_split(fold: int) -> str:
 class PtbxlSource(Source):
     name = "ptbxl"
     n_leads = 12
+    split_rule = "PTB-XL strat_fold 1-8 -> train, 9 -> val, 10 -> test (patient-wise folds)"
 
     @property
     def file_column(self) -> str:
