@@ -10,7 +10,7 @@ export DVC_NO_ANALYTICS := 1
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup run test lint bench ui clean
+.PHONY: setup run test lint bench science ui clean images images-gpu
 
 setup: $(STAMP)
 
@@ -38,8 +38,21 @@ bench: setup
 	$(BIN)/python bench/measure.py
 	$(BIN)/python bench/train.py
 
+science: setup
+	$(BIN)/python bench/science.py $(if $(DATA),--data $(DATA),--steps 20)
+
 ui: setup
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+
+# The images (docker/build.sh): docker when its daemon runs, else buildah (docker/install-engine.sh
+# installs it, docker/local-base.sh makes the base image where no registry is reachable).
+# TORCH_WHEELS=DIR builds torch from a wheel on disk instead of the PyTorch CPU index.
+TORCH_WHEELS ?=
+images:
+	bash docker/build.sh $(if $(TORCH_WHEELS),--torch-wheels $(TORCH_WHEELS))
+
+images-gpu:
+	bash docker/build.sh --gpu
 
 clean:
 	rm -rf outputs .pytest_cache

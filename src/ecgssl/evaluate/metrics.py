@@ -129,6 +129,8 @@ def evaluate_scores(y, scores, scoring: Scoring, thresholds, groups: np.ndarray,
         out[f"se/{name}"] = tp / oh[:, c].sum() if oh[:, c].sum() else float("nan")
         out[f"ppv/{name}"] = tp / pred[:, c].sum() if pred[:, c].sum() else float("nan")
     out["auroc_classes"] = float(scoring.eligible.sum())
+    for name, ok in zip(scoring.classes, scoring.eligible):
+        out[f"auroc_scored/{name}"] = float(ok)     # 0: too few test items, not in the macro
     uniq, inverse = np.unique(groups.astype(str), return_inverse=True)
     members = [np.flatnonzero(inverse == g) for g in range(len(uniq))]
     rng = np.random.default_rng(seed)
