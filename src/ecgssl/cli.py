@@ -26,7 +26,7 @@ from ecgssl.config import (
 )
 from ecgssl.errors import EcgsslError
 from ecgssl.render import say
-from ecgssl.storage import is_s3, staged
+from ecgssl.storage import is_s3, redact, staged
 
 app = typer.Typer(help="Self-supervised ECG foundation models: from WFDB records to a model "
                   "registry. Each subcommand is one pipeline stage; defaults come from the "
@@ -470,7 +470,7 @@ def pipeline_run_local(
     args["tracking_uri"] = uri
     r = run_local(pipeline_root, args)
     say(f"[green]pipeline run {r['pipeline_run']} succeeded[/] in {r['elapsed_s']} s; outputs in "
-        f"{r['pipeline_root']}; MLflow: {uri}")
+        f"{r['pipeline_root']}; MLflow: {redact(uri)}")
 
 
 @pipeline_app.command("submit")

@@ -64,6 +64,10 @@ class IngestConfig(Section):
     flat_mv: float = Field(
         0.01, ge=0, description="a lead whose peak-to-peak in a window is below this (mV) is "
         "treated as absent (zeroed, lead_mask false)")
+    max_record_mb: float = Field(
+        256, gt=0, description="a record whose decoded signal (samples x leads x 4 bytes) is "
+        "larger than this many MB is quarantined as too_large: reading one takes ~14x its size "
+        "in memory")
 
 
 class ReportsConfig(Section):

@@ -6,6 +6,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ecgssl.data.table import TableManifest
+from ecgssl.storage import redact
 
 console = Console(stderr=True)
 
@@ -103,5 +104,6 @@ def key_metrics(rows: list[tuple[str, str, float]], outputs, tracking_uri: str) 
     for f, k, v in rows:
         t.add_row(f, k, f"{v:.4f}")
     console.print(t)
-    say(f"MLflow: runs and registered models are in {tracking_uri}; open the UI with `make ui` "
+    say(f"MLflow: runs and registered models are in {redact(tracking_uri)}; open the UI with "
+        "`make ui` "
         "(http://127.0.0.1:5000).")

@@ -3,9 +3,11 @@ and s3:// paths, mirrored to and from local folders."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -18,17 +20,56 @@ from filelock import FileLock, Timeout
 from ecgssl.errors import EcgsslError
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where Linux lets us (/proc), so that no
+    other thread ever sees a temporary umask of 0."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+# Out-of-space errors: a full disk, a full quota, a file-size limit (ulimit -f).
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def no_space_error(exc: OSError, where: str | Path) -> EcgsslError:
+    return EcgsslError(f"no space left writing to {where} ({os.strerror(exc.errno)}): free "
+                       "space (or raise the quota) and rerun; what was already written there "
+                       "is intact")
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temp path beside `path`; on success it replaces `path` in one rename, so
-    readers see the old file or the new one, never a partial one."""
+    readers see the old file or the new one, never a partial one. The file gets the mode a
+    plain open() would give (0666 minus the umask), not mkstemp's 0600, so that shared
+    readers (a DVC cache, a team folder) can read what we write. A full disk is an
+    EcgsslError naming the folder."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        if exc.errno in NO_SPACE:
+            raise no_space_error(exc, path.parent) from None
+        raise
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+    finally:
+        os.close(fd)
     try:
         yield Path(tmp)
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.errno in NO_SPACE:
+            raise no_space_error(exc, path.parent) from None
+        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -50,6 +91,53 @@ def exclusive(folder: str | Path, command: str) -> Iterator[Path]:
         yield folder
     finally:
         lock.release()
+
+
+@contextmanager
+def staged_folder(folder: str | Path, owned: tuple[str, ...], last: tuple[str, ...],
+                  keep=lambda old: False) -> Iterator[Path]:
+    """Write a stage's output files all at once: yield an empty staging folder beside
+    `folder`; when the block succeeds, the files it made replace ours in `folder` (`owned`:
+    glob patterns of what the stage writes; other files there are left alone), the commit
+    files `last` are removed first and moved in last. A killed or failed run leaves `folder`
+    as it was, and a run killed during the swap leaves no commit file, so nothing ever pairs
+    new files with old ones. `keep(folder)` says whether our old files carry over into the
+    staging folder (e.g. metrics of other modes of the same encoder)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    prefix = f".{folder.name}.staging-"
+    for old in folder.parent.glob(prefix + "*"):            # left by killed runs
+        pid = old.name[len(prefix):]
+        if not (pid.isdigit() and _alive(int(pid))):
+            shutil.rmtree(old, ignore_errors=True)
+    stage = folder.parent / f"{prefix}{os.getpid()}"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir()
+    ours = lambda root: sorted({p for pat in owned for p in root.glob(pat)})  # noqa: E731
+    try:
+        if keep(folder):
+            for p in ours(folder):
+                (shutil.copytree if p.is_dir() else shutil.copy2)(p, stage / p.name)
+        yield stage
+        for name in last:                     # the commit point goes first ...
+            if (folder / name).exists():
+                os.unlink(folder / name)
+        for p in ours(folder):
+            shutil.rmtree(p) if p.is_dir() else os.unlink(p)
+        for p in sorted(stage.iterdir(), key=lambda p: p.name in last):   # ... and comes last
+            os.replace(p, folder / p.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return pid != os.getpid()
 
 
 def read_json(path: str | Path):
@@ -86,12 +174,35 @@ def tree_fingerprint(root: str | Path) -> str:
     entries = []
     for dirpath, _, files in os.walk(root):
         for f in files:
+            if f == _MIRROR_RECORD:       # bookkeeping of an S3 mirror, not data
+                continue
             p = os.path.join(dirpath, f)
-            st = os.stat(p)
+            try:
+                st = os.stat(p)
+            except FileNotFoundError:   # a dangling symlink: its record is quarantined later
+                st = os.lstat(p)
             entries.append((os.path.relpath(p, root), st.st_size, st.st_mtime_ns))
     for e in sorted(entries):
         h.update(repr(e).encode())
     return "stat-sha256:" + h.hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+ENCODER_HASH = "encoder_sha256"   # key in test_data.json and classifier.json
+
+
+def encoder_hash(folder: str | Path) -> str | None:
+    """Identity of a pretrained encoder: sha256 of its weights file (None when it has none).
+    Evaluation records it next to its metrics and in its classifiers; register compares."""
+    p = Path(folder) / "encoder.safetensors"
+    return file_sha256(p) if p.is_file() else None
 
 
 def stable_hash(obj) -> str:
@@ -116,12 +227,41 @@ def is_s3(uri: str | os.PathLike) -> bool:
     return str(uri).startswith("s3://")
 
 
+_USERINFO = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@]*@")
+
+
+def redact(uri: str | os.PathLike | None) -> str:
+    """A URI as it may be printed: any `user:secret@` part replaced by `***@`. Every message
+    that names a tracking URI or an S3 URI goes through this."""
+    return _USERINFO.sub(r"\1***@", str(uri))
+
+
 def _split(uri: str) -> str:
     """'s3://bucket/key' -> 'bucket/key' (pyarrow's path form)."""
     path = str(uri)[len("s3://"):].strip("/")
+    if "@" in path.split("/", 1)[0]:
+        # pyarrow would read `key:secret@bucket` as a bucket name and print it in its error
+        raise EcgsslError(f"S3 URI {redact(uri)} carries credentials: remove them and use the "
+                          "AWS environment (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY) or a "
+                          "profile")
     if not path or path.startswith("/"):
-        raise EcgsslError(f"not a valid S3 URI: {uri!r} (expected s3://bucket/prefix)")
+        raise EcgsslError(f"not a valid S3 URI: {redact(uri)!r} (expected s3://bucket/prefix)")
     return path
+
+
+def safe_join(root: Path, key: str, what: str) -> Path:
+    """root/key for a key that came from outside (an object store listing): refused when it is
+    absolute, has '.'/'..'/empty parts, or resolves outside root, so that no object name can
+    make us write elsewhere."""
+    parts = key.split("/")
+    if not key or key.startswith("/") or "\\" in key or any(p in ("", ".", "..") for p in parts):
+        raise EcgsslError(f"{what}: refusing object key {key!r} (absolute, or with empty, '.' or "
+                          "'..' parts): it would be written outside the local mirror")
+    dst = root / Path(*parts)
+    base = os.path.realpath(root)
+    if os.path.commonpath([base, os.path.realpath(dst)]) != base:
+        raise EcgsslError(f"{what}: object key {key!r} resolves outside the local mirror {root}")
+    return dst
 
 
 def s3_filesystem():
@@ -158,8 +298,8 @@ def _retry(what: str, fn, *args):
             raise
         except OSError as exc:
             if any(f in str(exc) for f in _FATAL) or attempt == attempts:
-                raise EcgsslError(f"S3 {what} failed after {attempt} attempt(s): {exc}") \
-                    from None
+                raise EcgsslError(f"S3 {what} failed after {attempt} attempt(s): "
+                                  f"{redact(str(exc))}") from None
             time.sleep(delay)
             delay *= 2
 
@@ -200,23 +340,77 @@ def _parallel(fn, jobs: list) -> None:
             f.result()
 
 
-def pull(uri: str, local: Path) -> Path:
-    """Mirror s3://… (one object or a prefix) into `local`; only new or changed objects are
-    fetched. Returns the local path of the object or folder."""
+def _object_listing(path: str) -> dict[str, tuple[int, int, str]]:
+    """{relative key: (size, mtime_ns, ETag)} of every object below bucket/prefix `path`.
+
+    Through boto3 because pyarrow's listing has no ETag, and size + time (one-second
+    resolution) cannot tell an object overwritten with one of the same size."""
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+    bucket, _, prefix = path.partition("/")
+    prefix = prefix + "/" if prefix else ""
+
+    def listing():
+        try:
+            pages = boto3.client("s3").get_paginator("list_objects_v2").paginate(
+                Bucket=bucket, Prefix=prefix)
+            return {o["Key"][len(prefix):]: (o["Size"], int(o["LastModified"].timestamp() * 1e9),
+                                             o.get("ETag", "").strip('"'))
+                    for page in pages for o in page.get("Contents", [])
+                    if not o["Key"].endswith("/")}
+        except ClientError as exc:
+            raise OSError(f"{exc.response.get('Error', {}).get('Code')}: {exc}") from None
+        except BotoCoreError as exc:
+            raise OSError(str(exc)) from None
+    return _retry(f"listing of s3://{path}", listing)
+
+
+_MIRROR_RECORD = ".ecgssl-mirror.json"   # {key: ETag} of what a pull fetched
+_OURS = (_SYNC_RECORD, _MIRROR_RECORD, ".ecgssl.lock")
+
+
+def pull(uri: str, local: Path, exact: bool = False) -> Path:
+    """Mirror s3://… (one object or a prefix) into `local`; only new or changed objects
+    (by size, time or ETag) are fetched. With `exact` (inputs), local files the prefix no
+    longer has are removed, so a deleted object is never read again. Object keys that would
+    land outside `local` ('..', absolute) are refused. Returns the local path."""
     fs, path = s3_filesystem(), _split(uri)
     from pyarrow.fs import FileType
-    info = _retry(f"lookup of {uri}", fs.get_file_info, path)
+    info = _retry(f"lookup of {redact(uri)}", fs.get_file_info, path)
     if info.type == FileType.File:
-        if not local.is_file() or local.stat().st_size != info.size:
-            _download(fs, path, local, int(info.mtime.timestamp() * 1e9) if info.mtime else 0)
+        mtime = int(info.mtime.timestamp() * 1e9) if info.mtime else 0
+        if not local.is_file() or local.stat().st_size != info.size or \
+                (mtime and local.stat().st_mtime_ns != mtime):
+            _download(fs, path, local, mtime)
         return local
-    remote = _listing(fs, path)
+    remote = _object_listing(path)
     if not remote:
-        raise EcgsslError(f"{uri}: no such object or prefix")
-    todo = [(fs, f"{path}/{k}", local / k, m) for k, (size, m) in remote.items()
-            if not (local / k).is_file() or (local / k).stat().st_size != size
-            or (m and (local / k).stat().st_mtime_ns != m)]
+        raise EcgsslError(f"{redact(uri)}: no such object or prefix")
+    targets = {k: safe_join(local, k, redact(uri)) for k in remote}
+    record_file = local / _MIRROR_RECORD
+    try:
+        etags = read_json(record_file) if record_file.is_file() else {}
+    except ValueError:
+        etags = {}
+
+    def stale(k: str, size: int, m: int, etag: str) -> bool:
+        p = targets[k]
+        if not p.is_file():
+            return True
+        st = p.stat()
+        return st.st_size != size or bool(m and st.st_mtime_ns != m) or etags.get(k) != etag
+    todo = [(fs, f"{path}/{k}", targets[k], m) for k, (size, m, etag) in remote.items()
+            if stale(k, size, m, etag)]
     _parallel(_download, todo)
+    if exact and local.is_dir():
+        keep = {os.path.realpath(p) for p in targets.values()}
+        for p in list(local.rglob("*")):
+            if p.is_file() and p.name not in _OURS and not p.name.endswith(".tmp") and \
+                    os.path.realpath(p) not in keep:
+                p.unlink()
+    new = {k: etag for k, (_, _, etag) in remote.items()}
+    if new != etags:
+        write_json(record_file, new)
     return local
 
 
@@ -232,7 +426,7 @@ def push(local: Path, uri: str, last: tuple[str, ...] = ("_manifest.json",)) -> 
     record_file = local / _SYNC_RECORD
     record = read_json(record_file) if record_file.is_file() else {}
     files = {p.relative_to(local).as_posix(): p for p in local.rglob("*")
-             if p.is_file() and p.name not in (_SYNC_RECORD, ".ecgssl.lock")}
+             if p.is_file() and p.name not in _OURS}
     state = {k: [p.stat().st_size, p.stat().st_mtime_ns] for k, p in files.items()}
     remote = _listing(fs, path)
     changed = [k for k in files if k not in remote or record.get(k) != state[k]]
@@ -264,7 +458,7 @@ class Paths:
     def input(self, uri: str | os.PathLike | None) -> Path | None:
         if uri is None or not is_s3(uri):
             return None if uri is None else Path(uri)
-        return pull(str(uri), _staging(str(uri), "s3-in"))
+        return pull(str(uri), _staging(str(uri), "s3-in"), exact=True)
 
     def output(self, uri: str | os.PathLike | None, pull_existing: bool = True) -> Path | None:
         """A local path for the output; with `pull_existing`, what is already there is fetched

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from ecgssl import __version__
 from ecgssl.errors import EcgsslError
+from ecgssl.storage import redact
 
 if TYPE_CHECKING:
     from ecgssl.config import TrackingConfig
@@ -140,16 +141,29 @@ class MlflowRun(NullRun):
 
 
 def check_server(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast, naming the (redacted) URI, when an http(s) tracking server does not answer.
+
+    Through MLflow's own HTTP client and credentials (`user:token@` in the URI,
+    MLFLOW_TRACKING_USERNAME/PASSWORD/TOKEN), so that a server that needs them is judged the
+    way MLflow will talk to it; one try with a short timeout instead of MLflow's retries."""
     if not uri.startswith(("http://", "https://")):
         return
-    import urllib.error
-    import urllib.request
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
     try:
-        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout)
-    except (urllib.error.URLError, OSError) as exc:
-        raise EcgsslError(f"MLflow tracking server {uri} is not reachable ({exc}); start it, "
-                          "fix MLFLOW_TRACKING_URI / tracking.uri, or turn tracking off "
-                          "(tracking.enabled: false)") from None
+        response = http_request(get_default_host_creds(uri), "/health", "GET", max_retries=0,
+                                timeout=timeout, raise_on_status=False)
+        status = response.status_code
+    except Exception as exc:   # requests/urllib3 errors of every kind: the server is not there
+        problem = f"{type(exc).__name__}: {redact(str(exc))}"
+    else:
+        if status == 200:
+            return
+        problem = f"/health answered HTTP {status}" + (
+            " (check the credentials)" if status in (401, 403) else "")
+    raise EcgsslError(f"MLflow tracking server {redact(uri)} is not reachable ({problem}); "
+                      "start it, fix MLFLOW_TRACKING_URI / tracking.uri, or turn tracking off "
+                      "(tracking.enabled: false)") from None
 
 
 def connect(ctx: RunContext):

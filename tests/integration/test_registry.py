@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 
 import mlflow
@@ -141,3 +142,182 @@ def test_classifier_model_and_input_validation(evaluated, mlflow_server, monkeyp
                      (np.array([["a"] * 1000] * 12), "numeric")]:
         with pytest.raises(EcgsslError, match=msg):
             raw.predict(None, bad)
+
+
+# --- issue 14: nothing lost, nothing forged ------------------------------------------------------
+
+def _params(tmp_path):
+    p = tmp_path / "params.yaml"
+    p.write_text("promote:\n  metric: " + GATE + "\n")
+    return p
+
+
+def _metrics_with(evaluated, folder, delta: float):
+    """An evaluation folder of the same encoder and test data, the gate metric moved by
+    delta (what a better or worse run of the same evaluation would write)."""
+    folder.mkdir()
+    m = json.loads((evaluated / "eval/metrics.json").read_text())
+    m[GATE] += delta
+    (folder / "metrics.json").write_text(json.dumps(m))
+    (folder / "test_data.json").write_text((evaluated / "eval/test_data.json").read_text())
+    return folder / "metrics.json"
+
+
+def test_the_registered_model_is_code_not_a_pickle(evaluated, mlflow_server, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    r = register(evaluated / "enc", "ecgssl-code-model", RunContext(
+        enabled=True, tracking_uri=mlflow_server),
+        metrics_files=[evaluated / "eval/metrics.json"])
+    client = mlflow.MlflowClient(mlflow_server)
+    files = {a.path for a in client.list_artifacts(r.run_id, "model")}
+    assert "model/python_model.pkl" not in files, files
+    flavor = mlflow.models.get_model_info(r.model_uri).flavors["python_function"]
+    assert flavor.get("model_code_path"), flavor
+    model = mlflow.pyfunc.load_model(r.model_uri)
+    x = np.zeros((2, 12, 1000), np.float32)
+    x[:, 1] = np.sin(np.arange(1000) / 9)
+    assert model.predict(x).shape == (2, 128)
+    assert model.predict(x, params={"labels": ["sinus rhythm", "atrial fibrillation"]}).shape \
+        == (2, 2)
+
+
+def test_tracking_credentials_are_never_printed(mlflow_server, tmp_path):
+    secret = "tok3n-never-print-me"
+    uri = mlflow_server.replace("http://", f"http://alice:{secret}@")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    p = cli("promote", "--name", "no-such-model", "--params", _params(tmp_path), env=env)
+    assert p.returncode == 2
+    assert secret not in p.stdout + p.stderr
+    assert "has no @challenger" in p.stderr, p.stderr        # reachable, with its credentials
+    assert "alice" not in p.stderr and "http://***@127.0.0.1" in p.stderr
+    (tmp_path / "out").mkdir()
+    p = cli("summary", tmp_path / "out", "--params", _params(tmp_path), env=env)
+    assert secret not in p.stdout + p.stderr
+
+
+def test_a_promote_that_lost_the_race_does_not_move_the_champion(evaluated, mlflow_server,
+                                                                 monkeypatch, tmp_path):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    monkeypatch.setenv("ECGSSL_CACHE_DIR", str(tmp_path / "cache-a"))
+    name, ctx = "ecgssl-race", RunContext(enabled=True, tracking_uri=mlflow_server)
+    client = mlflow.MlflowClient(mlflow_server)
+    v1 = register(evaluated / "enc", name, ctx, metrics_files=[evaluated / "eval/metrics.json"])
+    assert promote(name, GATE, ctx).promoted
+    v2 = register(evaluated / "enc", name, ctx,
+                  metrics_files=[_metrics_with(evaluated, tmp_path / "better", 0.02)])
+    # While promote A is deciding about v2, promote B (another machine: its own cache and
+    # lock) registers v3, which is better still, and makes it the champion.
+    original, fired = mlflow.MlflowClient.get_run, []
+
+    def get_run(self, run_id):
+        if not fired:
+            fired.append(True)
+            os.environ["ECGSSL_CACHE_DIR"] = str(tmp_path / "cache-b")
+            try:
+                v3 = register(evaluated / "enc", name, ctx, metrics_files=[
+                    _metrics_with(evaluated, tmp_path / "best", 0.05)])
+                assert promote(name, GATE, ctx).promoted
+                fired.append(v3.version)
+            finally:
+                os.environ["ECGSSL_CACHE_DIR"] = str(tmp_path / "cache-a")
+        return original(self, run_id)
+
+    monkeypatch.setattr(mlflow.MlflowClient, "get_run", get_run)
+    d = promote(name, GATE, ctx)
+    monkeypatch.setattr(mlflow.MlflowClient, "get_run", original)
+    v3 = fired[1]
+    assert client.get_model_version_by_alias(name, "champion").version == v3
+    assert not d.promoted and d.challenger == v2.version and "moved" in d.reason
+    # Every decision about v1 is kept, not only the last: promoted (no champion yet), replaced
+    # by v3 (B), and A's refused decision about v2 against it.
+    tags = client.get_model_version(name, v1.version).tags
+    history = sorted(k for k in tags if k.startswith("promotion.history."))
+    assert [json.loads(tags[k])["decision"] for k in history] == ["promoted", "promoted",
+                                                                  "refused"], history
+
+
+def test_the_served_model_answers_bad_input_with_a_400_and_our_message(evaluated,
+                                                                     mlflow_server):
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server,
+           "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    r = register(evaluated / "enc", "ecgssl-serve-bad", RunContext(
+        enabled=True, tracking_uri=mlflow_server),
+        metrics_files=[evaluated / "eval/metrics.json"])
+    port = free_port()
+    proc = subprocess.Popen([str(BIN / "mlflow"), "models", "serve", "-m", r.model_uri,
+                             "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+                            env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+    def post(x, params=None):
+        body = json.dumps({"inputs": x.tolist(), **({"params": params} if params else {})})
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body.encode(),
+                                     {"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=120) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    ok = np.zeros((1, 12, 1000))
+    nan = ok.copy()
+    nan[0, 3, 7] = np.nan
+    try:
+        wait_http(f"http://127.0.0.1:{port}/ping", proc, timeout=180)
+        assert post(ok)[0] == 200
+        for x, params, message in [
+                (nan, None, "NaN/inf values (first at row 0, lead 3)"),
+                (ok, {"lead_mask": [False] * 12}, "lead_mask is all false"),
+                (ok, {"labels": []}, "labels is an empty list"),
+                (ok, {"labels": [f"label {i}" for i in range(100)]}, "at most 64"),
+                (ok, {"labels": ["x" * 5000]}, "5000 characters")]:
+            status, body = post(x, params)
+            assert status == 400, (status, body)
+            assert message in body["message"], body
+            assert "stack_trace" not in body and "Traceback" not in json.dumps(body)
+            assert "site-packages" not in json.dumps(body)
+    finally:
+        stop(proc)
+
+
+def test_a_killed_or_repeated_evaluate_never_pairs_two_encoders(evaluated, corpus, tables,
+                                                                tmp_path, mlflow_server):
+    import shutil
+    import signal
+    import time
+    other = tmp_path / "enc-b"
+    pretrain(corpus["table"], corpus["text_emb"], other, PretrainConfig(
+        method="mets+st", width=16, batch_size=16, max_steps=2, warmup_steps=1, seed=7),
+        progress=False)
+    ev = tmp_path / "eval"
+    shutil.copytree(evaluated / "eval", ev)               # encoder A's evaluation
+    params = tmp_path / "params.yaml"
+    params.write_text("evaluate:\n  probe_epochs: 60\n  bootstrap: 10\n  cache: null\n")
+    # Evaluate encoder B into the same folder and kill it once B's classifier is written.
+    t0 = time.time()
+    proc = subprocess.Popen([str(BIN / "ecgssl"), "evaluate", "--encoder", str(other),
+                             "--data", str(tables["cinc2017"]), "--task", "cinc2017-af",
+                             "--mode", "probe", "--label-fraction", "100", "--output", str(ev),
+                             "--params", str(params), "--no-progress"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if any(p.stat().st_mtime > t0 for p in tmp_path.rglob("classifier.json")):
+            os.kill(proc.pid, signal.SIGKILL)            # B's classifier exists (somewhere)
+            break
+        time.sleep(0.02)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "evaluate ended before it could be killed"
+    ctx = RunContext(enabled=True, tracking_uri=mlflow_server)
+    # Whatever the folder holds now, its classifier and metrics are one encoder's: B's
+    # classifier cannot be registered with them.
+    with pytest.raises(EcgsslError, match="another encoder"):
+        register(other, "ecgssl-mixed", ctx, classifier=ev / "classifier-probe",
+                 metrics_files=[ev / "metrics.json"])
+    # A complete evaluate of B into the folder replaces A's results instead of merging them.
+    run_evaluate(other, tables["cinc2017"], "cinc2017-af", ["zeroshot"], ev,
+                 EvaluateConfig(bootstrap=10, cache=None), progress=False)
+    assert not any(k.startswith("probe") for k in json.loads((ev / "metrics.json").read_text()))
+    assert not (ev / "classifier-probe").exists()
+    with pytest.raises(EcgsslError, match="another encoder"):
+        register(evaluated / "enc", "ecgssl-mixed", ctx, metrics_files=[ev / "metrics.json"])

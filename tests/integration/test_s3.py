@@ -88,7 +88,7 @@ def test_the_pipeline_with_every_input_and_output_on_s3(s3_env, mlflow_on_s3, tm
                   f"{out}/registry/encoder.json", env=env)
 
     got = keys(b, "outputs/")
-    for k in ("tables/mitdb/_manifest.json", "tables/mitdb/part-00000.parquet",
+    for k in ("tables/mitdb/_manifest.json",
               "reports/_manifest.json", "text_emb.parquet", "cache/text.parquet",
               "pretrain/encoder.safetensors", "pretrain/config.json", "pretrain/metrics.json",
               "eval/mitdb-aami/metrics.json", "eval/mitdb-aami/test_data.json",
@@ -97,6 +97,7 @@ def test_the_pipeline_with_every_input_and_output_on_s3(s3_env, mlflow_on_s3, tm
     manifest = json.loads(boto3.client("s3").get_object(
         Bucket=b, Key="outputs/tables/mitdb/_manifest.json")["Body"].read())
     assert manifest["records_ok"] == 5 and manifest["rows"] == 900
+    assert all(f"outputs/tables/mitdb/{s}" in got for s in manifest["shards"])
     # The model and the run artifacts went through the MLflow server into the bucket.
     mlflow_keys = keys(b, "mlflow/")
     assert any(k.endswith("model_dir/encoder.safetensors") for k in mlflow_keys)

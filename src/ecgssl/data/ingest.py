@@ -16,6 +16,7 @@ import datetime as dt
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -35,7 +36,16 @@ from ecgssl.data.signal import (
     window_starts,
 )
 from ecgssl.data.sources import Source, Task, get_source
-from ecgssl.data.table import PARTS, SCHEMA_VERSION, TableManifest, to_arrow, write_shard, writing
+from ecgssl.data.sources.base import check_record_path
+from ecgssl.data.table import (
+    PARTS,
+    SCHEMA_VERSION,
+    TableManifest,
+    shard_name,
+    to_arrow,
+    write_shard,
+    writing,
+)
 from ecgssl.errors import EcgsslError, RecordError
 from ecgssl.storage import read_json, stable_hash, tree_fingerprint, write_json
 from ecgssl.tracking import OFF, RunContext, log_stage
@@ -53,6 +63,7 @@ def n_samples(cfg: IngestConfig) -> int:
 
 def record_rows(source: Source, root: Path, cfg: IngestConfig, task: Task) -> pa.RecordBatch:
     """Read one record and cut it into table rows, one per window."""
+    check_record_path(root, task)      # never read outside the input folder
     rec = source.read(root, task)
     if source.n_leads is not None and len(rec.leads) != source.n_leads:
         raise RecordError(f"{task.record}: expected {source.n_leads} leads, found "
@@ -110,10 +121,29 @@ def record_rows(source: Source, root: Path, cfg: IngestConfig, task: Task) -> pa
 _WORKER: tuple[Source, Path, IngestConfig] | None = None
 
 
-def _init_worker(source_name: str, root: str, cfg: dict) -> None:
+def _init_worker(source_name: str, root: str, cfg: dict, parent: int | None = None) -> None:
     global _WORKER
     c = IngestConfig(**cfg)
-    _WORKER = (get_source(source_name, c.fs), Path(root), c)
+    source = get_source(source_name, c.fs)
+    source.max_record_mb = c.max_record_mb
+    _WORKER = (source, Path(root), c)
+    if parent is not None:
+        die_with_parent(parent)
+
+
+def die_with_parent(parent: int) -> None:
+    """A pool worker must not outlive a killed parent (each holds a few hundred MB): on Linux
+    the kernel sends it SIGKILL when the parent dies (PR_SET_PDEATHSIG); the parent-pid check
+    after it covers a parent that died before the call."""
+    import signal
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)          # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):                    # not Linux: best effort only
+        return
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 def _work(task: Task) -> tuple[str, pa.RecordBatch | None, dict | None]:
@@ -131,7 +161,7 @@ def _work(task: Task) -> tuple[str, pa.RecordBatch | None, dict | None]:
 def _write_part(out: Path, part: int, key: str, results: list) -> dict:
     ok = [rows for _, rows, _ in results if rows is not None]
     quarantined = [q for _, rows, q in results if rows is None]
-    name = f"part-{part:05d}.parquet"
+    name = shard_name(part, key)
     splits, labels = collections.Counter(), collections.Counter()
     n_rows = 0
     if ok:
@@ -140,8 +170,9 @@ def _write_part(out: Path, part: int, key: str, results: list) -> dict:
         splits.update(table.column("split").to_pylist())
         for labs in table.column("labels").to_pylist():
             labels.update(labs)
-        write_shard(table, out / name)
+        shard = write_shard(table, out / name)
     info = {"key": key, "part": part, "shard": name if ok else None, "rows": n_rows,
+            "sha256": shard["sha256"] if ok else None,
             "records_ok": len(ok), "records_quarantined": quarantined,
             "rows_per_split": dict(splits), "label_counts": dict(labels)}
     write_json(out / PARTS / f"part-{part:05d}.json", info)
@@ -174,7 +205,7 @@ def ingest(source_name: str, input_dir: str | Path, output_dir: str | Path,
                           "(no RECORDS file listing them and no .hea headers)")
     fingerprint = tree_fingerprint(root)
     options = {"min_window_fraction": cfg.min_window_fraction, "flat_mv": cfg.flat_mv,
-               "shard_records": cfg.shard_records}
+               "shard_records": cfg.shard_records, "max_record_mb": cfg.max_record_mb}
     key = stable_hash({"source": source_name, "fs": cfg.fs, "window_s": cfg.window_s,
                        "options": options, "fingerprint": fingerprint,
                        "schema_version": SCHEMA_VERSION, "version": __version__})
@@ -184,14 +215,14 @@ def ingest(source_name: str, input_dir: str | Path, output_dir: str | Path,
         t0 = time.perf_counter()
         parts = [tasks[i:i + cfg.shard_records] for i in range(0, len(tasks), cfg.shard_records)]
         infos = {i: _done_part(out, i, key) for i in range(len(parts))}
-        job.clear_stale({f"part-{i:05d}.parquet" for i, v in infos.items() if v})
+        job.clear_stale({v["shard"] or shard_name(i, key) for i, v in infos.items() if v})
         todo = [i for i, v in infos.items() if v is None]
         n_todo = sum(len(parts[i]) for i in todo)
         bar = tqdm(total=len(tasks), initial=len(tasks) - n_todo, unit="rec",
                    desc=f"ingest {source_name}", disable=not progress, dynamic_ncols=True)
         with bar:
             if workers == 1 or n_todo < 2:
-                _init_worker(source_name, str(root), cfg.model_dump())
+                _init_worker(source_name, str(root), cfg.model_dump())   # this process
                 for i in todo:
                     results = []
                     for t in parts[i]:
@@ -220,8 +251,30 @@ def ingest(source_name: str, input_dir: str | Path, output_dir: str | Path,
 def _run_pool(source_name, root, out, cfg, key, parts, todo, workers, bar) -> dict:
     infos = {}
     chunk = max(1, min(16, cfg.shard_records // (4 * workers)))
+    try:
+        return _pool(source_name, root, out, cfg, key, parts, todo, workers, bar, chunk, infos)
+    except BrokenProcessPool:
+        # A worker died without a Python error: killed, most often by the kernel's OOM killer.
+        # Say where it was; the parts written so far stay, a rerun redoes the rest.
+        i = next(i for i in todo if i not in infos)
+        done = _IN_PROGRESS.get(i, 0)
+        recs = [t.record for t in parts[i][done:done + chunk]]
+        raise EcgsslError(
+            f"an ingest worker process died (killed, or out of memory?) while reading record "
+            f"{recs[0] if recs else '?'}" + (f" or one of the {len(recs) - 1} after it in its "
+                                               f"batch ({recs[-1]})" if len(recs) > 1 else "")
+            + f" of {root}; if it is huge, lower ingest.max_record_mb or use fewer workers; "
+            "rerun to finish (parts already written are kept)") from None
+
+
+_IN_PROGRESS: dict[int, int] = {}     # part -> results received, for the message above
+
+
+def _pool(source_name, root, out, cfg, key, parts, todo, workers, bar, chunk, infos) -> dict:
+    _IN_PROGRESS.clear()
     with ProcessPoolExecutor(workers, mp_context=get_context("fork"), initializer=_init_worker,
-                             initargs=(source_name, str(root), cfg.model_dump())) as ex:
+                             initargs=(source_name, str(root), cfg.model_dump(),
+                                       os.getpid())) as ex:
         queue = collections.deque()
         pending = iter(todo)
 
@@ -237,6 +290,7 @@ def _run_pool(source_name, root, out, cfg, key, parts, todo, workers, bar) -> di
             results = []
             for r in results_iter:
                 results.append(r)
+                _IN_PROGRESS[i] = len(results)
                 bar.update(1)
             submit_next()
             infos[i] = _write_part(out, i, key, results)
@@ -272,6 +326,9 @@ def _manifest(source_name, root, out, cfg, size, key, fingerprint, options, task
         "split_rule": get_source(source_name, cfg.fs).split_rule,
         "label_counts": dict(sorted(labels.items())),
         "shards": [i["shard"] for i in infos if i["shard"]],
+        # each shard's row count and sha256, to check a copy or a restore against
+        "shard_info": {i["shard"]: {"rows": i["rows"], "sha256": i.get("sha256")}
+                       for i in infos if i["shard"]},
         "sidecars": sidecars,
         "rules": {
             "short_record": f"records shorter than one window but at least "

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from ecgssl.data.signal import N_LEADS
 from ecgssl.errors import EcgsslError
-from ecgssl.storage import atomic_path, exclusive, expand_folder, write_json
+from ecgssl.storage import atomic_path, exclusive, expand_folder, file_sha256, write_json
 
 SCHEMA_VERSION = 2         # 2: report_codes
 COLUMNS_SINCE = {"report_codes": 2}   # tables written before a column existed read it as null
@@ -77,11 +77,23 @@ def to_arrow(cols: dict[str, list | np.ndarray], n_samples: int) -> pa.RecordBat
 DICT_COLUMNS = ["dataset", "record", "patient_id", "split", "sex", "report_device"]
 
 
-def write_shard(table: pa.Table, path: Path) -> None:
-    """Write one shard atomically (lz4: small for zero-padded leads, fastest to decode)."""
+def shard_name(index: int, key: str) -> str:
+    """Shard file names carry the writing run's options key: a reader still holding the
+    manifest of an earlier run finds its shards gone (a clear "rerun" error) instead of
+    reading the new run's rows under the old manifest."""
+    return f"part-{index:05d}-{key[:12]}.parquet"
+
+
+def write_shard(table: pa.Table, path: Path) -> dict:
+    """Write one shard atomically (lz4: small for zero-padded leads, fastest to decode), with
+    a CRC per data page that every read verifies: a flipped bit on disk is an error, never a
+    silently different sample (~0.5 KB per shard). Returns {"rows", "sha256"} for the
+    manifest."""
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="lz4", use_dictionary=DICT_COLUMNS,
-                       row_group_size=256)
+                       row_group_size=256, write_page_checksum=True)
+        digest = file_sha256(tmp)
+    return {"rows": table.num_rows, "sha256": digest}
 
 
 def read_manifest(path: str | Path) -> dict:
@@ -157,8 +169,10 @@ class TableJob:
         for p in out.glob("part-*.parquet"):
             if p.name not in keep:
                 p.unlink()
+        parts = {name.split(".")[0].rsplit("-", 1)[0] if name.count("-") > 1 else
+                 name.split(".")[0] for name in keep}        # part-00003-<key> -> part-00003
         for p in (out / PARTS).glob("part-*.json") if (out / PARTS).is_dir() else []:
-            if p.stem + ".parquet" not in keep:
+            if p.stem not in parts:
                 p.unlink()
 
     def commit(self, manifest: dict) -> TableManifest:
@@ -178,7 +192,10 @@ def writing(out: str | Path, stage: str, key: str) -> Iterator[TableJob]:
         job = TableJob(out, key)
         if (out / MANIFEST).is_file():
             old = read_manifest(out)
-            if old.get("options_key") == key and all((out / s).is_file() for s in old["shards"]):
+            # A table of 0 rows is a failed run (nothing could be read), never "up to date":
+            # the rerun redoes it and fails again, instead of passing on an empty table.
+            if old.get("options_key") == key and old.get("rows", 0) > 0 and \
+                    all((out / s).is_file() for s in old["shards"]):
                 job.current = TableManifest.of(out, old, up_to_date=True)
             else:
                 (out / MANIFEST).unlink()
@@ -220,9 +237,18 @@ def arrays(tables: list[pa.Table], n_samples: int) -> tuple[np.ndarray, np.ndarr
     return signal, mask
 
 
+def require_rows(path: str | Path, manifest: dict) -> None:
+    """Stages refuse an empty table: it is what a failed ingest leaves (with its reasons)."""
+    if not manifest.get("rows"):
+        raise EcgsslError(f"{path} is an empty table (0 rows): the stage that wrote it could "
+                          "not read any record; see records_quarantined in its "
+                          f"{MANIFEST}, fix the input and rerun it")
+
+
 def read_shard(path: Path, columns: list[str], filters) -> pa.Table:
     try:
-        return pq.read_table(path, columns=columns, filters=filters)
+        return pq.read_table(path, columns=columns, filters=filters,
+                             page_checksum_verification=True)
     except FileNotFoundError:
         raise EcgsslError(f"{path}: shard listed in the manifest is missing; rerun the stage "
                           "that wrote this table") from None
@@ -266,6 +292,7 @@ def read_meta(path: str | Path, columns: list[str], split: str | None = None) ->
     """Metadata columns only: no signal is read or decoded."""
     path = Path(path)
     manifest = read_manifest(path)
+    require_rows(path, manifest)
     tables = _read_shards(path, manifest, columns, _row_filter(split))
     return pa.concat_tables(tables) if tables else \
         schema(int(manifest["n_samples"])).empty_table().select(columns)
@@ -277,6 +304,7 @@ def read_table(path: str | Path, split: str | None = None,
     arrays."""
     path = Path(path)
     manifest = read_manifest(path)
+    require_rows(path, manifest)
     n_samples = int(manifest["n_samples"])
     meta_cols = [c for c in (columns or schema(n_samples).names) if c not in ARRAY_COLUMNS]
     unknown = set(meta_cols) - set(schema(n_samples).names)

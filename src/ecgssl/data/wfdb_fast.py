@@ -23,6 +23,31 @@ class Unsupported(Exception):
     """Not a layout the fast path reads; use wfdb.rdrecord."""
 
 
+class BadRecord(Exception):
+    """A record the fast path can read but must not use: `kind` as in RecordError."""
+
+    def __init__(self, message: str, kind: str):
+        super().__init__(message)
+        self.kind = kind
+
+
+def header_path(path: Path) -> Path:
+    """record path -> its .hea. Not `with_suffix`: a record named `A00006.b` would read
+    `A00006.hea`, another record's header."""
+    return path.parent / (path.name + ".hea")
+
+
+def checksum_mismatch(d: np.ndarray, checksums: list[int | None]) -> int | None:
+    """Index of the first signal whose 16-bit sum of digital samples differs from its header
+    checksum, else None. A header checksum of 0 (or none) is taken as "not recorded":
+    Challenge 2017's headers carry 0 for every record."""
+    sums = d.sum(axis=1, dtype=np.int64)
+    for i, c in enumerate(checksums):
+        if c and (int(sums[i]) - c) % 65536:
+            return i
+    return None
+
+
 @dataclass
 class Header:
     fs: float
@@ -35,10 +60,11 @@ class Header:
     units: list[str]
     sig_name: list[str]
     comments: list[str]
+    checksum: list[int | None]
 
 
 def read_header(path: Path) -> Header:
-    text = path.with_suffix(".hea").read_text(encoding="ascii", errors="ignore")
+    text = header_path(path).read_text(encoding="ascii", errors="ignore")
     lines, comments = parse_header_content(text)
     rec = rx_record.match(lines[0]) if lines else None
     if rec is None or rec["n_seg"] or not rec["sig_len"]:
@@ -50,6 +76,7 @@ def read_header(path: Path) -> Header:
     if len({(s["file_name"], s["fmt"], s["byte_offset"]) for s in sigs}) != 1:
         raise Unsupported("signals in several files or formats")
     s0 = sigs[0]
+    check_file_name(s0["file_name"], path)
     if s0["fmt"] not in INVALID or any(s["samps_per_frame"] not in ("", "1") or
                                        s["skew"] not in ("", "0") or not s["sig_name"]
                                        for s in sigs):
@@ -61,7 +88,16 @@ def read_header(path: Path) -> Header:
                   file_name=s0["file_name"], fmt=s0["fmt"],
                   byte_offset=int(s0["byte_offset"] or 0), adc_gain=gain, baseline=base,
                   units=[s["units"] or "mV" for s in sigs], sig_name=[s["sig_name"] for s in sigs],
-                  comments=[c.strip(" \t#") for c in comments])
+                  comments=[c.strip(" \t#") for c in comments],
+                  checksum=[int(s["checksum"]) if s["checksum"] else None for s in sigs])
+
+
+def check_file_name(name: str, path: Path) -> None:
+    """A header names its signal file; one in another folder ('../x.dat', '/etc/x') would make
+    us read a file outside the input folder."""
+    if not name or "/" in name or "\\" in name or name in (".", ".."):
+        raise BadRecord(f"{header_path(path).name}: signal file name {name!r} points outside "
+                        "the record's folder", "bad_header")
 
 
 def read_digital(path: Path, h: Header) -> np.ndarray:
@@ -91,10 +127,15 @@ def read_digital(path: Path, h: Header) -> np.ndarray:
     return d.reshape(h.sig_len, n_sig).T
 
 
-def read_record(path: Path) -> tuple[np.ndarray, Header]:
-    """([C, N] float32 physical signal, header); NaN where the digital value is invalid."""
-    h = read_header(path)
+def read_record(path: Path, h: Header | None = None) -> tuple[np.ndarray, Header]:
+    """([C, N] float32 physical signal, header); NaN where the digital value is invalid.
+    Raises BadRecord("checksum") when the samples do not sum to the header's checksums."""
+    h = h or read_header(path)
     d = read_digital(path, h)
+    bad = checksum_mismatch(d, h.checksum)
+    if bad is not None:
+        raise BadRecord(f"signal {h.sig_name[bad]} of {path.name} does not match its header "
+                        f"checksum {h.checksum[bad]} (corrupt {h.file_name}?)", "checksum")
     sig = (d.astype(np.float32) - h.baseline[:, None].astype(np.float32)) / \
         h.adc_gain[:, None].astype(np.float32)
     sig[d == INVALID[h.fmt]] = np.nan

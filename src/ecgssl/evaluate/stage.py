@@ -14,7 +14,7 @@ validation rows only; the test split is scored once per model.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -40,11 +40,19 @@ from ecgssl.evaluate.zeroshot import (
     zero_shot_scores,
 )
 from ecgssl.models.pretrain import load_pretrained
-from ecgssl.storage import read_json, stable_hash, write_json
+from ecgssl.storage import (
+    ENCODER_HASH,
+    encoder_hash,
+    read_json,
+    stable_hash,
+    staged_folder,
+    write_json,
+)
 from ecgssl.text.cache import EmbeddingCache
 from ecgssl.tracking import OFF, RunContext, start_run
 
 MODES = EVAL_MODES
+OWNED = ("metrics.json", "test_data.json", "classifier-*", "*.png")   # what evaluate writes
 HEADLINE = ("macro_auroc", "macro_f1")
 
 
@@ -122,6 +130,20 @@ def run_evaluate(encoder_dir: str | Path, table: str | Path, task_name: str, mod
                  output: str | Path, cfg: EvaluateConfig, fractions: list[float] | None = None,
                  prompt_overrides: dict[str, str] | None = None, progress: bool = True,
                  ctx: RunContext = OFF) -> EvalResult:
+    """The whole output folder is staged and swapped in at the end: a killed evaluate leaves
+    the previous one intact, and earlier results carry over only from the same encoder (by
+    hash), so one folder never pairs metrics or classifiers of two encoders."""
+    encoder_sha = encoder_hash(encoder_dir)
+    same = lambda old: encoder_sha is not None and (old / "test_data.json").is_file() and \
+        read_json(old / "test_data.json").get(ENCODER_HASH) == encoder_sha   # noqa: E731
+    with staged_folder(output, OWNED, ("metrics.json", "test_data.json"), keep=same) as stage:
+        r = _evaluate(encoder_dir, table, task_name, modes, stage, cfg, fractions,
+                      prompt_overrides, progress, ctx, encoder_sha)
+    return replace(r, output=str(output))
+
+
+def _evaluate(encoder_dir, table, task_name, modes, output, cfg, fractions, prompt_overrides,
+              progress, ctx, encoder_sha) -> EvalResult:
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     bad = [m for m in modes if m not in MODES]
@@ -171,7 +193,8 @@ def run_evaluate(encoder_dir: str | Path, table: str | Path, task_name: str, mod
                         pngs += _plots(out, mode, task, *plot)
                         save_classifier(out / f"classifier-{mode}", encoder_dir, fitted, task,
                                         {"mode": mode, "label_fraction": f,
-                                         "test_fingerprint": fingerprint})
+                                         "test_fingerprint": fingerprint,
+                                         ENCODER_HASH: encoder_sha})
                 curves["random init" if twin else "pretrained"].append(
                     (f, m["macro_auroc"], m["macro_auroc_ci_low"], m["macro_auroc_ci_high"]))
             pngs.append(plots.label_efficiency_plot(
@@ -182,7 +205,7 @@ def run_evaluate(encoder_dir: str | Path, table: str | Path, task_name: str, mod
         old = read_json(out / "metrics.json") if (out / "metrics.json").is_file() else {}
         write_json(out / "metrics.json", {**old, **metrics})
         # Which test data these numbers are for: promotion only compares equal fingerprints.
-        write_json(out / "test_data.json", {task_name: fingerprint})
+        write_json(out / "test_data.json", {task_name: fingerprint, ENCODER_HASH: encoder_sha})
         run.set_tags({f"test_data.{task_name}": fingerprint})
         run.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)})
         for p in pngs:

@@ -1,4 +1,8 @@
-"""The MLflow pyfunc model: safetensors weights and JSON config, no pickled modules.
+"""The MLflow pyfunc model: safetensors weights and JSON config, no pickle anywhere.
+
+`register` logs it as code (MLflow models-from-code: `model_code.py` beside this file, which
+calls `mlflow.models.set_model`), so loading a model runs this package's code, never a
+cloudpickle from the artifact store.
 
 Input: float32 [N, 12, T] (mV, leads I..V6), preprocessed here exactly as in training
 (`ecgssl.data.preprocess`). Absent leads are all zeros, or say so with the
@@ -6,6 +10,11 @@ Input: float32 [N, 12, T] (mV, leads I..V6), preprocessed here exactly as in tra
 - an encoder model: embeddings [N, D]; with predict param `labels=[...]` (free text), zero-shot
   probabilities [N, len(labels)];
 - a classifier model: class probabilities [N, C].
+
+Bad input (shape, dtype, NaN/inf, a lead_mask that is not 12 booleans or is all false, an empty
+or oversized label list, too many rows) raises `InvalidModelInput`: an EcgsslError for Python
+callers and an MLflow INVALID_PARAMETER_VALUE for the scoring server, which answers HTTP 400
+with our message (and no stack trace) instead of a generic 500.
 """
 
 from __future__ import annotations
@@ -18,9 +27,32 @@ import numpy as np
 from ecgssl.errors import EcgsslError
 
 try:
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
     from mlflow.pyfunc import PythonModel
 except ImportError:  # mlflow is a dependency; this keeps the module importable without it
-    PythonModel = object
+    PythonModel, INVALID_PARAMETER_VALUE = object, None
+
+    class MlflowException(Exception):
+        def __init__(self, message, error_code=None):
+            super().__init__(message)
+
+# Request limits of the served model: each bounds the CPU and memory one request can take
+# (10,000 zero-shot labels took 36 s of CPU).
+MAX_ROWS = 512
+MAX_LABELS = 64
+MAX_LABEL_CHARS = 300
+# The `labels` param's default when a request has none: MLflow fills in a default for an
+# absent param, and with [] an explicit empty list could not be told from no labels.
+NO_LABELS = "<embeddings>"
+
+
+class InvalidModelInput(MlflowException, EcgsslError):
+    """Bad model input: EcgsslError for Python callers, INVALID_PARAMETER_VALUE (HTTP 400)
+    for MLflow's scoring server."""
+
+    def __init__(self, message: str):
+        MlflowException.__init__(self, message, error_code=INVALID_PARAMETER_VALUE)
 
 
 def validate_input(model_input, n_samples: int, lead_mask=None) -> tuple[np.ndarray, np.ndarray]:
@@ -31,27 +63,36 @@ def validate_input(model_input, n_samples: int, lead_mask=None) -> tuple[np.ndar
         model_input = model_input.to_numpy()
     x = np.asarray(model_input)
     if x.dtype.kind not in "fiu":
-        raise EcgsslError(f"input must be numeric float32 [N, 12, {n_samples}], got dtype "
-                          f"{x.dtype}")
+        raise InvalidModelInput(f"input must be numeric float32 [N, 12, {n_samples}], got "
+                                f"dtype {x.dtype}")
     if x.ndim == 2 and x.shape == (12, n_samples):
         x = x[None]
     if x.ndim != 3:
-        raise EcgsslError(f"input must be [N, 12, {n_samples}] (batch, leads, samples), got "
-                          f"shape {list(x.shape)}")
+        raise InvalidModelInput(f"input must be [N, 12, {n_samples}] (batch, leads, samples), "
+                                f"got shape {list(x.shape)}")
     if x.shape[1] != 12:
-        raise EcgsslError(f"input has {x.shape[1]} leads; the model takes 12 (I, II, III, aVR, "
-                          "aVL, aVF, V1-V6; zeros for absent leads)")
+        raise InvalidModelInput(f"input has {x.shape[1]} leads; the model takes 12 (I, II, III, "
+                                "aVR, aVL, aVF, V1-V6; zeros for absent leads)")
     if x.shape[2] != n_samples:
-        raise EcgsslError(f"input has {x.shape[2]} samples per lead; the model takes "
-                          f"{n_samples} (its fs x window)")
+        raise InvalidModelInput(f"input has {x.shape[2]} samples per lead; the model takes "
+                                f"{n_samples} (its fs x window)")
+    if len(x) > MAX_ROWS:
+        raise InvalidModelInput(f"input has {len(x)} rows; at most {MAX_ROWS} per request")
+    if len(x) == 0:
+        raise InvalidModelInput("input has no rows")
     x = x.astype(np.float32, copy=False)
     if not np.isfinite(x).all():
         bad = np.argwhere(~np.isfinite(x))[0]
-        raise EcgsslError(f"input has NaN/inf values (first at row {bad[0]}, lead {bad[1]})")
+        raise InvalidModelInput(f"input has NaN/inf values (first at row {bad[0]}, lead "
+                                f"{bad[1]})")
     if lead_mask is not None:
-        m = np.asarray(lead_mask, dtype=bool)
-        if m.shape != (12,):
-            raise EcgsslError(f"lead_mask must be 12 booleans, got shape {list(m.shape)}")
+        m = np.asarray(lead_mask)
+        if m.shape != (12,) or m.dtype.kind not in "bi":
+            raise InvalidModelInput(f"lead_mask must be 12 booleans, got shape "
+                                    f"{list(m.shape)}")
+        m = m.astype(bool)
+        if not m.any():
+            raise InvalidModelInput("lead_mask is all false: at least one lead must be present")
         mask = np.repeat(m[None], len(x), axis=0)
     else:
         mask = np.abs(x).max(axis=2) > 0
@@ -81,8 +122,10 @@ class ECGModel(PythonModel):
         from ecgssl.data.preprocess import for_model
         from ecgssl.models.encoders import pooled
         params = params or {}
+        lead_mask = params.get("lead_mask")
         x, mask = validate_input(model_input, self.cfg["n_samples"],
-                                 params.get("lead_mask") or None)
+                                 None if lead_mask is None or len(lead_mask) == 0 else lead_mask)
+        labels = validate_labels(params.get("labels", [NO_LABELS]))
         x = for_model(self.cfg)(x, mask, self.cfg.get("fs", 100))   # as in training
         xt, mt = torch.from_numpy(x), torch.from_numpy(mask)
         with torch.no_grad():
@@ -94,9 +137,8 @@ class ECGModel(PythonModel):
                     torch.softmax(logits, dim=1)
                 return probs.numpy()
             emb = self.model.encoder(xt, mt)
-            labels = params.get("labels")
-            if labels:
-                return self._zero_shot(emb, [str(t) for t in labels])
+            if labels is not None:
+                return self._zero_shot(emb, labels)
             return emb.numpy()
 
     def _zero_shot(self, emb, labels: list[str]) -> np.ndarray:
@@ -105,12 +147,31 @@ class ECGModel(PythonModel):
 
         from ecgssl.evaluate.zeroshot import text_encoder_for
         if self.model.mets is None:
-            raise EcgsslError("zero-shot labels need a METS-pretrained encoder")
+            raise InvalidModelInput("zero-shot labels need a METS-pretrained encoder")
         if self.text is None:
             self.text = text_encoder_for(self.cfg)
         t = F.normalize(self.model.mets.text_proj(torch.from_numpy(self.text.encode(labels))), -1)
         e = F.normalize(self.model.mets.ecg_proj(emb), dim=-1)
         return torch.softmax(self.model.mets.scale() * e @ t.T, dim=1).numpy()
+
+
+def validate_labels(labels) -> list[str] | None:
+    """The zero-shot labels of a request, or None for embeddings (the param's default)."""
+    if labels is None or list(labels) == [NO_LABELS]:
+        return None
+    labels = [str(t) for t in labels]
+    if not labels:
+        raise InvalidModelInput("labels is an empty list: pass at least one label, or leave "
+                                "the param out to get embeddings")
+    if len(labels) > MAX_LABELS:
+        raise InvalidModelInput(f"{len(labels)} labels; at most {MAX_LABELS} per request")
+    long = next((t for t in labels if len(t) > MAX_LABEL_CHARS), None)
+    if long is not None:
+        raise InvalidModelInput(f"a label has {len(long)} characters; at most "
+                                f"{MAX_LABEL_CHARS}")
+    if not all(t.strip() for t in labels):
+        raise InvalidModelInput("labels must not be empty strings")
+    return labels
 
 
 def signature(n_samples: int):
@@ -119,5 +180,5 @@ def signature(n_samples: int):
     return ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 12, n_samples), "signal")]),
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1), "output")]),
-        params=ParamSchema([ParamSpec("labels", "string", [], (-1,)),
+        params=ParamSchema([ParamSpec("labels", "string", [NO_LABELS], (-1,)),
                             ParamSpec("lead_mask", "boolean", [], (-1,))]))

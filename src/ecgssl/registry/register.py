@@ -20,7 +20,15 @@ from pathlib import Path
 
 import ecgssl
 from ecgssl.errors import EcgsslError
-from ecgssl.storage import expand_folder, read_json, stable_hash
+from ecgssl.storage import (
+    ENCODER_HASH,
+    _cache_root,
+    encoder_hash,
+    expand_folder,
+    read_json,
+    redact,
+    stable_hash,
+)
 from ecgssl.tracking import RunContext, connect, git_commit, metric_key, start_run
 
 CHALLENGER, CHAMPION = "challenger", "champion"
@@ -54,6 +62,7 @@ def register(encoder: str | Path, name: str, ctx: RunContext,
     """Log and register; needs MLflow whatever `tracking.enabled` says (the registry is
     MLflow), at the context's tracking URI, inside its pipeline run when it has one."""
     from ecgssl.registry.pyfunc import ECGModel, signature
+    code = Path(__file__).with_name("model_code.py")
     src = Path(classifier or encoder)
     if not (src / "config.json").is_file():
         raise EcgsslError(f"{src} has no config.json: pass an `ecgssl pretrain` output as "
@@ -65,15 +74,33 @@ def register(encoder: str | Path, name: str, ctx: RunContext,
             "data_fingerprint"):
         raise EcgsslError(f"classifier {classifier} was not trained from encoder {encoder} "
                           "(their pretraining data differ)")
+    # Which encoder the metrics must have measured: the classifier's source encoder, else the
+    # encoder being registered. An evaluation records its encoder's hash; a mismatch means
+    # the metrics (or the classifier) are another encoder's, e.g. a folder two evaluations
+    # wrote into, and registering them would be a forged pairing.
+    expected = read_json(src / "classifier.json").get(ENCODER_HASH) if classifier and (
+        src / "classifier.json").is_file() else encoder_hash(src)
+    if classifier and encoder and expected and encoder_hash(encoder) not in (None, expected):
+        raise EcgsslError(f"classifier {classifier} was trained from another encoder than "
+                          f"{encoder} (encoder sha256 {str(expected)[:12]} vs "
+                          f"{encoder_hash(encoder)[:12]})")
     metrics, test_data = {}, {}
     for f in metrics_files:
         f = Path(f)
         if not f.is_file():
             raise EcgsslError(f"metrics file not found: {f}")
+        measured = None
+        if (f.parent / "test_data.json").is_file():
+            td = read_json(f.parent / "test_data.json")
+            measured = td.pop(ENCODER_HASH, None)
+            test_data.update(td)
+        if measured and expected and measured != expected:
+            raise EcgsslError(f"{f} measured another encoder (sha256 {measured[:12]}) than the "
+                              f"{'classifier' if classifier else 'encoder'} being registered "
+                              f"({str(expected)[:12]}); evaluate this one and register its "
+                              "own metrics")
         metrics.update({k: v for k, v in read_json(f).items()
                         if isinstance(v, int | float) and math.isfinite(v)})
-        if (f.parent / "test_data.json").is_file():
-            test_data.update(read_json(f.parent / "test_data.json"))
     ctx = replace(ctx, enabled=True)
     mlflow = connect(ctx)
     tags = {"git.commit": git_commit(), "data.fingerprint": str(config.get("data_fingerprint")),
@@ -87,8 +114,10 @@ def register(encoder: str | Path, name: str, ctx: RunContext,
         shutil.copytree(src, bundle, ignore=shutil.ignore_patterns("checkpoints", "*.png"))
         run.log_metrics(metrics)
         mlflow.log_dict(metrics, "metrics.json")
+        # Models from code: the model is this package's model_code.py, not a cloudpickle that
+        # anyone who can write the artifact store could replace with code of their own.
         info = mlflow.pyfunc.log_model(
-            name="model", python_model=ECGModel(), artifacts={"model_dir": str(bundle)},
+            name="model", python_model=str(code), artifacts={"model_dir": str(bundle)},
             signature=signature(config["n_samples"]), pip_requirements=PIP,
             code_paths=[str(Path(ecgssl.__file__).parent)], registered_model_name=name,
             await_registration_for=60)
@@ -118,58 +147,114 @@ def _version_metric(client, version, key: str) -> float | None:
 
 def promote(name: str, metric: str, ctx: RunContext, min_delta: float = 0.0,
             force: bool = False, dry_run: bool = False) -> Decision:
-    """Decide, and unless `dry_run`, move @champion and tag both versions with the decision."""
-    mlflow = connect(ctx)
-    client = mlflow.MlflowClient()
+    """Decide, and unless `dry_run`, move @champion and tag both versions with the decision.
+
+    The move is a compare-and-move: promotes of one model name on this machine take turns
+    (a lock file), both aliases are read again right before the move and the promotion is
+    refused when either changed since the decision (another promote or register got there
+    first), and @champion is read back afterwards."""
+    from filelock import FileLock, Timeout
+    lock_dir = _cache_root() / "locks"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(lock_dir / f"promote-{stable_hash([ctx.tracking_uri, name])[:16]}.lock"))
+    try:
+        lock.acquire(timeout=300)
+    except Timeout:
+        raise EcgsslError(f"another `ecgssl promote` of {name} has held {lock.lock_file} for 5 "
+                          "minutes; refusing to decide beside it") from None
+    try:
+        return _promote(name, metric, ctx, min_delta, force, dry_run)
+    finally:
+        lock.release()
+
+
+def _alias(client, name: str, alias: str):
     from mlflow.exceptions import MlflowException
     try:
-        chal = client.get_model_version_by_alias(name, CHALLENGER)
+        return client.get_model_version_by_alias(name, alias)
     except MlflowException:
+        return None
+
+
+def _promote(name, metric, ctx, min_delta, force, dry_run) -> Decision:
+    mlflow = connect(ctx)
+    client = mlflow.MlflowClient()
+    chal = _alias(client, name, CHALLENGER)
+    if chal is None:
         raise EcgsslError(f"model {name!r} has no @{CHALLENGER} version; run `ecgssl register` "
-                          f"first (tracking URI {ctx.tracking_uri})") from None
-    try:
-        champ = client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
-        champ = None
+                          f"first (tracking URI {redact(ctx.tracking_uri)})")
+    champ = _alias(client, name, CHAMPION)
+    d = _decide(client, chal, champ, metric, min_delta, force)
+    if dry_run:
+        return d
+    if d.promoted:
+        # Re-read right before the move: a decision about versions that are no longer the
+        # challenger and champion must not move the alias (it would undo a better promote).
+        now_chal, now_champ = _alias(client, name, CHALLENGER), _alias(client, name, CHAMPION)
+        now = (str(now_chal.version) if now_chal else None,
+               str(now_champ.version) if now_champ else None)
+        if now != (d.challenger, d.champion):
+            d = replace(d, promoted=False, reason=(
+                f"the aliases moved while deciding (challenger v{d.challenger} -> v{now[0]}, "
+                f"champion v{d.champion} -> v{now[1]}); not promoted, rerun promote"))
+        else:
+            client.set_registered_model_alias(name, CHAMPION, d.challenger)
+            after = _alias(client, name, CHAMPION)
+            if after is None or str(after.version) != d.challenger:
+                raise EcgsslError(f"@{CHAMPION} of {name} is v{after.version if after else None}"
+                                  f" right after moving it to v{d.challenger}: another promote "
+                                  "ran at the same time; check the model's promotion history")
+    _record(client, name, metric, d)
+    return d
+
+
+def _decide(client, chal, champ, metric, min_delta, force) -> Decision:
     task = metric.split("/")[1] if metric.count("/") >= 2 else None
     c_val = _version_metric(client, chal, metric)
     h_val = _version_metric(client, champ, metric) if champ else None
     c_ver, h_ver = str(chal.version), (str(champ.version) if champ is not None else None)
     if champ is not None and h_ver == c_ver:
-        d = Decision(False, "the challenger already is the champion", c_ver,
-                     h_ver, c_val, h_val)
-    elif force:
-        d = Decision(True, "forced", c_ver, h_ver, c_val, h_val)
-    elif champ is None:
-        d = Decision(True, "no champion yet", c_ver, None, c_val, None)
-    elif c_val is None:
-        d = Decision(False, f"the challenger has no metric {metric!r}", c_ver,
-                     h_ver, None, h_val)
-    elif h_val is None:
-        d = Decision(False, f"the champion has no metric {metric!r} to compare with (use "
-                     "--force to replace it anyway)", c_ver, h_ver, c_val, None)
-    elif task and chal.tags.get(f"test_data.{task}") != champ.tags.get(f"test_data.{task}"):
-        d = Decision(False, f"the two were evaluated on different {task} test data "
-                     f"({chal.tags.get(f'test_data.{task}')} vs "
-                     f"{champ.tags.get(f'test_data.{task}')}); not comparable", c_ver,
-                     h_ver, c_val, h_val)
-    elif c_val > h_val and c_val >= h_val + min_delta:
-        d = Decision(True, f"challenger wins by {c_val - h_val:+.4f} (>= {min_delta})",
-                     c_ver, h_ver, c_val, h_val)
-    else:
-        d = Decision(False, f"challenger does not win by {min_delta}: {c_val - h_val:+.4f}",
-                     c_ver, h_ver, c_val, h_val)
-    if dry_run:
-        return d
-    if d.promoted:
-        client.set_registered_model_alias(name, CHAMPION, c_ver)
-    stamp = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        return Decision(False, "the challenger already is the champion", c_ver, h_ver, c_val,
+                        h_val)
+    if force:
+        return Decision(True, "forced", c_ver, h_ver, c_val, h_val)
+    if champ is None:
+        return Decision(True, "no champion yet", c_ver, None, c_val, None)
+    if c_val is None:
+        return Decision(False, f"the challenger has no metric {metric!r}", c_ver, h_ver, None,
+                        h_val)
+    if h_val is None:
+        return Decision(False, f"the champion has no metric {metric!r} to compare with (use "
+                        "--force to replace it anyway)", c_ver, h_ver, c_val, None)
+    if task and chal.tags.get(f"test_data.{task}") != champ.tags.get(f"test_data.{task}"):
+        return Decision(False, f"the two were evaluated on different {task} test data "
+                        f"({chal.tags.get(f'test_data.{task}')} vs "
+                        f"{champ.tags.get(f'test_data.{task}')}); not comparable", c_ver,
+                        h_ver, c_val, h_val)
+    if c_val > h_val and c_val >= h_val + min_delta:
+        return Decision(True, f"challenger wins by {c_val - h_val:+.4f} (>= {min_delta})",
+                        c_ver, h_ver, c_val, h_val)
+    return Decision(False, f"challenger does not win by {min_delta}: {c_val - h_val:+.4f}",
+                    c_ver, h_ver, c_val, h_val)
+
+
+def _record(client, name: str, metric: str, d: Decision) -> None:
+    """Tag both versions with the decision: `promotion.*` is the latest one, and
+    `promotion.history.<time>-<id>` keeps every one (a later promote never overwrites it)."""
+    import json
+    import uuid
+    now = dt.datetime.now(dt.UTC)
     record = {"promotion.decision": "promoted" if d.promoted else "refused",
               "promotion.reason": d.reason, "promotion.metric": metric,
-              "promotion.challenger_value": str(c_val), "promotion.champion_value": str(h_val),
-              "promotion.time": stamp}
-    for version in {c_ver, *([h_ver] if h_ver else [])}:
-        for k, v in {**record, "promotion.role": "challenger" if version == c_ver
-                     else "champion"}.items():
+              "promotion.challenger_value": str(d.challenger_value),
+              "promotion.champion_value": str(d.champion_value),
+              "promotion.challenger": d.challenger, "promotion.champion": str(d.champion),
+              "promotion.time": now.isoformat(timespec="seconds")}
+    entry = f"promotion.history.{now.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+    for version in {d.challenger, *([d.champion] if d.champion else [])}:
+        tags = {**record, "promotion.role": "challenger" if version == d.challenger
+                else "champion"}
+        for k, v in tags.items():
             client.set_model_version_tag(name, version, k, v)
-    return d
+        client.set_model_version_tag(name, version, entry, json.dumps(
+            {k.removeprefix("promotion."): v for k, v in tags.items()})[:5000])

@@ -14,6 +14,7 @@ import os
 import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from tqdm import tqdm
 
 from ecgssl import __version__
 from ecgssl.config import ReportsConfig
+from ecgssl.data.ingest import die_with_parent
 from ecgssl.data.table import (
     SCHEMA_VERSION,
     TableManifest,
@@ -30,6 +32,8 @@ from ecgssl.data.table import (
     conform,
     read_manifest,
     read_shard,
+    require_rows,
+    shard_name,
     write_shard,
     writing,
 )
@@ -51,14 +55,22 @@ class _Generator:
     """Generated reports for many rows, in worker processes when there are several CPUs."""
 
     def __init__(self, workers: int):
-        self.pool = ProcessPoolExecutor(workers, mp_context=get_context("fork")) \
+        # workers die with a killed parent instead of lingering (see ingest.die_with_parent)
+        self.pool = ProcessPoolExecutor(workers, mp_context=get_context("fork"),
+                                        initializer=die_with_parent, initargs=(os.getpid(),)) \
             if workers > 1 else None
 
-    def __call__(self, signal: np.ndarray, mask: np.ndarray, fs: float) -> list[Report]:
+    def __call__(self, signal: np.ndarray, mask: np.ndarray, fs: float, where: str = ""
+                 ) -> list[Report]:
         chunks = [(signal[i:i + CHUNK_ROWS], mask[i:i + CHUNK_ROWS], fs)
                   for i in range(0, len(signal), CHUNK_ROWS)]
         mapper = self.pool.map if self.pool else map
-        return [r for rows in mapper(_generate_rows, chunks) for r in rows]
+        try:
+            return [r for rows in mapper(_generate_rows, chunks) for r in rows]
+        except BrokenProcessPool:
+            raise EcgsslError(f"a reports worker process died (killed, or out of memory?) "
+                              f"while measuring the rows of {where or 'a shard'}; use fewer "
+                              "workers (reports.workers) and rerun") from None
 
     def close(self) -> None:
         if self.pool:
@@ -85,6 +97,8 @@ def run_reports(inputs: list[str | Path], output: str | Path, cfg: ReportsConfig
     if out in inputs:
         raise EcgsslError(f"--output {out} is also an --input; write the copy somewhere else")
     manifests = [read_manifest(p) for p in inputs]
+    for p, m in zip(inputs, manifests):
+        require_rows(p, m)
     shapes = {(m["fs"], m["n_samples"]) for m in manifests}
     if len(shapes) > 1:
         raise EcgsslError("input tables differ in fs/window and cannot be joined: " + ", ".join(
@@ -98,7 +112,7 @@ def run_reports(inputs: list[str | Path], output: str | Path, cfg: ReportsConfig
         t0 = time.perf_counter()
         total = sum(m["rows"] for m in manifests)
         counts, coverage = collections.Counter(), Coverage()
-        shards, sidecars = [], []
+        shards, sidecars, shard_info = [], [], {}
         gen = _Generator(workers) if cfg.mode != "device" else None
         try:
             with tqdm(total=total, unit="row", desc=f"reports ({cfg.mode})",
@@ -112,7 +126,7 @@ def run_reports(inputs: list[str | Path], output: str | Path, cfg: ReportsConfig
                         generated = [None] * table.num_rows
                         if gen is not None:
                             signal, mask = arrays([table], m["n_samples"])
-                            generated = gen(signal, mask, m["fs"])
+                            generated = gen(signal, mask, m["fs"], str(path / shard))
                         reports = [_combine(d, g and g.text, cfg.mode)
                                    for d, g in zip(device, generated)]
                         codes = [list(g.codes) if g else None for g in generated]
@@ -123,8 +137,8 @@ def run_reports(inputs: list[str | Path], output: str | Path, cfg: ReportsConfig
                             i = table.schema.get_field_index(col)
                             table = table.set_column(i, col, pa.array(values,
                                                                       table.schema.field(i).type))
-                        name = f"part-{len(shards):05d}.parquet"
-                        write_shard(table, out / name)
+                        name = shard_name(len(shards), key)
+                        shard_info[name] = write_shard(table, out / name)
                         shards.append(name)
                         bar.update(table.num_rows)
                 for path, m in zip(inputs, manifests):
@@ -149,6 +163,7 @@ def run_reports(inputs: list[str | Path], output: str | Path, cfg: ReportsConfig
             "rows_per_split": dict(sum((collections.Counter(m["rows_per_split"])
                                         for m in manifests), collections.Counter())),
             "shards": shards,
+            "shard_info": shard_info,
             "sidecars": sidecars,
             "reports": {
                 "key": key,

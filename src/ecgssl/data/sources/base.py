@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +49,7 @@ class Source:
     name: str = ""
     n_leads: int | None = None       # leads every record must have; None = any
     split_rule: str = "train/val/test 80/10/10 by a stable hash of the patient (or record)"
+    max_record_mb: float | None = None   # set by ingest (ingest.max_record_mb); passed to read_wfdb
 
     def __init__(self, fs: float = 100):
         self.fs = fs
@@ -70,37 +72,87 @@ def hash_split(key: str, val: float = 0.1, test: float = 0.1) -> str:
     return "test" if u < test else "val" if u < test + val else "train"
 
 
-def list_records(root: Path) -> list[str]:
+def list_records(root: Path, where: dict[str, str] | None = None) -> list[str]:
     """Record names under root: from RECORDS files (PhysioNet layout, folders expanded) or,
-    without one, every header below root."""
+    without one, every header below root. A line naming something outside root (absolute,
+    '..', '.', a folder listed twice) is kept as written, so that the record is quarantined
+    with a reason instead of read; `where` gets `{record: "RECORDS line N"}` for every listed
+    record, for those reasons."""
+    seen: set[str] = set()
+
     def expand(folder: Path) -> list[str]:
+        real = os.path.realpath(folder)
+        if real in seen:        # 'sub/' listed twice, or a RECORDS loop through './'
+            return []
+        seen.add(real)
         listing = folder / "RECORDS"
         if not listing.is_file():
-            return sorted(str(p.relative_to(root).with_suffix(""))
+            return sorted(p.relative_to(root).as_posix()[:-len(".hea")]
                           for p in folder.rglob("*.hea"))
         names = []
-        for line in listing.read_text().splitlines():
+        rel = listing.relative_to(root).as_posix()
+        for n, line in enumerate(listing.read_text(errors="replace").splitlines(), 1):
             line = line.strip()
             if not line:
                 continue
-            if line.endswith("/"):
+            if line.endswith("/") and not unsafe_name(line.rstrip("/")):
                 names.extend(expand(folder / line))
-            else:
-                names.append(str((folder / line).relative_to(root)))
+                continue
+            name = line if unsafe_name(line) else (folder / line).relative_to(root).as_posix()
+            names.append(name)
+            if where is not None:
+                where[name] = f"{rel} line {n}"
         return names
     return expand(root)
 
 
-def read_wfdb(root: Path, record: str) -> tuple[np.ndarray, float, list[str], list[str]]:
+def unsafe_name(name: str) -> str | None:
+    """Why a record name from a listing (RECORDS, ptbxl_database.csv) is refused, or None."""
+    if not name:
+        return "empty name"
+    if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+        return "absolute path"
+    if any(p in ("", ".", "..") for p in name.replace("\\", "/").split("/")):
+        return "'.', '..' or empty path parts"
+    return None
+
+
+def check_record_path(root: Path, task: Task) -> None:
+    """RecordError("bad_path") unless the task's record is a plain relative name below root
+    (no absolute path, no '..'); a dangling link is a missing file. Files that are symlinks
+    are followed wherever they point (a folder of links, a DVC cache): whoever put the link
+    in the input folder chose it; a line in a listing cannot."""
+    where = task.meta.get("listed_at") or "record list"
+    why = unsafe_name(task.record)
+    if why:
+        raise RecordError(f"{where}: record {task.record!r} is refused ({why}): records must "
+                          "lie inside the input folder", "bad_path")
+    hea = wfdb_fast.header_path(root / task.record)
+    if hea.is_symlink() and not hea.exists():
+        raise RecordError(f"{where}: {task.record}.hea is a dangling symlink", "missing_file")
+
+
+def read_wfdb(root: Path, record: str, max_mb: float | None = None,
+              n_leads: int | None = None) -> tuple[np.ndarray, float, list[str], list[str]]:
     """Read one WFDB record: ([C, N] float32 mV, fs, lead names, header comments).
 
-    Raises RecordError naming what is wrong with the files.
+    Raises RecordError naming what is wrong with the files: among others `checksum` when the
+    samples do not match the header's checksums, `too_large` when the decoded signal would be
+    over `max_mb` MB (reading takes a multiple of that in memory), `lead_count` when the
+    header has other than `n_leads` signals (said before the samples are judged).
     """
     try:
-        sig, h = wfdb_fast.read_record(root / record)
+        h = wfdb_fast.read_header(root / record)
+        _check_size(record, h.sig_len, len(h.sig_name), max_mb)
+        if n_leads is not None and len(h.sig_name) != n_leads:
+            raise RecordError(f"{record}: expected {n_leads} leads, found {len(h.sig_name)} "
+                              f"({', '.join(h.sig_name)})", "lead_count")
+        sig, h = wfdb_fast.read_record(root / record, h)
         names, units, comments, fs = h.sig_name, h.units, h.comments, h.fs
+    except wfdb_fast.BadRecord as exc:
+        raise RecordError(f"{record}: {exc}", exc.kind) from None
     except (wfdb_fast.Unsupported, OSError, ValueError):
-        sig, names, units, comments, fs = _read_with_wfdb(root, record)
+        sig, names, units, comments, fs = _read_with_wfdb(root, record, max_mb)
     bad = ~np.isfinite(sig)
     if bad.any():
         lead = names[int(np.nonzero(bad.any(axis=1))[0][0])]
@@ -118,12 +170,28 @@ def read_wfdb(root: Path, record: str) -> tuple[np.ndarray, float, list[str], li
     return sig, fs, names, comments
 
 
+def _check_size(record: str, sig_len: int | None, n_sig: int | None,
+                max_mb: float | None) -> None:
+    mb = (sig_len or 0) * (n_sig or 0) * 4 / 1e6
+    if max_mb is not None and mb > max_mb:
+        raise RecordError(f"{record}: {n_sig} signals x {sig_len} samples decode to {mb:.0f} MB, "
+                          f"over ingest.max_record_mb = {max_mb:g}", "too_large")
+
+
 _UNIT_TO_MV = {"mv": 1.0, "uv": 1e-3, "µv": 1e-3, "v": 1e3}
 
 
-def _read_with_wfdb(root: Path, record: str):
+def _read_with_wfdb(root: Path, record: str, max_mb: float | None = None):
     try:
+        header = wfdb.rdheader(str(root / record))
+        for f in set(header.file_name or []):
+            wfdb_fast.check_file_name(f, root / record)
+        _check_size(record, header.sig_len, header.n_sig, max_mb)
         rec = wfdb.rdrecord(str(root / record), return_res=32)
+    except wfdb_fast.BadRecord as exc:
+        raise RecordError(f"{record}: {exc}", exc.kind) from None
+    except RecordError:
+        raise
     except Exception as exc:  # wfdb raises bare ValueError/IndexError/...: say which file
         raise _diagnose(root, record, exc) from None
     sig = rec.p_signal
@@ -138,7 +206,7 @@ def _read_with_wfdb(root: Path, record: str):
 def _diagnose(root: Path, record: str, exc: Exception) -> RecordError:
     """Turn a failed wfdb read into a reason; only runs on the failure path."""
     path = root / record
-    if not path.with_suffix(".hea").is_file():
+    if not wfdb_fast.header_path(path).is_file():
         return RecordError(f"waveform header missing: {record}.hea", "missing_file")
     try:
         header = wfdb.rdheader(str(path))

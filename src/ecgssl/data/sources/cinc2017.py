@@ -38,13 +38,14 @@ class Cinc2017Source(Source):
     n_leads = 1
 
     def plan(self, root: Path) -> tuple[list[Task], list[dict]]:
-        labels = read_reference(root)
-        tasks = [Task(rec, {"labels": [labels[Path(rec).name]] if Path(rec).name in labels else []})
-                 for rec in list_records(root)]
+        labels, where = read_reference(root), {}
+        tasks = [Task(rec, {"labels": [labels[Path(rec).name]] if Path(rec).name in labels else [],
+                            "listed_at": where.get(rec)})
+                 for rec in list_records(root, where)]
         return tasks, []
 
     def read(self, root: Path, task: Task) -> Recording:
-        sig, fs, leads, _ = read_wfdb(root, task.record)
+        sig, fs, leads, _ = read_wfdb(root, task.record, self.max_record_mb, self.n_leads)
         name = Path(task.record).name
         return Recording(signal=sig, fs=fs, leads=leads, split=hash_split(f"cinc2017/{name}"),
                          patient_id=None, labels=task.meta["labels"])

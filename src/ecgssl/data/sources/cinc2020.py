@@ -42,10 +42,11 @@ class Cinc2020Source(Source):
     n_leads = 12
 
     def plan(self, root: Path) -> tuple[list[Task], list[dict]]:
-        return [Task(rec) for rec in list_records(root)], []
+        where = {}
+        return [Task(rec, {"listed_at": where.get(rec)}) for rec in list_records(root, where)], []
 
     def read(self, root: Path, task: Task) -> Recording:
-        sig, fs, leads, comments = read_wfdb(root, task.record)
+        sig, fs, leads, comments = read_wfdb(root, task.record, self.max_record_mb, self.n_leads)
         meta = parse_comments(comments)
         dx = [c.strip() for c in meta.get("dx", "").split(",") if c.strip()]
         name = Path(task.record).name

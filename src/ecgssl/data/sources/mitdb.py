@@ -47,19 +47,19 @@ class MitdbSource(Source):
                   "training")
 
     def plan(self, root: Path) -> tuple[list[Task], list[dict]]:
-        tasks, excluded = [], []
-        for rec in list_records(root):
+        tasks, excluded, where = [], [], {}
+        for rec in list_records(root, where):
             name = Path(rec).name
             if name in EXCLUDED:
                 excluded.append({"record": rec, "reason": EXCLUDED[name]})
             elif split_of(rec) is None:
                 excluded.append({"record": rec, "reason": "not in DS1 or DS2"})
             else:
-                tasks.append(Task(rec))
+                tasks.append(Task(rec, {"listed_at": where.get(rec)}))
         return tasks, excluded
 
     def read(self, root: Path, task: Task) -> Recording:
-        sig, fs, leads, comments = read_wfdb(root, task.record)
+        sig, fs, leads, comments = read_wfdb(root, task.record, self.max_record_mb, self.n_leads)
         if not (root / f"{task.record}.atr").is_file():
             raise RecordError(f"annotation file missing: {task.record}.atr", "missing_file")
         try:

@@ -64,7 +64,9 @@ class PtbxlSource(Source):
         tasks = []
         for i, row in enumerate(rows, start=2):
             rec = (row.get(self.file_column) or "").strip()
-            tasks.append(Task(rec or f"{DATABASE}:line{i}", {k: row.get(k) for k in REQUIRED}))
+            tasks.append(Task(rec or f"{DATABASE}:line{i}", {
+                **{k: row.get(k) for k in REQUIRED},
+                "listed_at": f"{DATABASE} line {i} ({self.file_column})"}))
         return tasks, []
 
     def read(self, root: Path, task: Task) -> Recording:
@@ -84,7 +86,7 @@ class PtbxlSource(Source):
             raise RecordError(f"ecg_id {m.get('ecg_id')!r}: strat_fold {m['strat_fold']!r} is "
                               "not a fold 1..10", "bad_metadata")
         fold = int(fold)
-        sig, fs, leads, _ = read_wfdb(root, task.record)
+        sig, fs, leads, _ = read_wfdb(root, task.record, self.max_record_mb, self.n_leads)
         return Recording(
             signal=sig, fs=fs, leads=leads, split=fold_split(fold),
             patient_id=_int_text(m["patient_id"]), labels=sorted(str(k) for k in codes),
