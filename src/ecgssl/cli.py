@@ -188,13 +188,16 @@ def reports_translate(
         print(f"{counts.ratio(empty=1.0):.4f}")
 
 
+EMBED_INPUT_HELP = ("ECG table with a report column (the output of `ecgssl reports`); folder "
+                    "or s3://.")
+EMBED_OUTPUT_HELP = "Embeddings Parquet file (or s3:// object)."
+
+
 @app.command("embed-text")
 @user_errors
 def embed_text(
-    input: Annotated[str, typer.Option("--input", "-i", help="ECG table with a report column "
-                                       "(the output of `ecgssl reports`); folder or s3://.")],
-    output: Annotated[str, typer.Option("--output", "-o", help="Embeddings Parquet file "
-                                        "(or s3:// object).")],
+    input: Annotated[str, typer.Option("--input", "-i", help=EMBED_INPUT_HELP)],
+    output: Annotated[str, typer.Option("--output", "-o", help=EMBED_OUTPUT_HELP)],
     params: ParamsOpt = None,
     progress: ProgressOpt = True,
     model: Annotated[Optional[str], typer.Option(

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from test_badinput_wfdb import copy  # the sample-subset copier the WFDB catalogue uses
 
 from ecgssl.config import IngestConfig, ReportsConfig
 from ecgssl.data.ingest import ingest
@@ -25,14 +26,6 @@ from ecgssl.errors import EcgsslError
 from ecgssl.storage import write_json
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def copy(sample: Path, source: str, records: list[str], dst: Path) -> Path:
-    dst.mkdir(parents=True, exist_ok=True)
-    for r in records:
-        for f in (sample / source).glob(f"{r}.*"):
-            shutil.copyfile(f, dst / f.name)
-    return dst
 
 
 def run(source, root, out, **cfg):

@@ -292,7 +292,7 @@ def test_a_killed_or_repeated_evaluate_never_pairs_two_encoders(evaluated, corpu
     ev = tmp_path / "eval"
     shutil.copytree(evaluated / "eval", ev)               # encoder A's evaluation
     params = tmp_path / "params.yaml"
-    params.write_text("evaluate:\n  probe_epochs: 60\n  bootstrap: 10\n  cache: null\n")
+    params.write_text("evaluate:\n  probe_c: [0.01, 0.1, 1.0]\n  bootstrap: 10\n  cache: null\n")
     # Evaluate encoder B into the same folder and kill it once B's classifier is written.
     t0 = time.time()
     proc = subprocess.Popen([str(BIN / "ecgssl"), "evaluate", "--encoder", str(other),

@@ -89,3 +89,12 @@ def test_generated_reports_are_few_and_digit_free(tables):
     for r in reports:
         for code in r.codes:     # every statement made is in the text, in its SCP wording
             assert PHRASES[code].split(",")[0].lower() in r.text.lower(), (r.codes, r.text)
+
+
+def test_ventricular_ectopy_is_not_stated_when_the_dominant_beats_disagree():
+    from ecgssl.reports.codes import ECTOPY_MIN_CORR
+    m = Measurements(heart_rate=70.0, sinus_rate=70.0, p_wave=True, quality="noisy", n_pvc=1,
+                     template_corr=ECTOPY_MIN_CORR - 0.1)
+    assert "PVC" not in decide(m) and "NOISY" in decide(m)
+    m.template_corr = ECTOPY_MIN_CORR + 0.1
+    assert "PVC" in decide(m)

@@ -106,3 +106,19 @@ def test_measurements_hold_at_other_rates(mitdb, fs):
     assert abs(m.heart_rate - ms[i].heart_rate) < 2
     assert abs(m.qrs_ms - ms[i].qrs_ms) <= 20 and 60 <= m.qrs_ms <= 110
     assert m.p_wave and not m.af and m.n_pvc == 0
+
+
+def test_r_peaks_ignore_tall_p_and_t_waves():
+    """Synthetic lead: narrow QRS spikes with P waves as tall as the R (as in 108) and T waves
+    taller: the QRS band finds the beats and nothing between them."""
+    fs, rr = 100, 0.8
+    t = np.arange(int(10 * fs)) / fs
+    x = np.zeros_like(t)
+    beats = np.arange(0.5, 9.6, rr)
+    for b in beats:
+        x += 1.0 * np.exp(-0.5 * ((t - b) / 0.012) ** 2)            # QRS, ~60 ms
+        x += 1.0 * np.exp(-0.5 * ((t - b + 0.2) / 0.025) ** 2)      # tall P, ~100 ms
+        x += 1.5 * np.exp(-0.5 * ((t - b - 0.3) / 0.06) ** 2)       # tall T wave
+    found = r_peaks(x, fs)
+    tp, fn, fp = match_beats(found, np.round(beats * fs).astype(int), 3)
+    assert fn == 0 and fp == 0, (found, beats * fs)

@@ -64,6 +64,10 @@ SOKOLOW_MV = 3.5
 ST_MV = 0.1                 # in two contiguous leads
 ST_SINGLE_LEAD_MV = 0.2     # one lead has no contiguous partner: ask for twice the shift
 SARRH_RANGE_S = 0.16        # longest minus shortest sinus RR
+# Below this median correlation of the dominant beats with their template, the beats of the
+# dominant rhythm itself disagree (artefact): one beat unlike them may be artefact too, so
+# ventricular ectopy is not stated.
+ECTOPY_MIN_CORR = 0.6
 
 _CONTIGUOUS = (("II", "III", "aVF"), ("I", "aVL", "V5", "V6"), ("V1", "V2", "V3", "V4"))
 
@@ -87,7 +91,7 @@ def decide(m) -> tuple[str, ...]:
                      "SBRAD" if m.sinus_rate < BRADY_BPM else "SR")
         if m.sinus_rr_range_s > SARRH_RANGE_S and not m.n_pac and not m.n_pvc:
             codes.append("SARRH")
-    if m.n_pvc:
+    if m.n_pvc and not m.template_corr < ECTOPY_MIN_CORR:
         codes.append("PVC")
     if m.n_pac and not m.af:
         codes.append("PAC")

@@ -1,8 +1,8 @@
 """Measurements from the signal alone, as the program in an ECG cart makes them.
 
 Two filters, one per purpose (AHA 2007 recommendations on ECG filtering):
-- rhythm: neurokit2's cleaning (0.5 Hz high-pass, powerline) and R-peak detector, for beat
-  times only;
+- rhythm: the 5-25 Hz QRS band, whose energy finds the beats (tall P and T waves, slow, stay
+  below it); beats are then re-aligned on the median QRS over all leads;
 - morphology: 0.05-40 Hz band-pass, then a baseline through the PR segment of every beat
   (linear between knots) is subtracted, so the ST level is not bent by a steep high-pass.
 
@@ -12,7 +12,9 @@ supraventricular (dominant shape, premature). AF is read from the RR intervals l
 ectopics and the intervals around them are removed, with absent P waves as support. Intervals
 come from the median of the dominant beats (the signal-averaged complex carts use), upsampled
 so that a 100 Hz table still gives 2.5 ms steps: QRS boundaries from the slope maximum outward,
-P wave before the QRS onset, T end by the tangent method.
+P wave before the QRS onset, T end by the tangent method. The QRS duration stated is the median
+of the dominant beats' own QRS durations, measured the same way: the median beat's QRS jumps
+by 20 ms when one beat moves by one sample.
 
     from ecgssl.reports.measure import r_peaks, measure
     peaks = r_peaks(signal_one_lead, fs)       # numpy int array of sample indices
@@ -29,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 
 import numpy as np
-from scipy.signal import butter, resample_poly, sosfiltfilt
+from scipy.signal import butter, find_peaks, resample_poly, sosfiltfilt
 
 from ecgssl.data.signal import LEADS
 
@@ -40,6 +42,14 @@ FINE_FS = 400            # the median beat is delineated at this rate at least
 QRS_CORE_FRACTION = 0.15    # QRS core: spatial velocity above this fraction of its peak
 QRS_SLOPE_FRACTION = 0.04   # QRS boundary: spatial velocity below this fraction of its peak
 QRS_EXTEND_S, QRS_GAP_S = 0.04, 0.008   # boundary search beyond the core, gaps it bridges
+
+# R-peak detection (see r_peaks).
+QRS_BAND_HZ = (5.0, 25.0)    # the band of the QRS energy, above most of P, T and baseline
+QRS_INTEGRATION_S = 0.08     # the band energy is averaged over about a QRS duration
+REFRACTORY_S = 0.25          # least RR between two detected beats (240 bpm)
+QRS_ENERGY_FRACTION = 0.25   # a beat: band energy above this fraction of a typical beat's
+
+ALIGN_S = 0.05              # beats are re-aligned on the median QRS by at most this
 
 # Beat classification (see classify_beats).
 SIMILAR = 0.90           # correlation of two beats of the same morphology
@@ -73,21 +83,47 @@ def morphology_filter(signal: np.ndarray, fs: float) -> np.ndarray:
     return sosfiltfilt(_morph_sos(float(fs)), np.asarray(signal, dtype=float), axis=-1)
 
 
+@lru_cache(maxsize=8)
+def _qrs_sos(fs: float) -> np.ndarray:
+    return butter(2, [QRS_BAND_HZ[0], min(QRS_BAND_HZ[1], 0.45 * fs)], btype="bandpass", fs=fs,
+                  output="sos")
+
+
 def r_peaks(signal: np.ndarray, fs: float) -> np.ndarray:
-    """R-peak sample indices in one lead (neurokit2 method on the cleaned signal)."""
+    """R-peak sample indices in one lead, from the energy of the QRS band.
+
+    The 5-25 Hz band holds most of the QRS energy and little of the P and T waves (slow) or of
+    baseline wander, so a tall P or T wave cannot pass for a beat: the band is squared and
+    averaged over 80 ms, its peaks at least a refractory period apart are candidates, and those
+    above a fraction of a typical beat's energy (a high percentile of the candidates, so that a
+    few large ectopics do not raise the bar) are beats. Each is placed at the largest band
+    deflection within 50 ms: the steepest part of the QRS, a stable point to align beats on."""
     x = np.asarray(signal, dtype=float)
     if x.ndim != 1:
         raise ValueError(f"r_peaks takes one lead, got shape {x.shape}")
     if len(x) < 2 * fs or not np.isfinite(x).all() or np.ptp(x) == 0:
         return np.zeros(0, dtype=np.int64)
-    cleaned = clean(x, fs)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            _, info = _nk().ecg_peaks(cleaned, sampling_rate=fs, correct_artifacts=False)
-    except (ValueError, IndexError, ZeroDivisionError):
+    y = sosfiltfilt(_qrs_sos(float(fs)), x)
+    w = max(1, int(round(QRS_INTEGRATION_S * fs)))
+    e = np.convolve(y * y, np.ones(w) / w, mode="same")
+    cand, _ = find_peaks(e, distance=max(1, int(round(REFRACTORY_S * fs))))
+    if len(cand) == 0:
         return np.zeros(0, dtype=np.int64)
-    return np.asarray(info["ECG_R_Peaks"], dtype=np.int64)
+    h = e[cand]
+    beats = cand[h >= QRS_ENERGY_FRACTION * np.percentile(h, 80)]
+    half = max(1, int(round(0.05 * fs)))
+    refractory = max(1, int(round(REFRACTORY_S * fs)))
+    out: list[int] = []
+    for b in beats:
+        p = max(0, b - half) + int(np.argmax(np.abs(y[max(0, b - half):b + half + 1])))
+        if out and p - out[-1] < refractory:
+            # Two deflections within one refractory period (a tall P or T wave next to the
+            # QRS): the one of more QRS-band energy is the beat.
+            if e[p] > e[out[-1]]:
+                out[-1] = p
+            continue
+        out.append(p)
+    return np.asarray(out, dtype=np.int64)
 
 
 @dataclass
@@ -164,6 +200,7 @@ def measure(signal: np.ndarray, lead_mask: np.ndarray, fs: float) -> Measurement
 
     present = np.flatnonzero(lead_mask)
     x = morphology_filter(signal[present], fs)
+    peaks = align_beats(x, peaks, fs)
     x = _subtract_pr_baseline(x, peaks, fs)
     beats, ok = _beats(x, peaks, fs, pre=0.25, post=0.6)
     qrs_seg, qok = _beats(x, peaks, fs, pre=0.1, post=0.14)
@@ -181,10 +218,42 @@ def measure(signal: np.ndarray, lead_mask: np.ndarray, fs: float) -> Measurement
     m.template_corr = float(np.median(corr))
     m.quality = "good" if m.template_corr >= 0.9 else "noisy"
     _measure_template(m, template, present, fs, int(round(0.25 * fs)), rl)
+    if len(b) >= 3:
+        m.qrs_ms = _median_qrs_ms(b, fs, int(round(0.25 * fs)))
     if m.p_wave:
         m.p_wave = _p_wave(b[:, rl], template[rl], fs, int(round(0.25 * fs)))
     _decide_af(m)
     return m
+
+
+def align_beats(x: np.ndarray, peaks: np.ndarray, fs: float) -> np.ndarray:
+    """Move every beat by the lag (at most ALIGN_S) that best matches its QRS, over all leads,
+    to the median QRS: a fiducial point taken on one lead jumps between lobes when the QRS
+    shape or axis shifts a little (respiration, a lead at right angles to the QRS vector),
+    and beats misaligned that way look like another morphology and smear the median beat."""
+    if len(peaks) < 3:
+        return peaks
+    lag = max(1, int(round(ALIGN_S * fs)))
+    seg, ok = _beats(x, peaks, fs, pre=0.1 + ALIGN_S, post=0.1 + ALIGN_S)       # [B, C, L]
+    if ok.sum() < 3:
+        return peaks
+    seg = seg - seg.mean(axis=2, keepdims=True)
+    weight = np.median(np.ptp(seg[ok], axis=2), axis=0)
+    weight = weight / (weight.sum() + 1e-9)
+    width = seg.shape[2] - 2 * lag
+    shifted = np.stack([seg[:, :, lag + d:lag + d + width] for d in range(-lag, lag + 1)], 1)
+    best = np.zeros(len(peaks), dtype=np.int64)
+    for _ in range(2):
+        cur = shifted[np.arange(len(peaks)), best + lag]                      # [B, C, W]
+        template = np.median(cur[ok], axis=0)                                 # [C, W]
+        tc = template - template.mean(axis=1, keepdims=True)
+        tc /= np.linalg.norm(tc, axis=1, keepdims=True) + 1e-9
+        sh = shifted - shifted.mean(axis=3, keepdims=True)
+        sh = sh / (np.linalg.norm(sh, axis=3, keepdims=True) + 1e-9)
+        score = np.einsum("bdcw,cw,c->bd", sh, tc, weight)                    # [B, 2*lag+1]
+        best = np.argmax(score, axis=1) - lag
+    new = np.clip(peaks + best, 0, x.shape[1] - 1)
+    return np.unique(new)
 
 
 def _beats(x: np.ndarray, peaks: np.ndarray, fs: float, pre: float, post: float):
@@ -250,14 +319,13 @@ def classify_beats(seg: np.ndarray, ok: np.ndarray, peaks: np.ndarray, fs: float
     for j, k in enumerate(full):
         # Ventricular: a shape unlike the dominant one that is early, wide, inverted, or of
         # very different size (a premature beat of another QRS shape is ventricular unless
-        # aberrant, which 10 s cannot tell); or a dominant-like shape but clearly wider.
+        # aberrant, which 10 s cannot tell). A beat of the dominant shape is not: ventricular
+        # activation changes the QRS shape in every lead, while a width measured on one lead
+        # wanders with noise.
         wide = w[j] >= w_ref + 0.04
         early = ref is not None and not np.isnan(rr_pre[j]) and rr_pre[j] < 0.9 * ref
         odd_size = not 0.5 <= amp[j] / max(amp_ref, 1e-6) <= 2.0
-        if dom[j]:
-            v = tc[j] < SIMILAR and w[j] >= w_ref + 0.06
-        else:
-            v = wide or early or tc[j] < 0 or (tc[j] < 0.5 and odd_size)
+        v = not dom[j] and (wide or early or tc[j] < 0 or (tc[j] < 0.5 and odd_size))
         cls[k] = "V" if v else "N"
     # Supraventricular premature: dominant shape, RR before < PREMATURE of the dominant RR
     # (median of the RR between dominant beats), and not early because a neighbour is V.
@@ -358,28 +426,7 @@ def _measure_template(m: Measurements, t: np.ndarray, present: np.ndarray, fs: f
     # With several leads, each lead's own floor (its median |slope| over the beat: noise, P
     # and T) is taken off first, so that one noisy lead cannot hold the boundaries open. A
     # single lead keeps it: its QRS edges project weakly and would be cut short.
-    lead_vel = np.abs(np.diff(t, axis=1))
-    if len(lead_vel) > 1:
-        lead_vel = np.clip(lead_vel - np.median(lead_vel, axis=1, keepdims=True), 0, None)
-    vel = lead_vel.sum(axis=0)
-    lo, hi = max(0, r - n(0.1)), min(len(vel), r + n(0.1))
-    peak = lo + int(np.argmax(vel[lo:hi]))
-    core = vel >= QRS_CORE_FRACTION * vel[peak]
-    on = off = peak
-    for i in range(peak, max(-1, peak - n(0.14)), -1):
-        if core[i]:
-            on = i
-        elif on - i > n(0.04):
-            break
-    for i in range(peak, min(len(vel), peak + n(0.18))):
-        if core[i]:
-            off = i
-        elif i - off > n(0.04):
-            break
-    low = QRS_SLOPE_FRACTION * vel[peak]
-    on = _extend(vel >= low, on, -1, n(QRS_EXTEND_S), n(QRS_GAP_S))
-    # vel[i] is the slope from sample i to i + 1: the offset is the sample after it.
-    off = _extend(vel >= low, off, +1, n(QRS_EXTEND_S), n(QRS_GAP_S)) + 1
+    on, off = _qrs_bounds(t, r, n)
     m.qrs_ms = ms(off - on)
     # Isoelectric level: the flattest 20 ms before QRS onset (PR segment).
     base = _isoelectric(t, on, n)
@@ -421,6 +468,46 @@ def _measure_template(m: Measurements, t: np.ndarray, present: np.ndarray, fs: f
     else:
         m.p_wave = False
     _t_end(m, x[rl], off, on, f, n)
+
+
+def _median_qrs_ms(beats: np.ndarray, fs: float, r: int) -> float:
+    """QRS duration (ms): the median over the dominant beats [B, C, L] of each one's QRS.
+
+    The median beat of a few beats changes shape at a sample wherever the median passes from
+    one beat to another, and one beat moved by one sample can move a boundary of the median
+    beat's QRS by 20 ms; the median of the beats' own durations does not jump so."""
+    up, f = _upsample(beats, fs)
+    k = int(round(f / fs))
+    n = lambda s: int(round(s * f))          # noqa: E731 - seconds to samples
+    d = [off - on for on, off in (_qrs_bounds(u, r * k, n) for u in up)]
+    return float(1000.0 * np.median(d) / f)
+
+
+def _qrs_bounds(t: np.ndarray, r: int, n) -> tuple[int, int]:
+    """QRS onset and offset (samples) of a beat [C, L] upsampled, R near sample r."""
+    lead_vel = np.abs(np.diff(t, axis=1))
+    if len(lead_vel) > 1:
+        lead_vel = np.clip(lead_vel - np.median(lead_vel, axis=1, keepdims=True), 0, None)
+    vel = lead_vel.sum(axis=0)
+    lo, hi = max(0, r - n(0.1)), min(len(vel), r + n(0.1))
+    peak = lo + int(np.argmax(vel[lo:hi]))
+    core = vel >= QRS_CORE_FRACTION * vel[peak]
+    on = off = peak
+    for i in range(peak, max(-1, peak - n(0.14)), -1):
+        if core[i]:
+            on = i
+        elif on - i > n(0.04):
+            break
+    for i in range(peak, min(len(vel), peak + n(0.18))):
+        if core[i]:
+            off = i
+        elif i - off > n(0.04):
+            break
+    low = QRS_SLOPE_FRACTION * vel[peak]
+    on = _extend(vel >= low, on, -1, n(QRS_EXTEND_S), n(QRS_GAP_S))
+    # vel[i] is the slope from sample i to i + 1: the offset is the sample after it.
+    off = _extend(vel >= low, off, +1, n(QRS_EXTEND_S), n(QRS_GAP_S)) + 1
+    return on, off
 
 
 def _extend(active: np.ndarray, i: int, step: int, most: int, gap: int) -> int:
