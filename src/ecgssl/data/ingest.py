@@ -35,7 +35,7 @@ from ecgssl.data.signal import (
     resample,
     window_starts,
 )
-from ecgssl.data.sources import Source, Task, get_source
+from ecgssl.data.sources import SOURCES, Source, Task, get_source
 from ecgssl.data.sources.base import check_record_path
 from ecgssl.data.table import (
     PARTS,
@@ -323,7 +323,7 @@ def _manifest(source_name, root, out, cfg, size, key, fingerprint, options, task
             q["kind"] for i in infos for q in i["records_quarantined"]).most_common()),
         "records_excluded": excluded,
         "rows_per_split": dict(sorted(splits.items())),
-        "split_rule": get_source(source_name, cfg.fs).split_rule,
+        "split_rule": SOURCES[source_name].split_rule,
         "label_counts": dict(sorted(labels.items())),
         "shards": [i["shard"] for i in infos if i["shard"]],
         # each shard's row count and sha256, to check a copy or a restore against

@@ -165,7 +165,9 @@ def fit_probe(model, task: TaskData, train: np.ndarray, cfg, feats: torch.Tensor
         head.bias.copy_(torch.from_numpy(b).float())
     # Held-out scores for the decision thresholds: out-of-fold when val comes from folds.
     val_idx = np.concatenate([va for _, va in folds])
-    val_scores = np.concatenate([scores(fit(tr, choice["C"], balanced), va) for tr, va in folds])
+    # (with the table's own val split, the final model already never saw those rows)
+    val_scores = np.concatenate([scores((w, b) if tr is train else fit(tr, choice["C"], balanced),
+                                        va) for tr, va in folds])
     return Fitted(model.encoder, head, {**choice, "val_auroc": best}, feats, task, val_idx,
                   val_scores)
 
