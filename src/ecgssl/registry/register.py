@@ -250,7 +250,8 @@ def _record(client, name: str, metric: str, d: Decision) -> None:
               "promotion.champion_value": str(d.champion_value),
               "promotion.challenger": d.challenger, "promotion.champion": str(d.champion),
               "promotion.time": now.isoformat(timespec="seconds")}
-    entry = f"promotion.history.{now.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+    # Microseconds: two promotes in one second must still sort in the order they decided.
+    entry = f"promotion.history.{now.strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex[:8]}"
     for version in {d.challenger, *([d.champion] if d.champion else [])}:
         tags = {**record, "promotion.role": "challenger" if version == d.challenger
                 else "champion"}
