@@ -15,6 +15,7 @@ from kfp import dsl, kubernetes
 
 from ecgssl.config import KfpConfig, PipelineConfig
 from ecgssl.pipeline.build import components
+from ecgssl.pipeline.trainjob import NodeSpec
 from ecgssl.tracking import PIPELINE_RUN_ENV
 
 
@@ -62,9 +63,21 @@ def build_pipeline(k: KfpConfig, defaults: PipelineConfig, params_json: str):
                                   tracking_uri=tracking_uri))
             emb = _task(c.embed_text(table=rep.outputs["table"], params=params,
                                      tracking_uri=tracking_uri))
-            pre = _task(c.pretrain(table=rep.outputs["table"],
-                                   embeddings=emb.outputs["embeddings"], params=params,
-                                   tracking_uri=tracking_uri), gpu=True)
+            if defaults.pretrain_nodes > 1:
+                # Many nodes: a light task launches a Kubeflow Trainer TrainJob and waits for
+                # it. Decided when compiling (not dsl.If), so the YAML holds one pretrain task.
+                job = NodeSpec.from_settings(k, defaults.pretrain_nodes).to_json()
+                pre = _task(c.pretrain_trainjob(table=rep.outputs["table"],
+                                                embeddings=emb.outputs["embeddings"],
+                                                params=params, tracking_uri=tracking_uri,
+                                                job=job))
+                if k.s3_secret:   # the launcher copies the nodes' run folder out of S3
+                    kubernetes.use_secret_as_env(pre, k.s3_secret, {
+                        key: key for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")})
+            else:
+                pre = _task(c.pretrain(table=rep.outputs["table"],
+                                       embeddings=emb.outputs["embeddings"], params=params,
+                                       tracking_uri=tracking_uri), gpu=True)
             with dsl.ParallelFor(tasks) as task:
                 ev = _task(c.evaluate(encoder=pre.outputs["model"], table=rep.outputs["table"],
                                       task=task, modes=eval_modes, params=params,

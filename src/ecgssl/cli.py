@@ -423,14 +423,17 @@ def pipeline_compile(
     check: Annotated[bool, typer.Option(
         help="Do not write: exit 1 when the compiled file is out of date with the code.")
     ] = False,
+    set_: SetOpt = None,
 ):
-    """Compile pipelines/ecgssl_pipeline.py to KFP v2 IR YAML (defaults from params.yaml)."""
-    from ecgssl.pipeline.build import compile_pipeline, is_up_to_date
+    """Compile pipelines/ecgssl_pipeline.py to KFP v2 IR YAML (defaults from params.yaml;
+    `--set pipeline.pretrain_nodes=2` compiles the multi-node variant)."""
+    from ecgssl.pipeline.build import compile_pipeline, is_up_to_date, params_with
+    p = params_with(set_) if set_ else None
     if not check:
-        say(f"compiled -> {compile_pipeline(output)}")
+        say(f"compiled -> {compile_pipeline(output, p)}")
         return
     target = _package(output)
-    if not is_up_to_date(target):
+    if not is_up_to_date(target, p):
         say(f"[red]{target} is out of date[/]: run `ecgssl pipeline compile`")
         raise typer.Exit(1)
     say(f"{target} is up to date")

@@ -173,6 +173,8 @@ class PipelineConfig(Section):
     eval_modes: list[Literal[EVAL_MODES]] = ["zeroshot", "probe"]
     finetune: bool = Field(False, description="also fine-tune per task (a GPU task on KFP)")
     model_name: str = Field("ecgssl-mets-st-encoder", description="registered model name")
+    pretrain_nodes: int = Field(1, ge=1, description="nodes for pretraining on Kubeflow; > 1 "
+                                "runs a Kubeflow Trainer TrainJob (compile-time; data on s3://)")
 
 
 class KfpConfig(Section):
@@ -192,6 +194,10 @@ class KfpConfig(Section):
     tolerations: list[dict[str, str]] = Field([], description="tolerations for GPU tasks "
                                               "({key, operator, value, effect})")
     retries: int = Field(2, ge=0, description="retries of a failed task (with backoff)")
+    trainer_runtime: str = Field("torch-distributed", description="ClusterTrainingRuntime of "
+                                 "multi-node pretraining (pipeline.pretrain_nodes > 1)")
+    s3_secret: str = Field("", description="secret with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
+                           "for TrainJob nodes; '' = the runtime's service account")
     caching: bool = Field(True, description="reuse a task's outputs when its inputs match")
 
 

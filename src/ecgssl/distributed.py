@@ -1,5 +1,13 @@
 """The few distributed helpers training and the losses need (torchrun + DDP; gloo on CPU).
 
+One node or many: `torchrun` sets RANK / WORLD_SIZE (the whole job) and LOCAL_RANK /
+LOCAL_WORLD_SIZE (this node). The GPU is chosen by LOCAL_RANK; everything that writes or logs
+(checkpoints, the encoder, MLflow, progress bars, S3 uploads) asks for the global rank 0, so a
+job of N nodes writes once, from node 0.
+
+    torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d \\
+        --rdzv-endpoint HOST:29400 --rdzv-id JOB -m ecgssl.cli pretrain ...   # on every node
+
 Losses take the distributed state explicitly (as open_clip's `ClipLoss(rank, world_size)`), so
 `models/` never asks the process group itself and the same loss runs in one process or many.
 """
@@ -11,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from ecgssl.errors import EcgsslError
 
 
 @dataclass(frozen=True)
@@ -35,11 +45,29 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
+def local_rank() -> int:
+    """This process's index on its node (torchrun's LOCAL_RANK; 0 without torchrun): the GPU
+    it drives. Never the global RANK, which runs past the node's GPU count on node 1."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
 def init_from_env(device: torch.device) -> DistState:
     """Join the process group torchrun describes in the environment (single process when not
-    launched by torchrun)."""
+    launched by torchrun). On CUDA the process is bound to its device before NCCL starts, so
+    that collectives never land on GPU 0 of every node."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not is_distributed():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":
+            per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+            if per_node > torch.cuda.device_count():
+                raise EcgsslError(
+                    f"torchrun starts {per_node} processes on this node "
+                    f"({os.environ.get('HOSTNAME', 'this host')}) but it has "
+                    f"{torch.cuda.device_count()} GPU(s): NCCL cannot share a GPU between "
+                    "ranks; set --nproc-per-node to at most the GPUs per node")
+            torch.cuda.set_device(device)
+            dist.init_process_group("nccl", device_id=device)
+        else:
+            dist.init_process_group("gloo")
     return DistState.current()
 
 

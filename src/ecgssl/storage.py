@@ -476,6 +476,10 @@ class Paths:
         return local
 
     def commit(self) -> None:
+        # Under torchrun only the global rank 0 writes the run (ecgssl.distributed): another
+        # rank's staging copy is stale, and pushing it would delete what rank 0 uploaded.
+        if int(os.environ.get("RANK", "0")) != 0:
+            return
         for local, uri in self.outputs:
             if local.exists():
                 push(local, uri)

@@ -1,6 +1,8 @@
-"""Run by test_pretrain.py under `torchrun --nproc-per-node 2`: one DDP step on gloo, saving the
-rank-averaged losses and the (DDP-averaged) gradients for comparison with one process."""
+"""Run by test_pretrain.py under `torchrun --nproc-per-node 2` and by tests/test_distributed.py
+as two torchrun "nodes": one DDP step on gloo, saving the rank-averaged losses, the
+(DDP-averaged) gradients and where each rank ran, for comparison with one process."""
 
+import os
 import sys
 
 import torch
@@ -22,9 +24,13 @@ def main(table: str, text_emb: str, out: str, method: str) -> None:
     losses = step_losses(net, model, ds, cfg, 3, device, dist)
     losses["loss"].backward()
     values = mean_over_ranks({k: v.detach() for k, v in losses.items()}, dist)
+    # Where each rank ran (torchrun's variables), so a test can tell 2 nodes from 2 processes.
+    layout = [None] * dist.world_size
+    torch.distributed.all_gather_object(layout, {k: int(os.environ[k]) for k in (
+        "RANK", "LOCAL_RANK", "GROUP_RANK", "LOCAL_WORLD_SIZE", "WORLD_SIZE")})
     if dist.rank == 0:
         grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
-        torch.save({"losses": values, "grads": grads}, out)
+        torch.save({"losses": values, "grads": grads, "layout": layout}, out)
 
 
 if __name__ == "__main__":

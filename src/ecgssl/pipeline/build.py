@@ -23,8 +23,11 @@ from ecgssl.tracking import PIPELINE_RUN_ENV
 
 PIPELINE_FILE = Path("pipelines") / "ecgssl_pipeline.py"
 COMPILED = Path("pipelines") / "compiled" / "ecgssl_pipeline.yaml"
-STAGES = ("mlflow_run", "ingest", "reports", "embed_text", "pretrain", "evaluate", "finetune",
-          "register", "promote")
+# The same pipeline compiled for 2-node pretraining (a Kubeflow Trainer TrainJob), checked in:
+#   ecgssl pipeline compile --set pipeline.pretrain_nodes=2 -o <this>
+COMPILED_2NODES = Path("pipelines") / "compiled" / "ecgssl_pipeline_2nodes.yaml"
+STAGES = ("mlflow_run", "ingest", "reports", "embed_text", "pretrain", "pretrain_trainjob",
+          "evaluate", "finetune", "register", "promote")
 
 
 def repo_root() -> Path:
@@ -98,6 +101,11 @@ def pipeline_params(sets: list[str] = (), p: Params | None = None) -> str:
     return json.dumps(out, sort_keys=True)
 
 
+def params_with(sets: list[str] = ()) -> Params:
+    """params.yaml with `section.key=value` overrides, validated (for a compile variant)."""
+    return params_from_dict(json.loads(pipeline_params(sets)), "--set")
+
+
 def pipeline_arguments(args: list[str] | None, sets: list[str] | None) -> dict:
     """`--arg NAME=VALUE` and `--set SECTION.KEY=VALUE` of the pipeline commands as the
     pipeline's arguments (values are YAML)."""
@@ -120,11 +128,11 @@ def compile_pipeline(output: str | Path | None = None, p: Params | None = None) 
     return out
 
 
-def is_up_to_date(target: Path) -> bool:
+def is_up_to_date(target: Path, p: Params | None = None) -> bool:
     """Does the compiled file equal what compiling the code now gives?"""
     import tempfile
     with tempfile.TemporaryDirectory() as tmp:
-        fresh = compile_pipeline(Path(tmp) / "p.yaml").read_text()
+        fresh = compile_pipeline(Path(tmp) / "p.yaml", p).read_text()
     return target.is_file() and target.read_text() == fresh
 
 

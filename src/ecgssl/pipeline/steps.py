@@ -91,6 +91,32 @@ def pretrain(table: str, embeddings: str, output: str, params: str, tracking: st
                         ctx=_ctx(tracking, p))
 
 
+def pretrain_trainjob(table_uri: str, embeddings_uri: str, model_uri: str, output: str,
+                      job: str, params: str, tracking: str) -> dict:
+    """Pretrain on many nodes (pipeline.pretrain_nodes > 1): a Kubeflow Trainer TrainJob runs
+    `ecgssl pretrain` under torchrun on every node, reading the table and embeddings from
+    their S3 URIs and writing its run folder beside this task's Model artifact; the folder is
+    then copied into `output` (the artifact). Returns metrics.json."""
+    from ecgssl.pipeline import trainjob as tj
+    from ecgssl.storage import pull, read_json
+    p = _params(params)
+    spec = tj.NodeSpec.from_json(job)
+    table = tj.shared_uri(table_uri, "table")
+    embeddings = tj.shared_uri(embeddings_uri, "embeddings")
+    run = tj.shared_uri(model_uri, "model artifact") + "-trainjob"
+    ctx = _ctx(tracking, p)
+    env = {**tj.passed_env(), **(ctx.env() if ctx.enabled else {})}
+    manifest = tj.trainjob_manifest(spec, tj.job_name(run), tj.current_namespace(), table,
+                                    embeddings, run, params, env)
+    tj.run_trainjob(manifest)
+    local = pull(run, Path(output))
+    (local / ".ecgssl-mirror.json").unlink(missing_ok=True)      # our sync record, not output
+    if not (local / "metrics.json").is_file():
+        raise EcgsslError(f"TrainJob {manifest['metadata']['name']} completed but {run} holds "
+                          "no metrics.json: did rank 0 finish?")
+    return read_json(local / "metrics.json")
+
+
 def evaluate(encoder: str, table: str, task: str, modes: list[str], output: str,
              params: str, tracking: str):
     from ecgssl.evaluate.stage import run_evaluate

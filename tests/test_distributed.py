@@ -1,0 +1,111 @@
+"""Multi-node DDP: two torchrun "nodes" on 127.0.0.1 (c10d rendezvous, one gloo process each)
+take the same step as one process, to the float (losses and gradients)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ecgssl.config import PretrainConfig
+from ecgssl.distributed import init_from_env, local_rank
+from ecgssl.errors import EcgsslError
+from ecgssl.storage import Paths
+from ecgssl.train.data import PretrainData
+from ecgssl.train.loop import build, step_losses
+
+WORKER = Path(__file__).parent / "train" / "ddp_worker.py"
+TORCHRUN = Path(sys.executable).parent / "torchrun"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _node(node_rank: int, port: int, args: list[str], log: Path) -> subprocess.Popen:
+    """One "node": its own torchrun agent, meeting the other at the c10d endpoint."""
+    return subprocess.Popen(
+        [str(TORCHRUN), "--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d",
+         "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", f"ecgssl-test-{port}",
+         "--node-rank", str(node_rank), "--max-restarts", "0", str(WORKER), *args],
+        stdout=open(log, "w"), stderr=subprocess.STDOUT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_two_nodes_with_c10d_rendezvous_equal_one_process(corpus, tmp_path):
+    method = "mets+st"
+    out = tmp_path / "ddp.pt"
+    args = [str(corpus["table"]), str(corpus["text_emb"]), str(out), method]
+    port = free_port()
+    nodes = [_node(i, port, args, tmp_path / f"node{i}.log") for i in (0, 1)]
+    try:
+        codes = [p.wait(timeout=300) for p in nodes]
+    finally:
+        for p in nodes:
+            if p.poll() is None:
+                p.kill()
+    logs = "\n".join((tmp_path / f"node{i}.log").read_text()[-3000:] for i in (0, 1))
+    assert codes == [0, 0], logs
+    ddp = torch.load(out, weights_only=True)
+    # Two nodes, not two processes on one: each rank is local rank 0 of its own node.
+    layout = sorted(ddp["layout"], key=lambda r: r["RANK"])
+    assert [r["RANK"] for r in layout] == [0, 1]
+    assert sorted(r["GROUP_RANK"] for r in layout) == [0, 1]
+    assert all(r["LOCAL_RANK"] == 0 and r["LOCAL_WORLD_SIZE"] == 1 and r["WORLD_SIZE"] == 2
+               for r in layout), layout
+
+    cfg = PretrainConfig(method=method, width=16, batch_size=16)
+    ds = PretrainData.load(corpus["table"], corpus["text_emb"], need_text=True)
+    model, _ = build(cfg, ds.signal.shape[-1], ds.text.shape[1], torch.device("cpu"))
+    losses = step_losses(model, model, ds, cfg, 3, torch.device("cpu"))
+    losses["loss"].backward()
+    for k in ("loss", "mets", "recon", "lead"):
+        assert ddp["losses"][k] == pytest.approx(losses[k].item(), rel=1e-5, abs=1e-6), k
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(ddp["grads"][name], p.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_local_rank_picks_the_device_not_the_global_rank(monkeypatch):
+    # Rank 9 of a job is local rank 1 of node 1: it drives that node's GPU 1.
+    monkeypatch.setenv("RANK", "9")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert local_rank() == 1
+    monkeypatch.delenv("LOCAL_RANK")
+    assert local_rank() == 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_more_ranks_per_node_than_gpus_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(torch.cuda.device_count() + 1))
+    with pytest.raises(EcgsslError, match="at most the GPUs per node"):
+        init_from_env(torch.device("cuda", 0))
+
+
+def test_only_global_rank_0_uploads_an_s3_output(tmp_path, monkeypatch):
+    """Every rank stages an s3:// --output; only rank 0's copy is the run (another rank's is
+    stale, and pushing it would delete what rank 0 uploaded)."""
+    # Nothing listens on the endpoint: an upload attempt fails at once, so no attempt = no error.
+    for k, v in {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
+                 "ECGSSL_S3_RETRIES": "1", "AWS_ACCESS_KEY_ID": "test",
+                 "AWS_SECRET_ACCESS_KEY": "test", "AWS_EC2_METADATA_DISABLED": "true"}.items():
+        monkeypatch.setenv(k, v)
+    local = tmp_path / "run"
+    local.mkdir()
+    (local / "metrics.json").write_text("{}")
+    for rank in ("1", "0"):
+        monkeypatch.setenv("RANK", rank)
+        paths = Paths()
+        paths.outputs.append((local, "s3://bucket/run"))
+        if rank == "0":
+            with pytest.raises(EcgsslError, match="S3 listing of s3://bucket/run failed"):
+                paths.commit()
+        else:
+            paths.commit()
