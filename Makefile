@@ -10,7 +10,7 @@ export DVC_NO_ANALYTICS := 1
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup run test lint bench science ui clean images images-gpu
+.PHONY: setup run test lint bench science ui compile clean images images-gpu
 
 setup: $(STAMP)
 
@@ -43,6 +43,12 @@ science: setup
 
 ui: setup
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+
+# The checked-in pipeline YAMLs (a test fails when they are stale): one node and two nodes.
+compile: setup
+	$(BIN)/ecgssl pipeline compile
+	$(BIN)/ecgssl pipeline compile --set pipeline.pretrain_nodes=2 \
+		-o pipelines/compiled/ecgssl_pipeline_2nodes.yaml
 
 # The images (docker/build.sh): docker when its daemon runs, else buildah (docker/install-engine.sh
 # installs it, docker/local-base.sh makes the base image where no registry is reachable).

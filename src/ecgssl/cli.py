@@ -64,9 +64,31 @@ def choices(name: str, values) -> type[enum.StrEnum]:
 SourceName = choices("SourceName", registry(SOURCES_REGISTRY))
 Method = choices("Method", registry(METHODS_REGISTRY))
 EncoderName = choices("EncoderName", registry(ENCODERS_REGISTRY))
-TaskName = choices("TaskName", registry(TASKS_REGISTRY))
+TASK_CHOICES = (", ".join(registry(TASKS_REGISTRY)) + ", or a task defined under "
+                "evaluate.tasks in params.yaml")
+PredictLevel = choices("PredictLevel", ("window", "record"))
 ReportMode = choices("ReportMode", REPORT_MODES)
 EvalMode = choices("EvalMode", EVAL_MODES)
+SplitName = choices("SplitName", ("train", "val", "test"))
+
+
+def check_task(name: str, cfg) -> None:
+    """A task name is a built-in task or one of params.yaml's evaluate.tasks."""
+    from ecgssl.evaluate.tasks import add_user_tasks
+    known = add_user_tasks(cfg.tasks)
+    if name not in known:
+        raise EcgsslError(f"unknown task {name!r}; choose one of {', '.join(known)} (or "
+                          "define it under evaluate.tasks in params.yaml)")
+
+
+def model_input(io, uri: str | None, ctx):
+    """A local folder for an encoder/classifier argument: models:/ and runs:/ URIs are
+    downloaded from the context's MLflow (ecgssl.registry.uri), s3:// pulled, folders as
+    they are."""
+    from ecgssl.registry.uri import is_model_uri, resolve_model
+    if is_model_uri(uri):
+        return Path(resolve_model(uri, ctx.tracking_uri))
+    return io.input(uri)
 
 
 def run_context(params: Path | None, enabled: bool | None = None):
@@ -98,23 +120,38 @@ def ingest(
                                                       "[default: ingest.window_s]")] = None,
     workers: Annotated[Optional[int], typer.Option(
         help="Worker processes [default: ingest.workers or CPU count]")] = None,
+    metadata: Annotated[Optional[Path], typer.Option(
+        help="wfdb only: labels CSV with a `record` column (path relative to --input, no "
+        "extension) and optional labels (`;`-separated), patient_id, split, report_device, "
+        "age, sex.")] = None,
+    split: Annotated[Optional[SplitName], typer.Option(
+        help="wfdb only: put every record in this split (e.g. test for an external test "
+        "set) [default: the CSV's split, else a patient hash]")] = None,
+    dataset: Annotated[Optional[str], typer.Option(
+        help="wfdb only: the `dataset` value of the rows (what a task's `dataset` names) "
+        "[default: wfdb]")] = None,
     params: ParamsOpt = None,
     progress: ProgressOpt = True,
 ):
     """Convert WFDB records into the ECG table: fixed windows, 12 canonical leads, mV.
 
-    Unusable records are quarantined with a reason in _manifest.json; the exit status is
-    non-zero only when the input is missing or nothing could be read. Rerunning with the same
-    input and options does nothing; rerunning after a crash finishes the job.
+    Source `wfdb` takes any folder of WFDB records (searched recursively, any lead set and
+    rate) with an optional labels CSV (--metadata). Unusable records are quarantined with a
+    reason in _manifest.json; the exit status is non-zero only when the input is missing or
+    nothing could be read. Rerunning with the same input and options does nothing; rerunning
+    after a crash finishes the job.
     """
     from ecgssl.config import section
     from ecgssl.data.ingest import ingest as run_ingest
 
     cfg = section("ingest", {"fs": fs, "window_s": window_s, "workers": workers}, params)
     from ecgssl.render import ingest_summary
+    options = {"metadata": str(metadata.resolve()) if metadata else None,
+               "split": split.value if split else None, "dataset": dataset}
     with staged() as io:
         manifest = run_ingest(source.value, io.input(input), io.output(output), cfg,
-                              progress=progress, ctx=run_context(params))
+                              progress=progress, ctx=run_context(params),
+                              source_options=options)
     ingest_summary(manifest, output)
 
 
@@ -278,11 +315,12 @@ def pretrain(
 @app.command()
 @user_errors
 def evaluate(
-    encoder: Annotated[str, typer.Option(help="Pretrained encoder folder (`ecgssl pretrain` "
-                                         "output), local or s3://.")],
+    encoder: Annotated[str, typer.Option(help="Pretrained encoder: a folder (`ecgssl "
+                                         "pretrain` output, local or s3://), models:/NAME@ALIAS"
+                                         ", models:/NAME/VERSION or runs:/ID/PATH.")],
     data: Annotated[str, typer.Option(help="ECG table holding the task's dataset.")],
-    task: Annotated[TaskName, typer.Option(help="Downstream task (its dataset must be in "
-                                           "--data).")],
+    task: Annotated[str, typer.Option(metavar="TASK", help="Downstream task (its dataset "
+                                      "must be in --data): " + TASK_CHOICES)],
     mode: Annotated[list[EvalMode], typer.Option(help="zeroshot, probe or finetune; repeat for "
                                                  "several")],
     output: Annotated[str, typer.Option("--output", "-o", help="Folder (or s3:// prefix) for "
@@ -292,6 +330,9 @@ def evaluate(
         "[default: evaluate.label_fractions = 1, 10, 100]")] = None,
     prompt: Annotated[Optional[list[str]], typer.Option(
         help="Zero-shot: CLASS=free text, replacing that class's prompts; repeat")] = None,
+    test_data: Annotated[Optional[str], typer.Option(
+        "--test-data", help="External test table: all its rows of the task's dataset are the "
+        "test rows; train and val come from --data (its own test rows are not used).")] = None,
     mlflow: Annotated[Optional[bool], typer.Option(
         "--mlflow/--no-mlflow", help="Log to MLflow [default: tracking.enabled]")] = None,
     params: ParamsOpt = None,
@@ -314,11 +355,13 @@ def evaluate(
             raise EcgsslError(f"--prompt takes CLASS=TEXT, got {p!r}")
         overrides[cls.strip()] = text.strip()
     cfg = section("evaluate", {}, params)
+    check_task(task, cfg)
+    ctx = run_context(params, mlflow)
     with staged() as io:
-        r = run_evaluate(io.input(encoder), io.input(data), task.value, [x.value for x in mode],
-                         io.output(output), cfg, fractions=label_fraction,
-                         prompt_overrides=overrides, progress=progress,
-                         ctx=run_context(params, mlflow))
+        r = run_evaluate(model_input(io, encoder, ctx), io.input(data), task,
+                         [x.value for x in mode], io.output(output), cfg,
+                         fractions=label_fraction, prompt_overrides=overrides,
+                         progress=progress, ctx=ctx, test_table=io.input(test_data))
     evaluate_table(r, output)
 
 
@@ -328,10 +371,12 @@ def register(
     name: Annotated[str, typer.Option(help="Registered model name, e.g. "
                                       "ecgssl-mets+st-encoder or ecgssl-cinc2017-af-classifier")],
     encoder: Annotated[Optional[str], typer.Option(
-        help="`ecgssl pretrain` output folder (or s3://).")] = None,
+        help="`ecgssl pretrain` output folder (or s3://, models:/NAME@ALIAS, "
+        "models:/NAME/VERSION, runs:/ID/PATH).")] = None,
     classifier: Annotated[Optional[str], typer.Option(
-        help="An evaluation's classifier-<mode> folder: registers that classifier (which "
-        "carries its own, possibly fine-tuned, copy of the encoder).")] = None,
+        help="An evaluation's classifier-<mode> folder (or a models:/ or runs:/ URI): "
+        "registers that classifier (which carries its own, possibly fine-tuned, copy of the "
+        "encoder).")] = None,
     metrics: Annotated[Optional[list[str]], typer.Option(
         "--metrics", help="metrics.json from `ecgssl evaluate`, or a folder of evaluation "
         "folders (each */metrics.json); repeat")] = None,
@@ -360,12 +405,48 @@ def register(
         tasks = section("pipeline", {}, params).tasks
         files = [f if f.suffix == ".json" else e / "metrics.json"
                  for f in files for e in expand_evaluations(f, tasks)]
-        r = run_register(io.input(encoder), name, run_context(params), io.input(classifier),
-                         files)
+        ctx = run_context(params)
+        r = run_register(model_input(io, encoder, ctx), name, ctx,
+                         model_input(io, classifier, ctx), files)
         if record:
             from ecgssl.storage import write_json
             write_json(io.output(record, pull_existing=False), r.to_dict())
     say(f"registered {r.model_uri} (@challenger) with {r.metrics} metrics")
+
+
+@app.command()
+@user_errors
+def predict(
+    model: Annotated[str, typer.Option(help="Classifier (an evaluation's classifier-<mode> "
+                                       "folder) or encoder: a folder, models:/NAME@ALIAS, "
+                                       "models:/NAME/VERSION or runs:/ID/PATH.")],
+    data: Annotated[str, typer.Option(help="ECG table to score (folder or s3://).")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Parquet file (or s3:// "
+                                        "object) to write.")],
+    label: Annotated[Optional[list[str]], typer.Option(
+        help="Encoder only: a zero-shot label (free text), one output column each; repeat")
+    ] = None,
+    level: Annotated[PredictLevel, typer.Option(
+        help="window: one row per table row; record: one per record (mean of its windows)")
+    ] = PredictLevel("window"),
+    params: ParamsOpt = None,
+    progress: ProgressOpt = True,
+):
+    """Score every row of an ECG table with a model and write the probabilities to Parquet.
+
+    Columns: ecg_id, dataset, record, window (with --level record: dataset, record,
+    windows), then one float column per class, named by the class: a classifier's
+    calibrated probabilities, or an encoder's zero-shot probabilities per --label.
+    """
+    from ecgssl.registry.predict import run_predict
+
+    ctx = run_context(params)
+    with staged() as io:
+        p = run_predict(model_input(io, model, ctx), io.input(data),
+                        io.output(output, pull_existing=False), label, level.value,
+                        progress=progress, model_name=model)
+    say(f"wrote {p.rows} {p.level} rows x {len(p.classes)} classes "
+        f"({', '.join(p.classes)}) to {output}")
 
 
 @app.command()
@@ -449,8 +530,9 @@ def pipeline_run_local(
         "pipeline.data_root]")] = None,
     source: Annotated[Optional[list[SourceName]], typer.Option(
         help="Ingest only these sources; repeat [default: pipeline.sources]")] = None,
-    task: Annotated[Optional[list[TaskName]], typer.Option(
-        help="Evaluate only these tasks; repeat [default: pipeline.tasks]")] = None,
+    task: Annotated[Optional[list[str]], typer.Option(
+        metavar="TASK", help="Evaluate only these tasks; repeat [default: pipeline.tasks]")
+    ] = None,
     tracking_uri: Annotated[Optional[str], typer.Option(
         help="MLflow tracking URI [default: tracking.uri, $MLFLOW_TRACKING_URI or "
         "sqlite:///mlflow.db]")] = None,
@@ -469,7 +551,10 @@ def pipeline_run_local(
     if source:
         args["sources"] = [s.value for s in source]
     if task:
-        args["tasks"] = [t.value for t in task]
+        cfg = section("evaluate", {}, params)
+        for t in task:
+            check_task(t, cfg)
+        args["tasks"] = list(task)
     uri = tracking_uri or run_context(params).tracking_uri
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         uri = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())  # tasks' cwd differs

@@ -11,7 +11,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from ecgssl.errors import ConfigError
 
@@ -124,6 +132,30 @@ class PretrainConfig(Section):
     split: str = Field("train", description="table split to pretrain on")
 
 
+class UserTask(Section):
+    """A task defined in params.yaml (`evaluate.tasks.<name>`), e.g. over a table from
+    `ecgssl ingest wfdb`; merged into ecgssl.evaluate.tasks.TASKS wherever tasks are read."""
+    dataset: str = Field(description="rows whose `dataset` column has this value (the source "
+                         "name, or `ingest wfdb --dataset`)")
+    classes: list[str] | Literal["all present"] = Field(
+        "all present", description="class labels in order, or \"all present\": every label "
+        "present in the train split")
+    multilabel: bool = Field(True, description="several labels per row (sigmoid per class); "
+                             "false: one class per row (the first label), softmax")
+    level: Literal["record", "window"] = Field(
+        "record", description="record: labels describe the record (scores are averaged over "
+        "its windows); window: labels belong to each window")
+    help: str = Field("", description="one line shown in listings")
+
+    @field_validator("classes")
+    @classmethod
+    def _some_classes(cls, v):
+        if isinstance(v, list) and (not v or len(set(v)) != len(v)):
+            raise ValueError("classes must be a non-empty list without repeats, or "
+                             "\"all present\"")
+        return v
+
+
 class EvaluateConfig(Section):
     label_fractions: list[float] = Field([1, 10, 100], description="percent of the train "
                                          "split's patients with labels (nested subsets)")
@@ -143,6 +175,20 @@ class EvaluateConfig(Section):
                                  "least this many positive and negative test items")
     seed: int = 0
     cache: str | None = "outputs/cache/text_embeddings.parquet"
+    tasks: dict[str, UserTask] = Field({}, description="user-defined tasks by name, usable "
+                                       "wherever a built-in task name is")
+
+    @field_validator("tasks")
+    @classmethod
+    def _no_builtin_names(cls, v):
+        from ecgssl.evaluate.tasks import BUILTIN_TASKS
+        clash = sorted(n for n in v if n in BUILTIN_TASKS)
+        if clash:
+            raise ValueError(f"{', '.join(clash)}: built-in task name(s); pick another name")
+        bad = sorted(n for n in v if not n or "/" in n or n != n.strip())
+        if bad:
+            raise ValueError(f"task names must be non-empty, without '/' or spaces: {bad}")
+        return v
 
 
 class PromoteConfig(Section):
@@ -167,9 +213,9 @@ class PipelineConfig(Section):
     sources: list[Annotated[str, one_of(SOURCES_REGISTRY)]] = Field(
         ["ptbxl", "mitdb", "cinc2017", "cinc2020"], description="sources to ingest "
         "(ecgssl.data.sources.SOURCES)")
-    tasks: list[Annotated[str, one_of(TASKS_REGISTRY)]] = Field(
+    tasks: list[str] = Field(
         ["cinc2017-af", "mitdb-aami"], description="tasks to evaluate "
-        "(ecgssl.evaluate.tasks.TASKS)")
+        "(ecgssl.evaluate.tasks.TASKS, or a task of evaluate.tasks; checked in Params)")
     eval_modes: list[Literal[EVAL_MODES]] = ["zeroshot", "probe"]
     finetune: bool = Field(False, description="also fine-tune per task (a GPU task on KFP)")
     model_name: str = Field("ecgssl-mets-st-encoder", description="registered model name")
@@ -213,6 +259,17 @@ class Params(Section):
     pipeline: PipelineConfig = PipelineConfig()
     kfp: KfpConfig = KfpConfig()
 
+    @model_validator(mode="after")
+    def _known_tasks(self):
+        """pipeline.tasks may name built-in tasks and the user's (evaluate.tasks)."""
+        known = [*registry(TASKS_REGISTRY), *(t for t in self.evaluate.tasks
+                                             if t not in registry(TASKS_REGISTRY))]
+        bad = [t for t in self.pipeline.tasks if t not in known]
+        if bad:
+            raise ValueError(f"pipeline.tasks: unknown {', '.join(map(repr, bad))}; choose "
+                             f"one of {', '.join(known)} (or define it under evaluate.tasks)")
+        return self
+
 
 S = TypeVar("S", bound=Section)
 
@@ -235,6 +292,8 @@ def _format(err: ValidationError, source: str) -> str:
         key = ".".join(str(p) for p in e["loc"])
         if e["type"] == "extra_forbidden":
             lines.append(f"{source}: unknown key '{key}'")
+        elif not key:          # a check across sections (Params' model validator)
+            lines.append(f"{source}: {e['msg'].removeprefix('Value error, ')}")
         else:
             lines.append(f"{source}: '{key}': {e['msg']} (got {e.get('input')!r})")
     return "\n".join(lines)

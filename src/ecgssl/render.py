@@ -15,6 +15,10 @@ def say(text: str) -> None:
     console.print(text, highlight=False, soft_wrap=True)
 
 
+def warn(text: str) -> None:
+    console.print(f"[bold yellow]warning:[/] {text}", highlight=False, soft_wrap=True)
+
+
 def error(text: str) -> None:
     console.print(f"[bold red]error:[/] {text}", highlight=False, soft_wrap=True)
 
@@ -30,6 +34,10 @@ def ingest_summary(m: TableManifest, output: str) -> None:
     kinds = ", ".join(f"{k} {v}" for k, v in m.quarantined_by_kind.items())
     t.add_row("quarantined", f"{len(m.records_quarantined)}" + (f" ({kinds})" if kinds else ""))
     t.add_row("excluded by rule", str(len(m.records_excluded)))
+    meta = m.raw.get("metadata")
+    if meta:
+        t.add_row("metadata", f"{meta['rows']} rows; {meta['records_without_labels']} records "
+                  f"without labels; {meta['rows_without_record']} rows without a record")
     t.add_row("rows per split", ", ".join(f"{k} {v}" for k, v in m.rows_per_split.items()))
     t.add_row("fs / window", f"{m.fs} Hz / {m.window_s:g} s")
     rate = m.records_total / m.elapsed_s if m.elapsed_s else float("nan")

@@ -94,3 +94,71 @@ def test_tasks_the_table_cannot_serve_are_clear_errors(encoder, tables, tmp_path
         stage.run_evaluate(encoder, tables["ptbxl"], "ptbxl-super", ["zeroshot"], tmp_path, FAST)
     with pytest.raises(EcgsslError, match="unknown task"):
         stage.run_evaluate(encoder, tables["mitdb"], "nope", ["zeroshot"], tmp_path, FAST)
+
+
+# --- bring your own data: a folder of WFDB records, a user task, an external test set ------------
+
+def test_own_records_user_task_external_test_set_and_predict(encoder, sample, tmp_path):
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    import pandas as pd
+    exe = shutil.which("ecgssl") or f"{sys.executable} -m ecgssl.cli"
+
+    def cli(*args):
+        p = subprocess.run(exe.split() + [str(a) for a in args], capture_output=True, text=True,
+                           timeout=600, env={**os.environ, "COLUMNS": "200"})
+        return p
+
+    ref = [line.split(",") for line in (sample / "cinc2017/REFERENCE.csv").read_text().split()]
+    folders = {"train": ref[:120], "test": ref[120:160]}
+    for part, rows in folders.items():
+        for rec, _ in rows:                     # nested, as an export from elsewhere would be
+            for f in (sample / "cinc2017").glob(f"{rec}.*"):
+                (tmp_path / part / "ecg").mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(f, tmp_path / part / "ecg" / f.name)
+        (tmp_path / f"{part}.csv").write_text("record,labels,patient_id\n" + "".join(
+            f"ecg/{rec},{lab},pt-{rec}\n" for rec, lab in rows))
+    for part, extra in (("train", ()), ("test", ("--split", "test"))):
+        p = cli("ingest", "wfdb", "--input", tmp_path / part, "--metadata",
+                tmp_path / f"{part}.csv", "--dataset", "mydevice", "--output",
+                tmp_path / f"table-{part}", "--workers", "2", "--no-progress", *extra)
+        assert p.returncode == 0, p.stderr
+    params = tmp_path / "params.yaml"
+    params.write_text("evaluate:\n  probe_c: [0.1]\n  bootstrap: 10\n  cache: null\n"
+                      "  tasks:\n    device-rhythm:\n      dataset: mydevice\n"
+                      "      classes: all present\n      multilabel: false\n"
+                      "      level: record\ntracking:\n  enabled: false\n")
+    out = tmp_path / "eval"
+    p = cli("evaluate", "--encoder", encoder, "--data", tmp_path / "table-train", "--test-data",
+            tmp_path / "table-test", "--task", "device-rhythm", "--mode", "probe",
+            "--label-fraction", "100", "--output", out, "--params", params, "--no-progress")
+    assert p.returncode == 0, p.stderr
+    m = json.loads((out / "metrics.json").read_text())
+    assert 0 <= m["probe/device-rhythm/macro_auroc"] <= 1
+    assert m["data/device-rhythm/test_records"] == 40          # every external record
+    td = json.loads((out / "test_data.json").read_text())
+    assert set(td["tables"]) == {"data", "test_data"}
+    assert td["tables"]["data"] != td["tables"]["test_data"] and td["device-rhythm"]
+    info = json.loads((out / "classifier-probe/classifier.json").read_text())
+    train_labels = {lab for _, lab in folders["train"]}
+    assert info["classes"] == sorted(train_labels) and info["temperature"] > 0
+    # the user task exists only where params.yaml defines it
+    p = cli("evaluate", "--encoder", encoder, "--data", tmp_path / "table-train", "--task",
+            "device-rhythm", "--mode", "probe", "--output", tmp_path / "e2", "--no-progress")
+    assert p.returncode == 2 and "unknown task 'device-rhythm'" in p.stderr, p.stderr
+
+    # Batch scoring: class names are the columns.
+    preds = tmp_path / "preds.parquet"
+    p = cli("predict", "--model", out / "classifier-probe", "--data", tmp_path / "table-test",
+            "--output", preds, "--no-progress")
+    assert p.returncode == 0, p.stderr
+    df = pd.read_parquet(preds)
+    assert list(df.columns) == ["ecg_id", "dataset", "record", "window", *info["classes"]]
+    np.testing.assert_allclose(df[info["classes"]].sum(axis=1), 1.0, atol=1e-5)
+    p = cli("predict", "--model", out / "classifier-probe", "--data", tmp_path / "table-test",
+            "--output", preds, "--level", "record", "--no-progress")
+    df = pd.read_parquet(preds)
+    assert list(df.columns[:3]) == ["dataset", "record", "windows"] and len(df) == 40

@@ -51,3 +51,41 @@ def test_unknown_task_and_wrong_table_are_clear_errors(tables):
         tasks.get_task("nope")
     with pytest.raises(EcgsslError, match="has no mitdb rows"):
         load_task("mitdb-aami", tables["cinc2017"])
+
+
+# --- user tasks (params.yaml evaluate.tasks) -------------------------------------------------
+
+USER = {"evaluate": {"tasks": {
+    "af-vs-rest": {"dataset": "cinc2017", "classes": ["A", "N"], "multilabel": True},
+    "rhythm-present": {"dataset": "cinc2017", "classes": "all present", "multilabel": False,
+                       "level": "record"}}},
+    "pipeline": {"tasks": ["af-vs-rest", "cinc2017-af"]}}
+
+
+def test_user_tasks_from_params_are_tasks_everywhere(tables, monkeypatch):
+    p = params_from_dict(USER)                          # pipeline.tasks may name them
+    assert p.pipeline.tasks == ["af-vs-rest", "cinc2017-af"]
+    for name in p.evaluate.tasks:
+        monkeypatch.delitem(TASKS, name, raising=False)
+    monkeypatch.setattr(tasks, "TASKS", dict(TASKS))    # the merge below stays in this test
+    merged = tasks.add_user_tasks(p.evaluate.tasks)
+    assert {"af-vs-rest", "rhythm-present", "cinc2017-af"} <= set(merged)
+    t = load_task("af-vs-rest", tables["cinc2017"])
+    assert t.classes == ["A", "N"] and t.multilabel and t.y.shape[1] == 2
+    # "all present": the labels of the train split, in sorted order, one class per row
+    t = load_task("rhythm-present", tables["cinc2017"])
+    train_labels = {c for c, s in zip(np.array(t.classes)[t.y], t.split) if s == "train"}
+    assert t.classes == sorted(train_labels) and t.y.dtype == np.int64
+    assert merged["rhythm-present"].level == "record"
+
+
+@pytest.mark.parametrize("raw,message", [
+    ({"pipeline": {"tasks": ["nope"]}}, "unknown 'nope'"),
+    ({"evaluate": {"tasks": {"cinc2017-af": {"dataset": "cinc2017"}}}}, "built-in task"),
+    ({"evaluate": {"tasks": {"x": {"dataset": "d", "classes": []}}}}, "non-empty list"),
+    ({"evaluate": {"tasks": {"x": {"dataset": "d", "level": "beat"}}}}, "'record' or 'window'"),
+    ({"evaluate": {"tasks": {"x": {"classes": ["A"]}}}}, "evaluate.tasks.x.dataset"),
+])
+def test_bad_user_tasks_are_refused_with_the_key_named(raw, message):
+    with pytest.raises(ConfigError, match=message):
+        params_from_dict(raw)

@@ -70,3 +70,23 @@ def test_dvc_repro_runs_the_pipeline_and_reruns_only_what_changed(tmp_path):
     ran = [line.split("'")[1] for line in changed.splitlines() if line.startswith("Running stage")]
     assert ran[0] == "reports" and not any(r.startswith("ingest") for r in ran), changed
     assert (repo / "outputs/text_emb.parquet").is_file()
+
+
+def test_a_user_task_in_params_becomes_a_dvc_stage(tmp_path):
+    """`evaluate.tasks` + `pipeline.tasks` in params.yaml: dvc.yaml's foreach makes it a stage
+    and params validation accepts it (issue 15)."""
+    from ecgssl.config import load_params
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for name in ("dvc.yaml", "params.yaml", ".dvcignore"):
+        shutil.copy(ROOT / name, repo / name)
+    shutil.copytree(ROOT / ".dvc", repo / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
+    p = yaml.safe_load((repo / "params.yaml").read_text())
+    p["evaluate"]["tasks"] = {"af-only": {"dataset": "cinc2017", "classes": ["A", "N"],
+                                          "multilabel": True}}
+    p["pipeline"]["tasks"] = ["cinc2017-af", "af-only"]
+    (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    assert load_params(repo / "params.yaml").pipeline.tasks == ["cinc2017-af", "af-only"]
+    run(["git", "init", "-q"], repo)
+    stages = run([str(BIN / "dvc"), "stage", "list"], repo)
+    assert "evaluate@af-only" in stages and "evaluate@cinc2017-af" in stages, stages

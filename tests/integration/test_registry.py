@@ -8,6 +8,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -113,10 +114,11 @@ def test_register_gate_load_and_serve(evaluated, corpus, mlflow_server, tmp_path
                                                  "left bundle branch block"]}}).encode()
         req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body,
                                      {"Content-Type": "application/json"})
-        preds = np.array(json.loads(urllib.request.urlopen(req, timeout=120).read())
-                         ["predictions"])
-        assert preds.shape == (2, 3)
-        np.testing.assert_allclose(preds.sum(1), 1.0, atol=1e-4)
+        preds = json.loads(urllib.request.urlopen(req, timeout=120).read())["predictions"]
+        # zero-shot answers are labelled: one column per requested label
+        assert [list(p) for p in preds] == [["normal ecg", "atrial fibrillation",
+                                             "left bundle branch block"]] * 2
+        np.testing.assert_allclose([sum(p.values()) for p in preds], 1.0, atol=1e-4)
     finally:
         stop(proc)
 
@@ -321,3 +323,91 @@ def test_a_killed_or_repeated_evaluate_never_pairs_two_encoders(evaluated, corpu
     assert not (ev / "classifier-probe").exists()
     with pytest.raises(EcgsslError, match="another encoder"):
         register(evaluated / "enc", "ecgssl-mixed", ctx, metrics_files=[ev / "metrics.json"])
+
+
+# --- issue 15: models:/ and runs:/ URIs, batch predict, labelled calibrated serving -------------
+
+REQUEST = Path(__file__).resolve().parents[2] / "data" / "sample" / "request.json"
+
+
+def test_model_uris_predict_and_the_served_classifier(evaluated, tables, mlflow_server,
+                                                      tmp_path):
+    import pandas as pd
+
+    from ecgssl.storage import ENCODER_HASH, encoder_hash
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server,
+           "ECGSSL_CACHE_DIR": str(tmp_path / "cache"),
+           "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    ctx = RunContext(enabled=True, tracking_uri=mlflow_server)
+    client = mlflow.MlflowClient(mlflow_server)
+    metrics = evaluated / "eval/metrics.json"
+    enc = register(evaluated / "enc", "ecgssl-uri-encoder", ctx, metrics_files=[metrics])
+    clf_name = "ecgssl-uri-classifier"
+    clf = register(evaluated / "enc", clf_name, ctx, metrics_files=[metrics],
+                   classifier=evaluated / "eval/classifier-probe")
+    client.set_registered_model_alias(clf_name, "champion", clf.version)
+    # The version carries a real input example (the shipped request's signal).
+    info = mlflow.models.get_model_info(f"models:/{clf_name}/{clf.version}")
+    assert info.saved_input_example_info is not None
+    classes = json.loads((evaluated / "eval/classifier-probe/classifier.json").read_text())[
+        "classes"]
+    assert [c.name for c in info.signature.outputs.inputs] == classes
+
+    # evaluate --encoder models:/NAME/VERSION measures the very encoder that was registered.
+    params = tmp_path / "params.yaml"
+    params.write_text("evaluate:\n  bootstrap: 10\n  probe_c: [0.1]\n  cache: null\n"
+                      "tracking:\n  enabled: false\n")
+    p = cli("evaluate", "--encoder", f"models:/ecgssl-uri-encoder/{enc.version}", "--data",
+            tables["cinc2017"], "--task", "cinc2017-af", "--mode", "zeroshot", "--output",
+            tmp_path / "ev", "--params", params, "--no-progress", env=env)
+    assert p.returncode == 0, p.stderr
+    assert json.loads((tmp_path / "ev/test_data.json").read_text())[ENCODER_HASH] == \
+        encoder_hash(evaluated / "enc")
+    # runs:/ID/model works for register; an unknown alias is one clear error.
+    p = cli("register", "--name", "ecgssl-uri-copy", "--encoder", f"runs:/{enc.run_id}/model",
+            "--metrics", metrics, env=env)
+    assert p.returncode == 0, p.stderr
+    p = cli("predict", "--model", f"models:/{clf_name}@nosuchalias", "--data",
+            tables["cinc2017"], "--output", tmp_path / "x.parquet", env=env)
+    assert p.returncode == 2 and "nosuchalias" in p.stderr and "Traceback" not in p.stderr
+
+    # predict --model models:/NAME@champion: class names are the columns, rows = table rows,
+    # the same probabilities as the folder it was registered from.
+    out = tmp_path / "preds.parquet"
+    p = cli("predict", "--model", f"models:/{clf_name}@champion", "--data", tables["cinc2017"],
+            "--output", out, "--no-progress", env=env)
+    assert p.returncode == 0, p.stderr
+    df = pd.read_parquet(out)
+    assert list(df.columns) == ["ecg_id", "dataset", "record", "window", *classes]
+    assert len(df) == read_manifest(tables["cinc2017"])["rows"]
+    p = cli("predict", "--model", evaluated / "eval/classifier-probe", "--data",
+            tables["cinc2017"], "--output", tmp_path / "folder.parquet", "--no-progress",
+            env=env)
+    assert p.returncode == 0, p.stderr
+    pd.testing.assert_frame_equal(df, pd.read_parquet(tmp_path / "folder.parquet"))
+
+    # Serve the champion and send the shipped request file: labelled, calibrated answers.
+    port = free_port()
+    proc = subprocess.Popen([str(BIN / "mlflow"), "models", "serve", "-m",
+                             f"models:/{clf_name}@champion", "--env-manager", "local", "-h",
+                             "127.0.0.1", "-p", str(port)], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/ping", proc, timeout=180)
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations",
+                                     REQUEST.read_bytes(), {"Content-Type": "application/json"})
+        preds = json.loads(urllib.request.urlopen(req, timeout=120).read())["predictions"]
+    finally:
+        stop(proc)
+    assert len(preds) == 1 and list(preds[0]) == classes
+    assert abs(sum(preds[0].values()) - 1) < 1e-4
+    local = ECGModel()
+    local._load(evaluated / "eval/classifier-probe")
+    x = np.asarray(json.loads(REQUEST.read_text())["inputs"], np.float32)
+    np.testing.assert_allclose(list(preds[0].values()), local.predict(None, x).iloc[0],
+                               atol=1e-5)
+    t = local.head_info["temperature"]
+    raw = dict(local.head_info, temperature=1.0)
+    local.head_info = raw
+    if abs(t - 1) > 1e-3:                           # the served numbers are the calibrated ones
+        assert not np.allclose(list(preds[0].values()), local.predict(None, x).iloc[0])

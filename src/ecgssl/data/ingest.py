@@ -47,7 +47,7 @@ from ecgssl.data.table import (
     writing,
 )
 from ecgssl.errors import EcgsslError, RecordError
-from ecgssl.storage import read_json, stable_hash, tree_fingerprint, write_json
+from ecgssl.storage import file_sha256, read_json, stable_hash, tree_fingerprint, write_json
 from ecgssl.tracking import OFF, RunContext, log_stage
 
 IN_FLIGHT_PARTS = 2  # bounds memory: results of at most this many parts wait in the parent
@@ -121,10 +121,11 @@ def record_rows(source: Source, root: Path, cfg: IngestConfig, task: Task) -> pa
 _WORKER: tuple[Source, Path, IngestConfig] | None = None
 
 
-def _init_worker(source_name: str, root: str, cfg: dict, parent: int | None = None) -> None:
+def _init_worker(source_name: str, root: str, cfg: dict, parent: int | None = None,
+                 options: dict | None = None) -> None:
     global _WORKER
     c = IngestConfig(**cfg)
-    source = get_source(source_name, c.fs)
+    source = get_source(source_name, c.fs, options)
     source.max_record_mb = c.max_record_mb
     _WORKER = (source, Path(root), c)
     if parent is not None:
@@ -191,24 +192,35 @@ def _done_part(out: Path, part: int, key: str) -> dict | None:
 
 
 def ingest(source_name: str, input_dir: str | Path, output_dir: str | Path,
-           cfg: IngestConfig, progress: bool = True, ctx: RunContext = OFF) -> TableManifest:
-    """Ingest one source; returns the manifest. Raises EcgsslError when nothing is usable."""
+           cfg: IngestConfig, progress: bool = True, ctx: RunContext = OFF,
+           source_options: dict | None = None) -> TableManifest:
+    """Ingest one source; returns the manifest. Raises EcgsslError when nothing is usable.
+    `source_options` go to the source (the wfdb source's metadata CSV, split, dataset)."""
     root, out = Path(input_dir), Path(output_dir)
     if not root.is_dir():
         raise EcgsslError(f"input path does not exist or is not a folder: {root}")
     size = n_samples(cfg)
     workers = cfg.workers or os.cpu_count() or 1
-    source = get_source(source_name, cfg.fs)
+    source = get_source(source_name, cfg.fs, source_options)
+    src_options = source.options()
     tasks, excluded = source.plan(root)
     if not tasks:
         raise EcgsslError(f"no records found in {root} for source {source_name} "
                           "(no RECORDS file listing them and no .hea headers)")
+    warnings = source.warnings()
+    for w in warnings:
+        from ecgssl.render import warn
+        warn(w)
     fingerprint = tree_fingerprint(root)
     options = {"min_window_fraction": cfg.min_window_fraction, "flat_mv": cfg.flat_mv,
                "shard_records": cfg.shard_records, "max_record_mb": cfg.max_record_mb}
+    # The metadata CSV may live outside the input folder: its content is part of the key.
+    src_key = {**src_options, "metadata": file_sha256(src_options["metadata"])} \
+        if src_options.get("metadata") else src_options
     key = stable_hash({"source": source_name, "fs": cfg.fs, "window_s": cfg.window_s,
                        "options": options, "fingerprint": fingerprint,
-                       "schema_version": SCHEMA_VERSION, "version": __version__})
+                       "schema_version": SCHEMA_VERSION, "version": __version__,
+                       **({"source_options": src_key} if src_options else {})})
     with writing(out, "ingest", key) as job:
         if job.current:
             return job.current
@@ -222,7 +234,8 @@ def ingest(source_name: str, input_dir: str | Path, output_dir: str | Path,
                    desc=f"ingest {source_name}", disable=not progress, dynamic_ncols=True)
         with bar:
             if workers == 1 or n_todo < 2:
-                _init_worker(source_name, str(root), cfg.model_dump())   # this process
+                _init_worker(source_name, str(root), cfg.model_dump(),
+                             options=src_options)                         # this process
                 for i in todo:
                     results = []
                     for t in parts[i]:
@@ -231,15 +244,26 @@ def ingest(source_name: str, input_dir: str | Path, output_dir: str | Path,
                     infos[i] = _write_part(out, i, key, results)
             else:
                 infos.update(_run_pool(source_name, root, out, cfg, key, parts, todo, workers,
-                                       bar))
+                                       bar, src_options))
         manifest = _manifest(source_name, root, out, cfg, size, key, fingerprint, options,
                              tasks, excluded, [infos[i] for i in range(len(parts))],
                              source.sidecars(root, out), time.perf_counter() - t0)
+        manifest["split_rule"] = source.split_rule
+        if src_options:
+            manifest["source_options"] = src_options
+            manifest["dataset"] = source.name
+        if getattr(source, "report", None):
+            manifest["metadata"] = {**source.report, "warnings": warnings}
+            # the two counts also at the top, beside records_quarantined
+            manifest["records_without_labels"] = source.report["records_without_labels"]
+            manifest["rows_without_record"] = source.report["rows_without_record"]
         result = job.commit(manifest)
     log_stage(ctx, "ingest", {"source": source_name, **cfg.model_dump()},
               {"rows": result.rows, "records_ok": result.records_ok,
                "records_total": result.records_total, "elapsed_s": result.elapsed_s,
-               "records_quarantined": len(result.records_quarantined)},
+               "records_quarantined": len(result.records_quarantined),
+               **{k: v for k, v in result.raw.get("metadata", {}).items()
+                  if k in ("records_without_labels", "rows_without_record")}},
               run_name=f"ingest-{source_name}")
     if result.records_ok == 0:
         reasons = "; ".join(q["reason"] for q in result.records_quarantined[:3])
@@ -248,11 +272,13 @@ def ingest(source_name: str, input_dir: str | Path, output_dir: str | Path,
     return result
 
 
-def _run_pool(source_name, root, out, cfg, key, parts, todo, workers, bar) -> dict:
+def _run_pool(source_name, root, out, cfg, key, parts, todo, workers, bar,
+              src_options=None) -> dict:
     infos = {}
     chunk = max(1, min(16, cfg.shard_records // (4 * workers)))
     try:
-        return _pool(source_name, root, out, cfg, key, parts, todo, workers, bar, chunk, infos)
+        return _pool(source_name, root, out, cfg, key, parts, todo, workers, bar, chunk, infos,
+                     src_options)
     except BrokenProcessPool:
         # A worker died without a Python error: killed, most often by the kernel's OOM killer.
         # Say where it was; the parts written so far stay, a rerun redoes the rest.
@@ -270,11 +296,12 @@ def _run_pool(source_name, root, out, cfg, key, parts, todo, workers, bar) -> di
 _IN_PROGRESS: dict[int, int] = {}     # part -> results received, for the message above
 
 
-def _pool(source_name, root, out, cfg, key, parts, todo, workers, bar, chunk, infos) -> dict:
+def _pool(source_name, root, out, cfg, key, parts, todo, workers, bar, chunk, infos,
+          src_options=None) -> dict:
     _IN_PROGRESS.clear()
     with ProcessPoolExecutor(workers, mp_context=get_context("fork"), initializer=_init_worker,
                              initargs=(source_name, str(root), cfg.model_dump(),
-                                       os.getpid())) as ex:
+                                       os.getpid(), src_options)) as ex:
         queue = collections.deque()
         pending = iter(todo)
 

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from ecgssl.config import EVAL_MODES, EvaluateConfig
 from ecgssl.data.preprocess import for_model
+from ecgssl.data.table import read_manifest
 from ecgssl.errors import EcgsslError
 from ecgssl.evaluate import plots
 from ecgssl.evaluate.metrics import (
@@ -32,7 +33,7 @@ from ecgssl.evaluate.metrics import (
     predictions,
 )
 from ecgssl.evaluate.supervised import features, fit, label_subsets, save_classifier
-from ecgssl.evaluate.tasks import TaskData, get_task, load_task
+from ecgssl.evaluate.tasks import TaskData, add_user_tasks, get_task, load_task
 from ecgssl.evaluate.zeroshot import (
     class_embeddings,
     load_prompts,
@@ -52,6 +53,7 @@ from ecgssl.text.cache import EmbeddingCache
 from ecgssl.tracking import OFF, RunContext, start_run
 
 MODES = EVAL_MODES
+TABLES = "tables"          # test_data.json: {"data": fp, "test_data": fp} of the tables read
 OWNED = ("metrics.json", "test_data.json", "classifier-*", "*.png")   # what evaluate writes
 HEADLINE = ("macro_auroc", "macro_f1")
 
@@ -129,27 +131,31 @@ def score_model(task: TaskData, scores_of, cfg: EvaluateConfig, decide_on: np.nd
 def run_evaluate(encoder_dir: str | Path, table: str | Path, task_name: str, modes: list[str],
                  output: str | Path, cfg: EvaluateConfig, fractions: list[float] | None = None,
                  prompt_overrides: dict[str, str] | None = None, progress: bool = True,
-                 ctx: RunContext = OFF) -> EvalResult:
+                 ctx: RunContext = OFF, test_table: str | Path | None = None) -> EvalResult:
     """The whole output folder is staged and swapped in at the end: a killed evaluate leaves
     the previous one intact, and earlier results carry over only from the same encoder (by
-    hash), so one folder never pairs metrics or classifiers of two encoders."""
+    hash), so one folder never pairs metrics or classifiers of two encoders.
+
+    `test_table`: test rows from this table (all of its rows of the task's dataset), train
+    and val from `table`; test_data.json records both tables' fingerprints."""
+    add_user_tasks(cfg.tasks)
     encoder_sha = encoder_hash(encoder_dir)
     same = lambda old: encoder_sha is not None and (old / "test_data.json").is_file() and \
         read_json(old / "test_data.json").get(ENCODER_HASH) == encoder_sha   # noqa: E731
     with staged_folder(output, OWNED, ("metrics.json", "test_data.json"), keep=same) as stage:
         r = _evaluate(encoder_dir, table, task_name, modes, stage, cfg, fractions,
-                      prompt_overrides, progress, ctx, encoder_sha)
+                      prompt_overrides, progress, ctx, encoder_sha, test_table)
     return replace(r, output=str(output))
 
 
 def _evaluate(encoder_dir, table, task_name, modes, output, cfg, fractions, prompt_overrides,
-              progress, ctx, encoder_sha) -> EvalResult:
+              progress, ctx, encoder_sha, test_table=None) -> EvalResult:
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     bad = [m for m in modes if m not in MODES]
     if bad:
         raise EcgsslError(f"unknown mode(s) {bad}; choose from {', '.join(MODES)}")
-    task = load_task(task_name, table)
+    task = load_task(task_name, table, test_table=test_table)
     model, pcfg = load_pretrained(encoder_dir)
     if task.x.shape[-1] != pcfg["n_samples"]:
         raise EcgsslError(f"{table} has windows of {task.x.shape[-1]} samples, the encoder was "
@@ -162,6 +168,8 @@ def _evaluate(encoder_dir, table, task_name, modes, output, cfg, fractions, prom
     # keeps no val split (train rows are never test rows).
     decide_on = task.part("val") if len(task.part("val")) else train
     fingerprint = test_fingerprint(task)
+    tables = {"data": table_fingerprint(table),
+              **({"test_data": table_fingerprint(test_table)} if test_table else {})}
     with start_run(ctx, f"evaluate-{task_name}",
                    {"stage": "evaluate", "task": task_name, "encoder": str(encoder_dir)}) as run:
         if "zeroshot" in modes:
@@ -205,12 +213,21 @@ def _evaluate(encoder_dir, table, task_name, modes, output, cfg, fractions, prom
         old = read_json(out / "metrics.json") if (out / "metrics.json").is_file() else {}
         write_json(out / "metrics.json", {**old, **metrics})
         # Which test data these numbers are for: promotion only compares equal fingerprints.
-        write_json(out / "test_data.json", {task_name: fingerprint, ENCODER_HASH: encoder_sha})
-        run.set_tags({f"test_data.{task_name}": fingerprint})
+        write_json(out / "test_data.json", {task_name: fingerprint, ENCODER_HASH: encoder_sha,
+                                            TABLES: tables})
+        run.set_tags({f"test_data.{task_name}": fingerprint,
+                      **{f"table.{k}": v for k, v in tables.items()}})
         run.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)})
         for p in pngs:
             run.log_artifact(p, "plots")
     return EvalResult(task_name, str(out), fingerprint, metrics)
+
+
+def table_fingerprint(table: str | Path) -> str:
+    """A table's identity: its shards' hashes (so a relabelled copy differs), else its input's."""
+    m = read_manifest(table)
+    info = m.get("shard_info")
+    return stable_hash(info)[:16] if info else str(m.get("input_fingerprint"))
 
 
 def test_fingerprint(task: TaskData) -> str:

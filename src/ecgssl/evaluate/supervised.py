@@ -253,6 +253,12 @@ def save_classifier(folder, pretrained_dir, fitted: Fitted, task: TaskData, info
     save_file(sd, folder / "encoder.safetensors")
     save_file({k: v.detach().contiguous() for k, v in fitted.head.state_dict().items()},
               folder / "classifier.safetensors")
+    # Calibrated probabilities for the served model: a temperature fitted on the held-out
+    # rows the thresholds were chosen on (never rows this classifier was fitted on).
+    from ecgssl.evaluate.calibration import fit_temperature
+    temperature = fit_temperature(fitted.val_scores, task.y[fitted.val_idx], task.multilabel) \
+        if fitted.val_idx is not None and len(fitted.val_idx) else 1.0
     (folder / "classifier.json").write_text(json.dumps(
         {"task": task.name, "classes": task.classes, "multilabel": task.multilabel,
-         "pooling": "mean+max", "choice": fitted.choice, **info}, indent=2))
+         "pooling": "mean+max", "choice": fitted.choice, "temperature": temperature,
+         "calibration": "temperature scaling, NLL on validation rows", **info}, indent=2))

@@ -3,7 +3,13 @@
 `TASKS` is the one list: a task is a `TaskSpec` entry (the dataset it reads, how native labels
 map to classes, the class order, multi-label or not, and whether labels belong to a record or a
 window). A task reads the table's own `split` column (PTB-XL folds, MIT-BIH DS1/DS2, hashed
-records), so evaluation never re-splits and never mixes a patient into two splits.
+records), so evaluation never re-splits and never mixes a patient into two splits; with an
+external test table (`evaluate --test-data`), train and val come from the table and every row
+of the test table is a test row.
+
+User tasks (`evaluate.tasks.<name>` in params.yaml: dataset, classes or "all present",
+multilabel, level) are merged into `TASKS` by `add_user_tasks` at each front door that reads
+params, so every place that takes a task name takes them.
 """
 
 from __future__ import annotations
@@ -32,6 +38,9 @@ class TaskSpec:
     level: Literal["record", "window"] = "record"  # what the labels describe
     f1_over: tuple[str, ...] | None = None        # a challenge F1 over these classes
     help: str = ""
+    # Where "every class present" is counted: "all" rows, or the "train" split only (user
+    # tasks' "all present": a class the model never sees in training cannot be learned).
+    classes_from: Literal["all", "train"] = "all"
 
     @property
     def f1_key(self) -> str | None:
@@ -72,6 +81,28 @@ TASKS: dict[str, TaskSpec] = {
 }
 
 
+BUILTIN_TASKS: tuple[str, ...] = tuple(TASKS)
+
+
+def user_task_spec(t) -> TaskSpec:
+    """A params.yaml task (config.UserTask) as a TaskSpec."""
+    present = t.classes == "all present"
+    return TaskSpec(t.dataset, multilabel=t.multilabel,
+                    classes=None if present else tuple(t.classes), level=t.level,
+                    classes_from="train" if present else "all",
+                    help=t.help or f"user task over {t.dataset}")
+
+
+def add_user_tasks(user: dict) -> dict[str, TaskSpec]:
+    """Merge params.yaml's `evaluate.tasks` into TASKS (built-in names are refused by the
+    config); returns TASKS."""
+    for name, t in (user or {}).items():
+        if name in BUILTIN_TASKS:
+            raise EcgsslError(f"evaluate.tasks.{name}: {name} is a built-in task")
+        TASKS[name] = user_task_spec(t)
+    return TASKS
+
+
 @dataclass
 class TaskData:
     name: str
@@ -96,16 +127,20 @@ def get_task(name: str) -> TaskSpec:
     return TASKS[name]
 
 
-def _targets(spec: TaskSpec, labels: list[list[str]], table: Path, min_positives: int):
+def _targets(spec: TaskSpec, labels: list[list[str]], table: Path, min_positives: int,
+             split: np.ndarray | None = None):
     """(classes, kept row positions, y) from each row's native labels."""
+    counted = [i for i in range(len(labels)) if split is None or split[i] == "train"] \
+        if spec.classes_from == "train" else range(len(labels))
     if not spec.multilabel:
-        classes = list(spec.classes)
+        classes = list(spec.classes) if spec.classes else \
+            sorted({labels[i][0] for i in counted if labels[i]})
         keep = [i for i, labs in enumerate(labels) if labs and labs[0] in classes]
         return classes, keep, np.array([classes.index(labels[i][0]) for i in keep], np.int64)
     mapping = spec.label_map(table) if spec.label_map else None
     mapped = [sorted({mapping[c] for c in labs if c in mapping} if mapping else set(labs))
               for labs in labels]
-    counts = Counter(c for labs in mapped for c in labs)
+    counts = Counter(c for i in counted for c in mapped[i])
     classes = [c for c in spec.classes if c in counts] if spec.classes else \
         sorted(c for c, n in counts.items() if n >= min_positives)
     keep = [i for i, labs in enumerate(mapped) if labs or spec.keep_unlabelled]
@@ -117,23 +152,63 @@ def _targets(spec: TaskSpec, labels: list[list[str]], table: Path, min_positives
     return classes, keep, y
 
 
-def load_task(name: str, table: str | Path, min_positives: int = 1) -> TaskData:
-    spec = get_task(name)
-    table = Path(table)
+def _rows(table: Path, spec: TaskSpec, name: str, what: str):
     t: ECGArrays = read_table(table, columns=["ecg_id", "dataset", "record", "patient_id",
                                               "split", "labels"], dataset=spec.dataset)
     rows = np.flatnonzero(t.column("dataset") == spec.dataset)
     if not len(rows):
-        raise EcgsslError(f"{table} has no {spec.dataset} rows, so it cannot serve task {name}")
-    labels = [list(t.column("labels")[i]) for i in rows]
-    classes, keep, y = _targets(spec, labels, table, min_positives)
-    idx = rows[keep]
-    split = np.asarray(t.column("split"))[idx]
+        raise EcgsslError(f"{table} has no {spec.dataset} rows, so it cannot serve task {name}"
+                          f"{what}")
+    return t, rows
+
+
+def load_task(name: str, table: str | Path, min_positives: int = 1,
+              test_table: str | Path | None = None) -> TaskData:
+    """The task's rows of `table`; with `test_table`, its train/val rows from `table` and
+    every row of `test_table` (of the task's dataset) as the test rows."""
+    spec = get_task(name)
+    table = Path(table)
+    t, rows = _rows(table, spec, name, "")
+    parts = [(t, rows, np.asarray(t.column("split"))[rows])]
+    if test_table is not None:
+        test_table = Path(test_table)
+        n_main, n_test = (int(read_manifest(p)["n_samples"]) for p in (table, test_table))
+        fs_main, fs_test = (int(read_manifest(p)["fs"]) for p in (table, test_table))
+        if (n_main, fs_main) != (n_test, fs_test):
+            raise EcgsslError(f"--test-data {test_table} has {n_test}-sample windows at "
+                              f"{fs_test} Hz, --data {table} {n_main} at {fs_main} Hz; ingest "
+                              "both at the same fs and window_s")
+        tt, trows = _rows(test_table, spec, name, " (as --test-data)")
+        own = parts[0][2]
+        keep = own != "test"                 # the table's own test rows are not used
+        parts = [(t, rows[keep], own[keep]),
+                 (tt, trows, np.full(len(trows), "test", dtype=object))]
+    labels = [list(p.column("labels")[i]) for p, r, _ in parts for i in r]
+    split_all = np.concatenate([s for _, _, s in parts]).astype(object)
+    classes, keep, y = _targets(spec, labels, table, min_positives, split_all)
+    keep = np.asarray(keep, dtype=np.int64)
+    split = split_all[keep]
     if not (split == "test").any():
-        raise EcgsslError(f"{table}: task {name} has no test rows; nothing to evaluate on")
-    pid = t.column("patient_id")[idx]
-    rec = t.column("record")[idx]
+        raise EcgsslError(f"{test_table or table}: task {name} has no test rows with its "
+                          "labels; nothing to evaluate on")
+    if spec.classes_from == "train" and not classes:
+        raise EcgsslError(f"{table}: task {name} has no labelled {spec.dataset} rows in its "
+                          "train split, so \"all present\" finds no class")
+
+    def col(c):
+        return np.concatenate([np.asarray(p.column(c), dtype=object)[r] for p, r, _ in parts]
+                              )[keep]
+    pid, rec = col("patient_id"), col("record")
+    if len(parts) == 1:
+        x, mask = t.signal[rows[keep]], t.lead_mask[rows[keep]]
+    else:
+        x = np.concatenate([p.signal[r] for p, r, _ in parts])[keep]
+        mask = np.concatenate([p.lead_mask[r] for p, r, _ in parts])[keep]
     group = np.array([p if p else r for p, r in zip(pid, rec)], dtype=object)
-    return TaskData(name, classes, spec.multilabel, t.signal[idx], t.lead_mask[idx], y, split,
-                    group, np.asarray(t.column("ecg_id"))[idx], np.asarray(rec, dtype=object),
-                    int(read_manifest(table)["fs"]))
+    if test_table is not None:
+        # The same patient or record name in both tables must not join a train group to a
+        # test group (bootstrap, label fractions): test groups are the test table's own.
+        group = np.array([("test:" if s == "test" else "") + str(g)
+                          for g, s in zip(group, split)], dtype=object)
+    return TaskData(name, classes, spec.multilabel, x, mask, y, split, group,
+                    col("ecg_id"), rec, int(read_manifest(table)["fs"]))

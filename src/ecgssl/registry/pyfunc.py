@@ -8,8 +8,11 @@ Input: float32 [N, 12, T] (mV, leads I..V6), preprocessed here exactly as in tra
 (`ecgssl.data.preprocess`). Absent leads are all zeros, or say so with the
 `lead_mask` predict param (12 booleans for every row). Output:
 - an encoder model: embeddings [N, D]; with predict param `labels=[...]` (free text), zero-shot
-  probabilities [N, len(labels)];
-- a classifier model: class probabilities [N, C].
+  probabilities as a DataFrame with one column per label;
+- a classifier model: calibrated class probabilities as a DataFrame with one column per class
+  name (the served JSON: `{"predictions": [{"N": 0.7, "A": 0.1, ...}, ...]}`). Calibration is
+  temperature scaling: the logits are divided by the temperature fitted on validation rows
+  (`classifier.json` "temperature", see ecgssl.evaluate.calibration).
 
 Bad input (shape, dtype, NaN/inf, a lead_mask that is not 12 booleans or is all false, an empty
 or oversized label list, too many rows) raises `InvalidModelInput`: an EcgsslError for Python
@@ -116,23 +119,38 @@ class ECGModel(PythonModel):
             self.head = torch.nn.Linear(w["weight"].shape[1], w["weight"].shape[0])
             self.head.load_state_dict(w)
 
-    def predict(self, context, model_input, params=None):
-        import torch
+    @property
+    def classes(self) -> list[str] | None:
+        """The classifier's class names (column names of its output), None for an encoder."""
+        return [str(c) for c in self.head_info["classes"]] if self.head is not None else None
 
-        from ecgssl.data.preprocess import for_model
-        from ecgssl.models.encoders import pooled
+    def predict(self, context, model_input, params=None):
+        import pandas as pd
         params = params or {}
         lead_mask = params.get("lead_mask")
         x, mask = validate_input(model_input, self.cfg["n_samples"],
                                  None if lead_mask is None or len(lead_mask) == 0 else lead_mask)
         labels = validate_labels(params.get("labels", [NO_LABELS]))
+        out = self.scores(x, mask, labels)
+        if self.head is None and labels is None:
+            return out                                   # embeddings: no names to give
+        return pd.DataFrame(out, columns=self.classes if self.head is not None else labels)
+
+    def scores(self, x: np.ndarray, mask: np.ndarray, labels: list[str] | None = None
+               ) -> np.ndarray:
+        """Checked float32 [N, 12, T] and bool [N, 12] -> calibrated class probabilities
+        (classifier), zero-shot probabilities over `labels`, or embeddings."""
+        import torch
+
+        from ecgssl.data.preprocess import for_model
+        from ecgssl.models.encoders import pooled
         x = for_model(self.cfg)(x, mask, self.cfg.get("fs", 100))   # as in training
         xt, mt = torch.from_numpy(x), torch.from_numpy(mask)
         with torch.no_grad():
             if self.head is not None:
                 feats = pooled(self.model.encoder, xt, mt) \
                     if self.head_info.get("pooling") == "mean+max" else self.model.encoder(xt, mt)
-                logits = self.head(feats)
+                logits = self.head(feats) / float(self.head_info.get("temperature") or 1.0)
                 probs = torch.sigmoid(logits) if self.head_info["multilabel"] else \
                     torch.softmax(logits, dim=1)
                 return probs.numpy()
@@ -174,11 +192,25 @@ def validate_labels(labels) -> list[str] | None:
     return labels
 
 
-def signature(n_samples: int):
+def input_example(n_samples: int) -> np.ndarray | None:
+    """A real request: one 10 s PTB-XL window (mV, 12 leads, 100 Hz), the `inputs` of the
+    shipped request file (`request.json` here; data/sample/request.json links to it). None
+    for a model that takes another window length."""
+    from importlib import resources
+    body = json.loads(resources.files("ecgssl.registry").joinpath("request.json").read_text())
+    x = np.asarray(body["inputs"], dtype=np.float32)
+    return x if x.shape[1:] == (12, n_samples) else None
+
+
+def signature(n_samples: int, classes: list[str] | None = None):
+    """Input float32 [-1, 12, T]; output: a column per class for a classifier, else a tensor
+    (embeddings, or zero-shot probabilities named by the request's labels)."""
     from mlflow.models import ModelSignature
-    from mlflow.types.schema import ParamSchema, ParamSpec, Schema, TensorSpec
+    from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
+    outputs = Schema([ColSpec("float", c) for c in classes]) if classes else \
+        Schema([TensorSpec(np.dtype(np.float32), (-1, -1), "output")])
     return ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 12, n_samples), "signal")]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1), "output")]),
+        outputs=outputs,
         params=ParamSchema([ParamSpec("labels", "string", [NO_LABELS], (-1,)),
                             ParamSpec("lead_mask", "boolean", [], (-1,))]))

@@ -61,13 +61,15 @@ def register(encoder: str | Path, name: str, ctx: RunContext,
              metrics_files: list[str | Path] = ()) -> Registration:
     """Log and register; needs MLflow whatever `tracking.enabled` says (the registry is
     MLflow), at the context's tracking URI, inside its pipeline run when it has one."""
-    from ecgssl.registry.pyfunc import ECGModel, signature
+    from ecgssl.registry.pyfunc import ECGModel, input_example, signature
     code = Path(__file__).with_name("model_code.py")
     src = Path(classifier or encoder)
     if not (src / "config.json").is_file():
         raise EcgsslError(f"{src} has no config.json: pass an `ecgssl pretrain` output as "
                           "--encoder (or an evaluation's classifier-<mode> folder as --classifier)")
-    ECGModel()._load(src)                     # fail here, not at serving time
+    loaded = ECGModel()
+    loaded._load(src)                         # fail here, not at serving time
+    classes = loaded.classes                  # a classifier's output columns
     config = read_json(src / "config.json")
     if classifier and encoder and (Path(encoder) / "config.json").is_file() and config.get(
             "data_fingerprint") != read_json(Path(encoder) / "config.json").get(
@@ -93,6 +95,7 @@ def register(encoder: str | Path, name: str, ctx: RunContext,
         if (f.parent / "test_data.json").is_file():
             td = read_json(f.parent / "test_data.json")
             measured = td.pop(ENCODER_HASH, None)
+            td.pop("tables", None)          # table fingerprints: not a task's test data
             test_data.update(td)
         if measured and expected and measured != expected:
             raise EcgsslError(f"{f} measured another encoder (sha256 {measured[:12]}) than the "
@@ -118,7 +121,8 @@ def register(encoder: str | Path, name: str, ctx: RunContext,
         # anyone who can write the artifact store could replace with code of their own.
         info = mlflow.pyfunc.log_model(
             name="model", python_model=str(code), artifacts={"model_dir": str(bundle)},
-            signature=signature(config["n_samples"]), pip_requirements=PIP,
+            signature=signature(config["n_samples"], classes), pip_requirements=PIP,
+            input_example=input_example(config["n_samples"]),
             code_paths=[str(Path(ecgssl.__file__).parent)], registered_model_name=name,
             await_registration_for=60)
     client = mlflow.MlflowClient()

@@ -11,20 +11,28 @@ from ecgssl.data.sources.cinc2017 import Cinc2017Source
 from ecgssl.data.sources.cinc2020 import Cinc2020Source
 from ecgssl.data.sources.mitdb import MitdbSource
 from ecgssl.data.sources.ptbxl import PtbxlSource
+from ecgssl.data.sources.wfdb import WfdbSource
 
 SOURCES: dict[str, type[Source]] = {
     "ptbxl": PtbxlSource,
     "mitdb": MitdbSource,
     "cinc2017": Cinc2017Source,
     "cinc2020": Cinc2020Source,
+    "wfdb": WfdbSource,          # any folder of WFDB records (+ a labels CSV): not a default
 }
 
 
-def get_source(name: str, fs: float) -> Source:
-    """The source `name`, set up to produce a table at `fs` Hz."""
+def get_source(name: str, fs: float, options: dict | None = None) -> Source:
+    """The source `name`, set up to produce a table at `fs` Hz (with the source's own
+    `options`, e.g. the wfdb source's metadata CSV; only non-None ones are passed)."""
     if name not in SOURCES:
         raise ValueError(f"unknown source {name!r}; choose one of {', '.join(SOURCES)}")
-    return SOURCES[name](fs)
+    given = {k: v for k, v in (options or {}).items() if v is not None}
+    if given and not SOURCES[name]().options().keys() >= given.keys():
+        from ecgssl.errors import EcgsslError
+        raise EcgsslError(f"source {name} takes no option(s) {', '.join(sorted(given))} "
+                          "(--metadata, --split and --dataset are for `ecgssl ingest wfdb`)")
+    return SOURCES[name](fs, **given)
 
 
 __all__ = ["SOURCES", "Recording", "Source", "Task", "get_source"]

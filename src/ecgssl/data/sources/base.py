@@ -65,6 +65,15 @@ class Source:
         """Copy files later stages need next to the table; returns their names."""
         return []
 
+    def options(self) -> dict:
+        """Constructor options beyond `fs` (e.g. the wfdb source's metadata CSV): rebuilt from
+        this in worker processes, and part of the ingest cache key."""
+        return {}
+
+    def warnings(self) -> list[str]:
+        """Things about the input the user should be told after planning (not errors)."""
+        return []
+
 
 def hash_split(key: str, val: float = 0.1, test: float = 0.1) -> str:
     """Deterministic train/val/test split from a stable hash of the key (record or patient)."""
