@@ -19,6 +19,21 @@ from ecgssl.pipeline.trainjob import NodeSpec
 from ecgssl.tracking import PIPELINE_RUN_ENV
 
 
+def ingest_source(c, task, parts: int, after, **inputs):
+    """One source's table: one `ingest` task, or with `parts` > 1 a ParallelFor of
+    `ingest --part K/N` tasks (one folder each) and a merge into one table. Returns the task
+    whose `table` output is the source's table."""
+    def _after(t):
+        return t.after(after) if after is not None else t
+    if parts <= 1:
+        return task(_after(c.ingest(**inputs)))
+    with dsl.ParallelFor([f"{i}/{parts}" for i in range(parts)]) as part:
+        sl = task(_after(c.ingest_part(part=part, **inputs)))
+    return task(c.ingest_merge(slices=dsl.Collected(sl.outputs["table"]),
+                               **{k: v for k, v in inputs.items()
+                                  if k in ("params", "tracking_uri")}))
+
+
 def build_pipeline(k: KfpConfig, defaults: PipelineConfig, params_json: str):
     c = components(k)
 
@@ -57,8 +72,9 @@ def build_pipeline(k: KfpConfig, defaults: PipelineConfig, params_json: str):
                                       pipeline_run=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
                                       params=params), cache=False)
             with dsl.ParallelFor(sources) as source:
-                tables = _task(c.ingest(source=source, data_root=data_root, params=params,
-                                        tracking_uri=tracking_uri).after(start))
+                tables = ingest_source(c, _task, defaults.ingest_parts, start, source=source,
+                                       data_root=data_root, params=params,
+                                       tracking_uri=tracking_uri)
             rep = _task(c.reports(tables=dsl.Collected(tables.outputs["table"]), params=params,
                                   tracking_uri=tracking_uri))
             emb = _task(c.embed_text(table=rep.outputs["table"], params=params,

@@ -130,6 +130,9 @@ def ingest(
     dataset: Annotated[Optional[str], typer.Option(
         help="wfdb only: the `dataset` value of the rows (what a task's `dataset` names) "
         "[default: wfdb]")] = None,
+    part: Annotated[Optional[str], typer.Option(
+        help="K/N: ingest slice K (0..N-1) of the records into the same --output, e.g. one "
+             "machine per slice; the slice that finds all N written writes the manifest")] = None,
     params: ParamsOpt = None,
     progress: ProgressOpt = True,
 ):
@@ -143,14 +146,19 @@ def ingest(
     """
     from ecgssl.config import section
     from ecgssl.data.ingest import ingest as run_ingest
+    from ecgssl.data.ingest import parse_part
 
     cfg = section("ingest", {"fs": fs, "window_s": window_s, "workers": workers}, params)
     from ecgssl.render import ingest_summary
     options = {"metadata": str(metadata.resolve()) if metadata else None,
                "split": split.value if split else None, "dataset": dataset}
+    slice_ = parse_part(part)
+    if slice_[1] > 1 and is_s3(output):
+        raise EcgsslError("--part writes its slice beside the others' in one folder: give a "
+                          "local or shared --output (the pipeline merges slices on S3 itself)")
     with staged() as io:
         manifest = run_ingest(source.value, io.input(input), io.output(output), cfg,
-                              progress=progress, ctx=run_context(params),
+                              progress=progress, ctx=run_context(params), part=slice_,
                               source_options=options)
     ingest_summary(manifest, output)
 

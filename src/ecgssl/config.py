@@ -64,7 +64,8 @@ class BaseConfig(Section):
 class IngestConfig(Section):
     fs: int = Field(100, gt=0, description="target sampling rate (Hz) of the table")
     window_s: float = Field(10.0, gt=0, description="window length in seconds")
-    workers: int | None = Field(None, ge=1, description="worker processes; null = CPU count")
+    workers: int | None = Field(None, ge=1, description="processes reading records (this one "
+                                "included); null = CPU count")
     shard_records: int = Field(512, ge=1, description="source records per Parquet shard")
     min_window_fraction: float = Field(
         0.5, ge=0, le=1, description="records shorter than one window but at least this "
@@ -82,7 +83,8 @@ class ReportsConfig(Section):
     mode: Literal[REPORT_MODES] = Field(
         "both", description="device: translate the device report; generated: interpret the "
         "signal; both: device text when present, measurement sentences appended")
-    workers: int | None = Field(None, ge=1, description="worker processes; null = CPU count")
+    workers: int | None = Field(None, ge=1, description="processes reading records (this one "
+                                "included); null = CPU count")
 
 
 class EmbedTextConfig(Section):
@@ -221,6 +223,10 @@ class PipelineConfig(Section):
     model_name: str = Field("ecgssl-mets-st-encoder", description="registered model name")
     pretrain_nodes: int = Field(1, ge=1, description="nodes for pretraining on Kubeflow; > 1 "
                                 "runs a Kubeflow Trainer TrainJob (compile-time; data on s3://)")
+    ingest_parts: int = Field(1, ge=1, le=1000, description="Kubeflow: ingest each source as "
+                              "this many slices in parallel tasks (ParallelFor over "
+                              "`ingest --part K/N`), then merge them into one table; 1 = one "
+                              "task per source (a compile-time setting)")
 
 
 class KfpConfig(Section):

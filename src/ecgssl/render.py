@@ -28,6 +28,11 @@ def ingest_summary(m: TableManifest, output: str) -> None:
         say(f"[green]up to date:[/] {output} ({m.rows} rows from {m.records_ok} records; same "
             "input and options)")
         return
+    if not m.complete:
+        say(f"[green]slice written:[/] {m.rows} rows from {m.records_ok} of its "
+            f"{m.records_total} records in {output}; the manifest follows once every slice "
+            "is written")
+        return
     t = Table(title=f"ingest {m.source} -> {output}", show_header=False)
     t.add_row("rows (windows)", str(m.rows))
     t.add_row("records ok", f"{m.records_ok} / {m.records_total}")

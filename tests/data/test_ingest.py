@@ -226,3 +226,91 @@ def test_manifest_contract(tables):
                 "source", "input_fingerprint"):
         assert key in m
     assert (m["fs"], m["window_s"], m["source"]) == (100, 10.0, "mitdb")
+
+
+# --- fanned-out ingestion: `--part K/N` slices into one folder ------------------------------
+
+def _slice_input(sample: Path, root: Path, broken: tuple[str, ...] = ()) -> Path:
+    """The Challenge 2017 sample as links, with the headers of `broken` records made
+    unreadable (quarantined, each in its own slice)."""
+    root.mkdir()
+    for f in (sample / "cinc2017").iterdir():
+        if f.suffix == ".hea" and f.stem in broken:
+            (root / f.name).write_text("not a header\n")
+        else:
+            (root / f.name).symlink_to(f)
+    return root
+
+
+def test_slices_give_the_table_one_ingest_gives(tmp_path, sample, tables):
+    cfg = IngestConfig(workers=2, shard_records=16)     # 14 parts over 3 slices
+    root = _slice_input(sample, tmp_path / "in", broken=("A00001", "A00040"))
+    out = tmp_path / "t"
+    for k in (2, 0):
+        m = ingest("cinc2017", root, out, cfg, progress=False, part=(k, 3))
+        assert not m.complete and not (out / "_manifest.json").exists()
+        with pytest.raises(EcgsslError, match="not a complete ECG table"):
+            read_table(out)
+    m = ingest("cinc2017", root, out, cfg, progress=False, part=(1, 3))   # the last one
+    assert m.complete and (out / "_manifest.json").exists()
+    whole = ingest("cinc2017", root, tmp_path / "one", IngestConfig(workers=1,
+                                                                     shard_records=16),
+                   progress=False)
+    a, b = read_table(out), read_table(tmp_path / "one")
+    assert a.meta.equals(b.meta)
+    np.testing.assert_array_equal(a.signal, b.signal)
+    np.testing.assert_array_equal(a.lead_mask, b.lead_mask)
+    # quarantined records of two slices, summed
+    assert m.records_total == whole.records_total == 210 and m.records_ok == 208
+    assert sorted(q["record"] for q in m.records_quarantined) == ["A00001", "A00040"]
+    assert m.quarantined_by_kind == whole.quarantined_by_kind
+    assert read_manifest(out)["shards"] == read_manifest(tmp_path / "one")["shards"]
+    # the same rows as the session's 2-worker table of the unbroken sample, less two records
+    full = read_table(tables["cinc2017"], columns=["record"])
+    assert len(a) == len(full) - sum(r in ("A00001", "A00040") for r in full.column("record"))
+
+
+def test_a_rerun_of_a_slice_is_a_noop(tmp_path, sample):
+    cfg = IngestConfig(workers=1, shard_records=32)
+    out = tmp_path / "t"
+    ingest("cinc2017", sample / "cinc2017", out, cfg, progress=False, part=(0, 2))
+    before = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}
+    m = ingest("cinc2017", sample / "cinc2017", out, cfg, progress=False, part=(0, 2))
+    assert not m.complete and m.rows > 0          # its parts were there: nothing redone
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")} == before
+    ingest("cinc2017", sample / "cinc2017", out, cfg, progress=False, part=(1, 2))
+    done = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    for k in (0, 1):
+        assert ingest("cinc2017", sample / "cinc2017", out, cfg, progress=False,
+                      part=(k, 2)).up_to_date
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == done
+    # a whole-source run into the folder reuses the slices' parts
+    assert ingest("cinc2017", sample / "cinc2017", out, cfg, progress=False).up_to_date
+
+
+def test_slices_run_at_once_write_one_manifest(tmp_path, sample):
+    out = tmp_path / "t"
+    params = tmp_path / "params.yaml"
+    params.write_text("ingest:\n  shard_records: 8\n  workers: 1\n")
+    procs = [subprocess.Popen([sys.executable, "-m", "ecgssl.cli", "ingest", "cinc2017",
+                               "--input", str(sample / "cinc2017"), "--output", str(out),
+                               "--params", str(params), "--part", f"{k}/4", "--no-progress"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for k in range(4)]
+    logs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), logs
+    # one slice (the last to finish) wrote the table; any other finds it written
+    assert sum("rows (windows)" in log for log in logs) == 1, logs
+    m = read_manifest(out)
+    assert m["rows"] == 664 and m["records_ok"] == 210 and len(m["shards"]) == 27
+    ids = read_table(out, columns=["ecg_id"]).column("ecg_id")
+    assert len(set(ids)) == 664
+    assert not list(out.glob(".*.tmp")) and not list(out.glob(".sidecars-*"))
+
+
+def test_part_option_is_checked(tmp_path, sample):
+    from ecgssl.data.ingest import parse_part
+    assert parse_part("2/4") == (2, 4) and parse_part(None) == (0, 1)
+    for bad in ("4/4", "-1/2", "1", "a/b", "0/0"):
+        with pytest.raises(EcgsslError, match="--part takes K/N"):
+            parse_part(bad)

@@ -117,3 +117,34 @@ def test_cli_compile_check_detects_a_stale_file(repo_params, tmp_path):
     assert bad.returncode == 1 and "out of date" in bad.stderr
     good = subprocess.run([*cmd, str(ROOT / COMPILED)], capture_output=True, text=True, cwd=ROOT)
     assert good.returncode == 0, good.stderr
+
+
+def test_ingest_fans_out_over_slices_when_ingest_parts_is_set(monkeypatch, tmp_path):
+    p = yaml.safe_load((ROOT / "params.yaml").read_text())
+    p["pipeline"]["ingest_parts"] = 4
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("ECGSSL_PARAMS", str(tmp_path / "params.yaml"))
+    spec, _ = _compile(tmp_path / "p.yaml")
+    tasks = _leaf_tasks(spec)
+    assert "ingest" not in tasks and {"ingest-part", "ingest-merge"} <= set(tasks)
+    comps = spec["components"]
+    # per source (the outer loop): a loop of slices "0/4" .. "3/4", then the merge
+    outer = next(c["dag"]["tasks"] for c in comps.values()
+                 if "dag" in c and "ingest-merge" in c["dag"]["tasks"])
+    inner = next(name for name, t in outer.items() if "parameterIterator" in t)
+    assert json.loads(outer[inner]["parameterIterator"]["items"]["raw"]) == \
+        ["0/4", "1/4", "2/4", "3/4"]
+    assert list(comps[outer[inner]["componentRef"]["name"]]["dag"]["tasks"]) == ["ingest-part"]
+    collected = outer["ingest-merge"]["inputs"]["artifacts"]["slices"]["taskOutputArtifact"]
+    assert collected == {"outputArtifactKey": "pipelinechannel--ingest-part-table",
+                         "producerTask": inner}
+    # reports collects one table per source: the merged one
+    reports = next(c["dag"]["tasks"]["reports"] for c in comps.values()
+                   if "dag" in c and "reports" in c["dag"]["tasks"])
+    assert reports["inputs"]["artifacts"]["tables"]["taskOutputArtifact"][
+        "outputArtifactKey"] == "pipelinechannel--ingest-merge-table"
+    k = settings()
+    for name in ("ingest-part", "ingest-merge"):
+        assert tasks[name]["retryPolicy"]["maxRetryCount"] == k.retries
+        assert tasks[name]["cachingOptions"].get("enableCache") is True

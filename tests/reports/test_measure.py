@@ -96,7 +96,7 @@ def _two_lead_beats(noise: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     x = np.zeros((12, len(t)))
     for b in np.arange(0.5, 9.6, rr):
-        def g(c, w):
+        def g(c, w, b=b):
             return np.exp(-0.5 * ((t - b - c) / w) ** 2)
         x[1] += g(0, 0.012) - 0.25 * g(0.035, 0.01) + 0.15 * g(-0.18, 0.025) + 0.3 * g(0.3, 0.05)
         x[6] += -0.8 * g(0.01, 0.015) + 0.2 * g(-0.02, 0.01) + 0.1 * g(-0.18, 0.025) \

@@ -13,12 +13,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from ecgssl.config import PretrainConfig
+from ecgssl.data.table import arrays, pack, signal_array
 from ecgssl.errors import EcgsslError
 from ecgssl.tracking import RunContext
 from ecgssl.train.data import PretrainData
@@ -85,8 +85,8 @@ def test_resume_refuses_a_checkpoint_of_another_encoder(corpus, tmp_path):
 
 def test_non_finite_loss_stops_with_a_clear_message(corpus, tmp_path, table_copy):
     def huge(t):   # 3e38 mV: finite in float32, but the first convolution overflows
-        flat = t.column("signal").combine_chunks().flatten().to_numpy() * np.float32(3e38)
-        return pa.FixedSizeListArray.from_arrays(pa.array(flat), 12 * 1000)
+        signal, mask = arrays([t], 1000)
+        return signal_array(pack(signal * np.float32(3e38), mask), mask, 1000)
     with np.errstate(over="ignore"):
         bad = table_copy(corpus["table"], "signal", huge)
     with pytest.raises(EcgsslError, match="non-finite loss .* at step 0"):

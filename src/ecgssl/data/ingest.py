@@ -7,6 +7,14 @@ atomically together with a small sidecar in `_parts/`; the manifest is written l
 with the same input and options is a no-op, and a rerun after a crash only redoes the parts
 that have no shard yet. A record that cannot be used is quarantined with a reason; it never
 stops the job.
+
+Fanned out (`--part K/N`, K = 0..N-1, e.g. one machine or pod each): slice K writes the parts
+whose index is K modulo N into the same folder (shard names carry the part index, so slices
+never collide), then records itself in `_parts/slice-K-of-N.json`. Whichever slice finds every
+part written (under the folder's lock) writes the manifest; the table is the same one a single
+`ecgssl ingest` writes. A rerun of a slice is a no-op.
+
+    ecgssl ingest mimic --input ... --output t --part 0/4   # ... --part 3/4, anywhere, any order
 """
 
 from __future__ import annotations
@@ -14,14 +22,18 @@ from __future__ import annotations
 import collections
 import datetime as dt
 import os
+import pickle
+import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+from filelock import FileLock, Timeout
 from tqdm import tqdm
 
 from ecgssl import __version__
@@ -38,16 +50,26 @@ from ecgssl.data.signal import (
 from ecgssl.data.sources import SOURCES, Source, Task, get_source
 from ecgssl.data.sources.base import check_record_path
 from ecgssl.data.table import (
+    MANIFEST,
     PARTS,
     SCHEMA_VERSION,
+    TableJob,
     TableManifest,
+    read_manifest,
     shard_name,
     to_arrow,
     write_shard,
     writing,
 )
 from ecgssl.errors import EcgsslError, RecordError
-from ecgssl.storage import file_sha256, read_json, stable_hash, tree_fingerprint, write_json
+from ecgssl.storage import (
+    exclusive,
+    file_sha256,
+    read_json,
+    stable_hash,
+    tree_fingerprint,
+    write_json,
+)
 from ecgssl.tracking import OFF, RunContext, log_stage
 
 IN_FLIGHT_PARTS = 2  # bounds memory: results of at most this many parts wait in the parent
@@ -61,8 +83,10 @@ def n_samples(cfg: IngestConfig) -> int:
     return int(round(t))
 
 
-def record_rows(source: Source, root: Path, cfg: IngestConfig, task: Task) -> pa.RecordBatch:
-    """Read one record and cut it into table rows, one per window."""
+def record_rows(source: Source, root: Path, cfg: IngestConfig, task: Task) -> dict:
+    """Read one record and cut it into table rows, one per window: the table's columns, with
+    `signal` packed to the present leads ([P, T], see table.pack). Small to send between
+    processes: a single-lead record is not padded to 12 leads here or on disk."""
     check_record_path(root, task)      # never read outside the input folder
     rec = source.read(root, task)
     if source.n_leads is not None and len(rec.leads) != source.n_leads:
@@ -88,12 +112,12 @@ def record_rows(source: Source, root: Path, cfg: IngestConfig, task: Task) -> pa
     if not keep.any():
         raise RecordError(f"{task.record}: every lead is flat (peak-to-peak < {cfg.flat_mv} mV)",
                           "flat")
-    windows, present = windows[keep], present[keep]
+    order = np.argsort(idx)                       # the record's leads in canonical order
+    windows, present = windows[keep][:, order], present[keep][:, order]
     kept = [w for w, k in enumerate(keep) if k]
-    signal = np.zeros((len(kept), N_LEADS, size), dtype=np.float32)
-    signal[:, idx] = windows * present[..., None]
     mask = np.zeros((len(kept), N_LEADS), dtype=bool)
-    mask[:, idx] = present
+    mask[:, np.asarray(idx)[order]] = present
+    signal = windows[present]                     # [P, T]: flat leads dropped, as mask says
     if rec.events is not None:
         times, codes = rec.events
         labels = []
@@ -105,7 +129,7 @@ def record_rows(source: Source, root: Path, cfg: IngestConfig, task: Task) -> pa
         labels = [list(rec.labels)] * len(kept)
     n = len(kept)
     dataset = source.name
-    return to_arrow({
+    return {
         "ecg_id": [f"{dataset}/{task.record}#{w}" for w in kept],
         "dataset": [dataset] * n, "record": [task.record] * n,
         "patient_id": [rec.patient_id] * n, "split": [rec.split] * n,
@@ -114,22 +138,53 @@ def record_rows(source: Source, root: Path, cfg: IngestConfig, task: Task) -> pa
         "report_device": [rec.report_device] * n, "report": [None] * n,
         "report_codes": [None] * n,
         "age": [rec.age] * n, "sex": [rec.sex] * n,
-    }, size)
+    }
+
+
+def rows_table(results: list[dict], size: int) -> pa.Table:
+    """Many records' rows as one Arrow table, built column by column (no per-record batch)."""
+    cols = {k: [v for r in results for v in r[k]] for k in results[0]
+            if k not in ("signal", "lead_mask")}
+    cols["signal"] = np.concatenate([r["signal"] for r in results])
+    cols["lead_mask"] = np.concatenate([r["lead_mask"] for r in results])
+    return pa.Table.from_batches([to_arrow(cols, size)])
 
 
 # Worker state, set once per process so that tasks travel as small pickles.
 _WORKER: tuple[Source, Path, IngestConfig] | None = None
 
 
+# Which batches of a pool run are taken (a byte each) and its lock: shared with the forked
+# workers, so that the parent can take batches no worker has started (see `_pool`).
+_CLAIMS = None
+
+
 def _init_worker(source_name: str, root: str, cfg: dict, parent: int | None = None,
-                 options: dict | None = None) -> None:
-    global _WORKER
+                 claims=None, options: dict | None = None) -> None:
+    global _WORKER, _CLAIMS
     c = IngestConfig(**cfg)
     source = get_source(source_name, c.fs, options)
     source.max_record_mb = c.max_record_mb
     _WORKER = (source, Path(root), c)
+    if claims is not None:
+        _CLAIMS = claims
     if parent is not None:
         die_with_parent(parent)
+
+
+def _claim(batch: int, timeout: float = -1) -> bool | None:
+    """Take batch `batch` of the pool run: True if this process got it, False if another
+    had; None when the lock is not had within `timeout` (a worker killed holding it)."""
+    flags, lock = _CLAIMS
+    if not lock.acquire(timeout=timeout):
+        return None
+    try:
+        if flags[batch]:
+            return False
+        flags[batch] = 1
+        return True
+    finally:
+        lock.release()
 
 
 def die_with_parent(parent: int) -> None:
@@ -147,7 +202,7 @@ def die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _work(task: Task) -> tuple[str, pa.RecordBatch | None, dict | None]:
+def _work(task: Task) -> tuple[str, dict | None, dict | None]:
     """(record, rows, None) or (record, None, quarantine entry)."""
     source, root, cfg = _WORKER
     try:
@@ -159,18 +214,19 @@ def _work(task: Task) -> tuple[str, pa.RecordBatch | None, dict | None]:
                                    "reason": f"{task.record}: {type(exc).__name__}: {exc}"}
 
 
-def _write_part(out: Path, part: int, key: str, results: list) -> dict:
+def _write_part(out: Path, part: int, key: str, results: list, size: int) -> dict:
     ok = [rows for _, rows, _ in results if rows is not None]
     quarantined = [q for _, rows, q in results if rows is None]
     name = shard_name(part, key)
     splits, labels = collections.Counter(), collections.Counter()
     n_rows = 0
     if ok:
-        table = pa.Table.from_batches(ok)
+        for rows in ok:
+            splits.update(rows["split"])
+            for labs in rows["labels"]:
+                labels.update(labs)
+        table = rows_table(ok, size)
         n_rows = table.num_rows
-        splits.update(table.column("split").to_pylist())
-        for labs in table.column("labels").to_pylist():
-            labels.update(labs)
         shard = write_shard(table, out / name)
     info = {"key": key, "part": part, "shard": name if ok else None, "rows": n_rows,
             "sha256": shard["sha256"] if ok else None,
@@ -191,16 +247,32 @@ def _done_part(out: Path, part: int, key: str) -> dict | None:
     return info
 
 
+def parse_part(text: str | None) -> tuple[int, int]:
+    """`K/N` (slice K of N, 0 <= K < N) as (K, N); None or "" is the whole source, (0, 1)."""
+    if not text:
+        return 0, 1
+    k, sep, n = str(text).partition("/")
+    try:
+        k, n = int(k), int(n)
+    except ValueError:
+        k = n = -1
+    if not sep or n < 1 or not 0 <= k < n:
+        raise EcgsslError(f"--part takes K/N with 0 <= K < N (e.g. 0/4 ... 3/4), got {text!r}")
+    return k, n
+
+
 def ingest(source_name: str, input_dir: str | Path, output_dir: str | Path,
            cfg: IngestConfig, progress: bool = True, ctx: RunContext = OFF,
-           source_options: dict | None = None) -> TableManifest:
-    """Ingest one source; returns the manifest. Raises EcgsslError when nothing is usable.
-    `source_options` go to the source (the wfdb source's metadata CSV, split, dataset)."""
+           part: tuple[int, int] = (0, 1), source_options: dict | None = None
+           ) -> TableManifest:
+    """Ingest one source, or slice `part` = (K, N) of it; returns the manifest (for a slice
+    that leaves the table incomplete, its own counts with `complete=False`). Raises
+    EcgsslError when nothing is usable. `source_options` go to the source (the wfdb source's
+    metadata CSV, split, dataset)."""
     root, out = Path(input_dir), Path(output_dir)
     if not root.is_dir():
         raise EcgsslError(f"input path does not exist or is not a folder: {root}")
     size = n_samples(cfg)
-    workers = cfg.workers or os.cpu_count() or 1
     source = get_source(source_name, cfg.fs, source_options)
     src_options = source.options()
     tasks, excluded = source.plan(root)
@@ -208,12 +280,14 @@ def ingest(source_name: str, input_dir: str | Path, output_dir: str | Path,
         raise EcgsslError(f"no records found in {root} for source {source_name} "
                           "(no RECORDS file listing them and no .hea headers)")
     warnings = source.warnings()
-    for w in warnings:
+    if warnings:
         from ecgssl.render import warn
-        warn(w)
+        for w in warnings:
+            warn(w)
     fingerprint = tree_fingerprint(root)
     options = {"min_window_fraction": cfg.min_window_fraction, "flat_mv": cfg.flat_mv,
                "shard_records": cfg.shard_records, "max_record_mb": cfg.max_record_mb}
+    # The part slicing is not in the key: N slices make the very table one run makes.
     # The metadata CSV may live outside the input folder: its content is part of the key.
     src_key = {**src_options, "metadata": file_sha256(src_options["metadata"])} \
         if src_options.get("metadata") else src_options
@@ -221,50 +295,35 @@ def ingest(source_name: str, input_dir: str | Path, output_dir: str | Path,
                        "options": options, "fingerprint": fingerprint,
                        "schema_version": SCHEMA_VERSION, "version": __version__,
                        **({"source_options": src_key} if src_options else {})})
-    with writing(out, "ingest", key) as job:
-        if job.current:
-            return job.current
-        t0 = time.perf_counter()
-        parts = [tasks[i:i + cfg.shard_records] for i in range(0, len(tasks), cfg.shard_records)]
-        infos = {i: _done_part(out, i, key) for i in range(len(parts))}
-        job.clear_stale({v["shard"] or shard_name(i, key) for i, v in infos.items() if v})
-        todo = [i for i, v in infos.items() if v is None]
-        n_todo = sum(len(parts[i]) for i in todo)
-        bar = tqdm(total=len(tasks), initial=len(tasks) - n_todo, unit="rec",
-                   desc=f"ingest {source_name}", disable=not progress, dynamic_ncols=True)
-        with bar:
-            if workers == 1 or n_todo < 2:
-                _init_worker(source_name, str(root), cfg.model_dump(),
-                             options=src_options)                         # this process
-                for i in todo:
-                    results = []
-                    for t in parts[i]:
-                        results.append(_work(t))
-                        bar.update(1)
-                    infos[i] = _write_part(out, i, key, results)
-            else:
-                infos.update(_run_pool(source_name, root, out, cfg, key, parts, todo, workers,
-                                       bar, src_options))
-        manifest = _manifest(source_name, root, out, cfg, size, key, fingerprint, options,
-                             tasks, excluded, [infos[i] for i in range(len(parts))],
-                             source.sidecars(root, out), time.perf_counter() - t0)
-        manifest["split_rule"] = source.split_rule
-        if src_options:
-            manifest["source_options"] = src_options
-            manifest["dataset"] = source.name
-        if getattr(source, "report", None):
-            manifest["metadata"] = {**source.report, "warnings": warnings}
-            # the two counts also at the top, beside records_quarantined
-            manifest["records_without_labels"] = source.report["records_without_labels"]
-            manifest["rows_without_record"] = source.report["rows_without_record"]
-        result = job.commit(manifest)
-    log_stage(ctx, "ingest", {"source": source_name, **cfg.model_dump()},
-              {"rows": result.rows, "records_ok": result.records_ok,
-               "records_total": result.records_total, "elapsed_s": result.elapsed_s,
-               "records_quarantined": len(result.records_quarantined),
-               **{k: v for k, v in result.raw.get("metadata", {}).items()
-                  if k in ("records_without_labels", "rows_without_record")}},
-              run_name=f"ingest-{source_name}")
+    chunks = [tasks[i:i + cfg.shard_records] for i in range(0, len(tasks), cfg.shard_records)]
+    base = _manifest_base(source_name, root, cfg, size, key, fingerprint, options, tasks,
+                          excluded, len(chunks))
+    if src_options:
+        base |= {"source_options": src_options, "dataset": source.name}
+    if getattr(source, "report", None):
+        base |= {"metadata": {**source.report, "warnings": warnings},
+                 # the two counts also at the top, beside records_quarantined
+                 "records_without_labels": source.report["records_without_labels"],
+                 "rows_without_record": source.report["rows_without_record"]}
+    k, n = part
+    if n == 1:
+        with writing(out, "ingest", key) as job:
+            if job.current:
+                return job.current
+            t0 = time.perf_counter()
+            infos = {i: _done_part(out, i, key) for i in range(len(chunks))}
+            job.clear_stale({v["shard"] or shard_name(i, key) for i, v in infos.items() if v})
+            infos.update(_write_parts(source_name, root, out, cfg, key, chunks, infos, progress,
+                                      f"ingest {source_name}", src_options))
+            result = job.commit(_manifest(base, [infos[i] for i in range(len(chunks))],
+                                          source.sidecars(root, out),
+                                          time.perf_counter() - t0))
+    else:
+        result = _ingest_slice(source_name, source, root, out, cfg, key, chunks, base, part,
+                               progress, src_options)
+        if result.up_to_date or not result.complete:
+            return result              # the slice that completes the table logs the stage
+    _log(ctx, result, cfg.model_dump())
     if result.records_ok == 0:
         reasons = "; ".join(q["reason"] for q in result.records_quarantined[:3])
         raise EcgsslError(f"no record of {root} could be read ({len(tasks)} quarantined), "
@@ -272,19 +331,242 @@ def ingest(source_name: str, input_dir: str | Path, output_dir: str | Path,
     return result
 
 
+def _log(ctx: RunContext, result: TableManifest, params: dict) -> None:
+    log_stage(ctx, "ingest", {"source": result.source, **params},
+              {"rows": result.rows, "records_ok": result.records_ok,
+               "records_total": result.records_total, "elapsed_s": result.elapsed_s,
+               "records_quarantined": len(result.records_quarantined),
+               **{k: result.raw[k] for k in ("records_without_labels", "rows_without_record")
+                  if k in result.raw}},
+              run_name=f"ingest-{result.source}")
+
+
+# How long a slice waits for the folder's lock, which other slices hold for a moment only
+# (a whole-source ingest holds it throughout: then the slice gives up with a clear error).
+SLICE_LOCK_WAIT_S = 120
+
+
+@contextmanager
+def _lock(path: Path, what: str, wait: float = 0):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path), timeout=wait)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise EcgsslError(f"another `ecgssl ingest` {what} is writing to {path.parent}; "
+                          "refusing to write at the same time") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _folder_lock(out: Path):
+    """The lock `writing` takes, waited for (slices take it only to start and to finish)."""
+    return _lock(out / ".ecgssl.lock", "", SLICE_LOCK_WAIT_S)
+
+
+def _slice_file(k: int, n: int) -> str:
+    return f"slice-{k}-of-{n}.json"
+
+
+def _ingest_slice(source_name, source, root, out, cfg, key, chunks, base, part, progress,
+                  src_options) -> TableManifest:
+    k, n = part
+    mine = list(range(k, len(chunks), n))
+    with _lock(out / f".ecgssl-slice-{k}-of-{n}.lock", f"--part {k}/{n}"):
+        with _folder_lock(out):
+            if (out / MANIFEST).is_file():
+                old = read_manifest(out)
+                if old.get("options_key") == key and old.get("rows", 0) > 0 and \
+                        all((out / s).is_file() for s in old["shards"]):
+                    return TableManifest.of(out, old, up_to_date=True)
+                (out / MANIFEST).unlink()      # no reader sees a table being replaced
+        t0 = time.perf_counter()
+        infos = {i: _done_part(out, i, key) for i in mine}
+        _clear_stale_slice(out, mine, key)
+        infos.update(_write_parts(source_name, root, out, cfg, key, chunks, infos, progress,
+                                  f"ingest {source_name} {k}/{n}", src_options))
+        own = [infos[i] for i in mine]
+        record = {"key": key, "part": [k, n], "chunks": mine, "base": base,
+                  "elapsed_s": round(time.perf_counter() - t0, 3)}
+        with _folder_lock(out):
+            record["sidecars"] = _copy_sidecars(source, root, out)
+            write_json(out / PARTS / _slice_file(k, n), record)
+            done = finish_table(out, key)
+        if done is not None:
+            return done
+        m = _manifest(base, own, record["sidecars"], record["elapsed_s"])
+        m.update(records_total=sum(len(chunks[i]) for i in mine), parts_missing=True)
+        return TableManifest.of(out, m, complete=False)
+
+
+def _copy_sidecars(source, root: Path, out: Path) -> list[str]:
+    """The source's sidecar files, copied atomically (several slices may copy them)."""
+    import tempfile
+    with tempfile.TemporaryDirectory(dir=out, prefix=".sidecars-") as tmp:
+        names = source.sidecars(root, Path(tmp))
+        for name in names:
+            os.replace(Path(tmp) / name, out / name)
+    return names
+
+
+def _clear_stale_slice(out: Path, mine: list[int], key: str) -> None:
+    """Shards of this slice's parts from another run (other options or input), and temp files
+    a killed run of this slice left; never another slice's files (it may be writing)."""
+    for i in mine:
+        for p in out.glob(f"part-{i:05d}-*.parquet"):
+            if p.name != shard_name(i, key):
+                p.unlink(missing_ok=True)
+        for p in [*out.glob(f".part-{i:05d}-*.tmp"), *out.glob(f"{PARTS}/.part-{i:05d}.*.tmp")]:
+            p.unlink(missing_ok=True)
+
+
+def finish_table(out: str | Path, key: str | None = None) -> TableManifest | None:
+    """Write the manifest of a table whose parts were written by slices (`--part`), once every
+    part of run `key` (None: the one run the slice records name) is there; None while some
+    are missing. The caller holds the folder's lock: two slices finishing together write it
+    once (the second finds it written)."""
+    out = Path(out)
+    records = []
+    for p in sorted((out / PARTS).glob("slice-*-of-*.json")):
+        try:
+            records.append(read_json(p))
+        except (OSError, ValueError):
+            continue
+    keys = {r.get("key") for r in records}
+    if key is None:
+        if len(keys) > 1:
+            raise EcgsslError(f"{out}: slices of different ingest runs ({len(keys)} options "
+                              "keys) in one folder; rerun them with one input and options")
+        key = next(iter(keys), None)
+    records = [r for r in records if r.get("key") == key]
+    if not records:
+        return None
+    if (out / MANIFEST).is_file():
+        old = read_manifest(out)
+        if old.get("options_key") == key and all((out / s).is_file() for s in old["shards"]):
+            return TableManifest.of(out, old, up_to_date=True)     # another slice wrote it
+    base = records[0]["base"]
+    infos = [_done_part(out, i, key) for i in range(base["n_chunks"])]
+    if any(i is None for i in infos):
+        return None
+    sidecars = sorted({s for r in records for s in r.get("sidecars", [])})
+    manifest = _manifest(base, infos, sidecars, max(r["elapsed_s"] for r in records))
+    manifest["parts"] = sorted({r["part"][1] for r in records})
+    job = TableJob(out, key)
+    job.clear_stale(set(manifest["shards"]) | {shard_name(i, key) for i, v in enumerate(infos)
+                                                if not v["shard"]})
+    for p in (out / PARTS).glob("slice-*-of-*.json"):
+        if p.stem + ".json" not in {_slice_file(*r["part"]) for r in records}:
+            p.unlink(missing_ok=True)
+    return job.commit(manifest)
+
+
+def merge_slices(folders: list[str | Path], out: str | Path, ctx: RunContext = OFF
+                 ) -> TableManifest:
+    """One table from slices written into separate folders (a Kubeflow `ParallelFor` gives
+    every task its own output): their shards, part records and sidecars are linked (or copied)
+    into `out`, then the manifest is written as `finish_table` does."""
+    import shutil
+    out = Path(out)
+    with exclusive(out, "ingest"):
+        for folder in map(Path, folders):
+            names = [p.relative_to(folder) for p in (
+                *folder.glob("part-*.parquet"), *folder.glob(f"{PARTS}/*.json"))]
+            for rec in folder.glob(f"{PARTS}/slice-*.json"):
+                names += [Path(s) for s in read_json(rec).get("sidecars", [])]
+            for rel in names:
+                dst = out / rel
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                tmp = dst.with_name(f".{dst.name}.merge.tmp")     # then one atomic rename
+                tmp.unlink(missing_ok=True)
+                try:
+                    os.link(folder / rel, tmp)
+                except OSError:            # another file system: copy
+                    shutil.copyfile(folder / rel, tmp)
+                os.replace(tmp, dst)
+        result = finish_table(out)
+    if result is None:
+        raise EcgsslError(f"{out}: the slices in {', '.join(map(str, folders))} do not hold "
+                          "every part of the table; run the missing `--part K/N`")
+    if not result.up_to_date:
+        _log(ctx, result, {"parts": result.raw.get("parts")})
+    return result
+
+
+def _write_parts(source_name, root, out, cfg, key, chunks, infos, progress, desc,
+                 src_options=None) -> dict:
+    """Write the parts of `infos` that are not done (None); returns their part records."""
+    todo = [i for i, v in infos.items() if v is None]
+    n_todo = sum(len(chunks[i]) for i in todo)
+    total = sum(len(chunks[i]) for i in infos)
+    workers = cfg.workers or os.cpu_count() or 1
+    size = n_samples(cfg)
+    written = {}
+    with tqdm(total=total, initial=total - n_todo, unit="rec", desc=desc, disable=not progress,
+              dynamic_ncols=True) as bar:
+        if workers == 1 or n_todo < 2:
+            _init_worker(source_name, str(root), cfg.model_dump(),
+                         options=src_options)                         # this process
+            for i in todo:
+                results = []
+                for t in chunks[i]:
+                    results.append(_work(t))
+                    bar.update(1)
+                written[i] = _write_part(out, i, key, results, size)
+        else:
+            written.update(_run_pool(source_name, root, out, cfg, key, chunks, todo, workers,
+                                     bar, src_options))
+    return written
+
+
+def _work_many(batch: int, tasks: list[Task], spool: str) -> str | None:
+    """A batch of records, its rows left in a file of `spool` whose name is returned (None:
+    the parent took the batch). Not sent through the pool's pipe: a worker killed (OOM)
+    halfway through sending a large result leaves the pool's reader waiting forever for the
+    rest; a path is one small write."""
+    if not _claim(batch):
+        return None
+    results = [_work(t) for t in tasks]
+    fd, path = tempfile.mkstemp(dir=spool, suffix=".pkl")
+    with os.fdopen(fd, "wb") as fh:
+        pickle.dump(results, fh, protocol=pickle.HIGHEST_PROTOCOL)
+    return path
+
+
+def _lost_batch(batches, futs, first, b, claims) -> list[str]:
+    """The records of the batch a dead worker was reading: taken (claimed) but never
+    finished, from batch `b` on; else batch `b`'s."""
+    flags, _ = claims
+    for j in range(b, len(futs)):
+        if flags[first + j] and (futs[j] is None or futs[j].exception() is not None):
+            return [t.record for t in batches[j]]
+    return [t.record for t in batches[b]]
+
+
+def _unspool(path: str) -> list:
+    with open(path, "rb") as fh:
+        results = pickle.load(fh)
+    os.unlink(path)
+    return results
+
+
+class _WorkerDied(Exception):
+    def __init__(self, records: list[str]):
+        self.records = records
+
+
 def _run_pool(source_name, root, out, cfg, key, parts, todo, workers, bar,
               src_options=None) -> dict:
-    infos = {}
     chunk = max(1, min(16, cfg.shard_records // (4 * workers)))
     try:
-        return _pool(source_name, root, out, cfg, key, parts, todo, workers, bar, chunk, infos,
+        return _pool(source_name, root, out, cfg, key, parts, todo, workers, bar, chunk,
                      src_options)
-    except BrokenProcessPool:
+    except _WorkerDied as exc:
         # A worker died without a Python error: killed, most often by the kernel's OOM killer.
         # Say where it was; the parts written so far stay, a rerun redoes the rest.
-        i = next(i for i in todo if i not in infos)
-        done = _IN_PROGRESS.get(i, 0)
-        recs = [t.record for t in parts[i][done:done + chunk]]
+        recs = exc.records
         raise EcgsslError(
             f"an ingest worker process died (killed, or out of memory?) while reading record "
             f"{recs[0] if recs else '?'}" + (f" or one of the {len(recs) - 1} after it in its "
@@ -293,43 +575,84 @@ def _run_pool(source_name, root, out, cfg, key, parts, todo, workers, bar,
             "rerun to finish (parts already written are kept)") from None
 
 
-_IN_PROGRESS: dict[int, int] = {}     # part -> results received, for the message above
-
-
-def _pool(source_name, root, out, cfg, key, parts, todo, workers, bar, chunk, infos,
+def _pool(source_name, root, out, cfg, key, parts, todo, workers, bar, chunk,
           src_options=None) -> dict:
-    _IN_PROGRESS.clear()
-    with ProcessPoolExecutor(workers, mp_context=get_context("fork"), initializer=_init_worker,
-                             initargs=(source_name, str(root), cfg.model_dump(),
-                                       os.getpid(), src_options)) as ex:
+    """Parts read by `workers` processes: the parent and `workers - 1` forked ones, in batches
+    of `chunk` records. The parent takes the batches at the end of the current part that no
+    worker has started (instead of waiting idle: on 2 CPUs a third busy process only adds
+    switching and copy-on-write faults). Workers return packed rows (present leads only: a
+    few KB per single-lead record, not 12 leads of float32 to pickle). Parts are written in
+    order, each while the workers already read the next. A worker that dies amid a batch
+    fails the job naming the batch's records (a rerun finishes it); batches it had not
+    started are read by the parent."""
+    ctx = get_context("fork")
+    batches = {i: [parts[i][lo:lo + chunk] for lo in range(0, len(parts[i]), chunk)]
+               for i in todo}
+    first, n = {}, 0
+    for i in todo:
+        first[i], n = n, n + len(batches[i])
+    claims = (ctx.RawArray("b", n), ctx.Lock())
+    infos = {}
+    _init_worker(source_name, str(root), cfg.model_dump(), claims=claims,
+                 options=src_options)                                     # the parent reads
+    spool = tempfile.TemporaryDirectory(prefix="ecgssl-ingest-")
+    ex = ProcessPoolExecutor(workers - 1, mp_context=ctx, initializer=_init_worker,
+                             initargs=(source_name, str(root), cfg.model_dump(), os.getpid(),
+                                       claims, src_options))
+    try:
         queue = collections.deque()
         pending = iter(todo)
 
         def submit_next() -> None:
             i = next(pending, None)
             if i is not None:
-                queue.append((i, ex.map(_work, parts[i], chunksize=chunk)))
+                futs = []
+                for b, tasks in enumerate(batches[i]):
+                    try:
+                        futs.append(ex.submit(_work_many, first[i] + b, tasks, spool.name))
+                    except BrokenProcessPool:     # a worker died: failed below, by name
+                        futs.append(None)
+                queue.append((i, futs))
 
         for _ in range(IN_FLIGHT_PARTS):
             submit_next()
         while queue:
-            i, results_iter = queue.popleft()
+            i, futs = queue.popleft()
+            done = {}
+            for b in range(len(futs) - 1, -1, -1):
+                if not _claim(first[i] + b, timeout=5):   # a worker has it: leave the rest
+                    break
+                done[b] = [_work(t) for t in batches[i][b]]
+                bar.update(len(batches[i][b]))
             results = []
-            for r in results_iter:
-                results.append(r)
-                _IN_PROGRESS[i] = len(results)
-                bar.update(1)
+            for b, fut in enumerate(futs):
+                if b not in done:
+                    try:
+                        path = fut.result() if fut is not None else None
+                    except BrokenProcessPool:
+                        path = None
+                    if path is None:        # a worker died: name the batch it was reading
+                        raise _WorkerDied(_lost_batch(batches[i], futs, first[i], b, claims))
+                    done[b] = _unspool(path)
+                    bar.update(len(batches[i][b]))
+                results += done[b]
             submit_next()
-            infos[i] = _write_part(out, i, key, results)
+            infos[i] = _write_part(out, i, key, results, n_samples(cfg))
+    except BaseException:
+        ex.shutdown(wait=True, cancel_futures=True)
+        raise
+    else:
+        # Idle workers exit on their own: waiting for them costs tens of ms on a busy machine.
+        ex.shutdown(wait=False)
+    finally:
+        spool.cleanup()
     return infos
 
 
-def _manifest(source_name, root, out, cfg, size, key, fingerprint, options, tasks, excluded,
-              infos, sidecars, elapsed) -> dict:
-    splits, labels = collections.Counter(), collections.Counter()
-    for info in infos:
-        splits.update(info["rows_per_split"])
-        labels.update(info["label_counts"])
+def _manifest_base(source_name, root, cfg, size, key, fingerprint, options, tasks, excluded,
+                   n_chunks) -> dict:
+    """The manifest's fields that do not depend on what the parts held (a slice records them,
+    so that whichever slice finishes can write the manifest)."""
     return {
         "schema_version": SCHEMA_VERSION,
         "ecgssl_version": __version__,
@@ -342,21 +665,10 @@ def _manifest(source_name, root, out, cfg, size, key, fingerprint, options, task
         "n_samples": size,
         "leads": list(LEADS),
         "options": options,
-        "rows": sum(i["rows"] for i in infos),
         "records_total": len(tasks),
-        "records_ok": sum(i["records_ok"] for i in infos),
-        "records_quarantined": [q for i in infos for q in i["records_quarantined"]],
-        "quarantined_by_kind": dict(collections.Counter(
-            q["kind"] for i in infos for q in i["records_quarantined"]).most_common()),
         "records_excluded": excluded,
-        "rows_per_split": dict(sorted(splits.items())),
         "split_rule": SOURCES[source_name].split_rule,
-        "label_counts": dict(sorted(labels.items())),
-        "shards": [i["shard"] for i in infos if i["shard"]],
-        # each shard's row count and sha256, to check a copy or a restore against
-        "shard_info": {i["shard"]: {"rows": i["rows"], "sha256": i.get("sha256")}
-                       for i in infos if i["shard"]},
-        "sidecars": sidecars,
+        "n_chunks": n_chunks,
         "rules": {
             "short_record": f"records shorter than one window but at least "
                             f"{cfg.min_window_fraction:g} of it are zero-padded at the end; "
@@ -364,6 +676,29 @@ def _manifest(source_name, root, out, cfg, size, key, fingerprint, options, task
             "flat_lead": f"a lead with peak-to-peak < {cfg.flat_mv} mV in a window is zeroed "
                          "and marked absent in lead_mask; a window with no lead left is dropped",
         },
+    }
+
+
+def _manifest(base: dict, infos: list[dict], sidecars: list[str], elapsed: float) -> dict:
+    """The manifest: `base` plus the sums over the parts' records."""
+    splits, labels = collections.Counter(), collections.Counter()
+    for info in infos:
+        splits.update(info["rows_per_split"])
+        labels.update(info["label_counts"])
+    return {
+        **base,
+        "rows": sum(i["rows"] for i in infos),
+        "records_ok": sum(i["records_ok"] for i in infos),
+        "records_quarantined": [q for i in infos for q in i["records_quarantined"]],
+        "quarantined_by_kind": dict(collections.Counter(
+            q["kind"] for i in infos for q in i["records_quarantined"]).most_common()),
+        "rows_per_split": dict(sorted(splits.items())),
+        "label_counts": dict(sorted(labels.items())),
+        "shards": [i["shard"] for i in infos if i["shard"]],
+        # each shard's row count and sha256, to check a copy or a restore against
+        "shard_info": {i["shard"]: {"rows": i["rows"], "sha256": i.get("sha256")}
+                       for i in infos if i["shard"]},
+        "sidecars": sidecars,
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "elapsed_s": round(elapsed, 3),
     }

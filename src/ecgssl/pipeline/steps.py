@@ -72,6 +72,25 @@ def ingest(source: str, data_root: str, output: str, params: str, tracking: str)
                           p.ingest, progress=False, ctx=_ctx(tracking, p))
 
 
+def ingest_part(source: str, data_root: str, part: str, output: str, params: str,
+                tracking: str):
+    """Slice `part` ("K/N") of a source into its own folder (a ParallelFor task's output)."""
+    from ecgssl.data.ingest import ingest as run_ingest
+    from ecgssl.data.ingest import parse_part
+    p = _params(params)
+    with staged() as io:
+        return run_ingest(source, io.input(f"{data_root.rstrip('/')}/{source}"), output,
+                          p.ingest, progress=False, ctx=_ctx(tracking, p),
+                          part=parse_part(part))
+
+
+def ingest_merge(slices: list[str], output: str, params: str, tracking: str):
+    """The slices' folders as one table, the one `ingest` would write."""
+    from ecgssl.data.ingest import merge_slices
+    p = _params(params)
+    return merge_slices(slices, output, ctx=_ctx(tracking, p))
+
+
 def reports(tables: list[str], output: str, params: str, tracking: str):
     from ecgssl.reports.stage import run_reports
     p = _params(params)

@@ -1,0 +1,92 @@
+"""The table's storage: few-lead rows store only their leads; older schemas still read."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ecgssl.data.table import (
+    SCHEMA_VERSION,
+    arrays,
+    conform,
+    read_manifest,
+    read_shard,
+    read_table,
+)
+
+
+def _signal_bytes(table: Path) -> tuple[int, int, int]:
+    """(uncompressed, compressed) bytes of the signal column over all shards, and rows."""
+    raw = disk = rows = 0
+    for shard in read_manifest(table)["shards"]:
+        md = pq.ParquetFile(table / shard).metadata
+        rows += md.num_rows
+        for g in range(md.num_row_groups):
+            for c in range(md.num_columns):
+                col = md.row_group(g).column(c)
+                if col.path_in_schema == "signal":
+                    raw += col.total_uncompressed_size
+                    disk += col.total_compressed_size
+    return raw, disk, rows
+
+
+def test_single_lead_rows_store_one_lead(tables):
+    m = read_manifest(tables["cinc2017"])
+    assert m["schema_version"] == SCHEMA_VERSION == 3
+    raw, disk, rows = _signal_bytes(tables["cinc2017"])
+    one_lead = m["n_samples"] * 4                    # float32 samples of one lead
+    # 12 leads were 12 * one_lead per row before (zeros for 11); now about one lead
+    assert raw / rows < 1.05 * one_lead and disk / rows < 1.05 * one_lead
+    t = read_table(tables["cinc2017"])
+    assert t.signal.shape == (rows, 12, m["n_samples"]) and t.signal.flags.c_contiguous
+    assert t.lead_mask[:, 0].all() and not t.lead_mask[:, 1:].any()
+    assert not t.signal[:, 1:].any()
+
+
+def _as_old_schema(src: Path, dst: Path, version: int) -> Path:
+    """A copy of a table as schema `version` (1 or 2) wrote it: 12 leads per row, zeros where
+    absent; version 1 also has no report_codes column."""
+    dst.mkdir()
+    m = read_manifest(src)
+    for shard in m["shards"]:
+        t = pq.read_table(src / shard)
+        signal, mask = arrays([t], m["n_samples"])
+        dense = pa.FixedSizeListArray.from_arrays(pa.array(signal.reshape(-1)),
+                                                  12 * m["n_samples"])
+        t = t.set_column(t.schema.get_field_index("signal"), "signal", dense)
+        if version < 2:
+            t = t.drop_columns(["report_codes"])
+        pq.write_table(t.replace_schema_metadata(None), dst / shard, compression="lz4")
+    for s in m.get("sidecars", []):
+        shutil.copyfile(src / s, dst / s)
+    (dst / "_manifest.json").write_text(json.dumps({**m, "schema_version": version}))
+    return dst
+
+
+def test_old_schema_tables_read_the_same(tables, tmp_path):
+    for source in ("cinc2017", "mitdb", "cinc2020"):
+        new = read_table(tables[source])
+        for version in (1, 2):
+            old = _as_old_schema(tables[source], tmp_path / f"{source}-v{version}", version)
+            for split in (None, "train"):
+                a, b = read_table(old, split=split), read_table(tables[source], split=split)
+                np.testing.assert_array_equal(a.signal, b.signal)
+                np.testing.assert_array_equal(a.lead_mask, b.lead_mask)
+                assert a.meta.equals(b.meta)
+            assert len(read_table(old, columns=["ecg_id"])) == len(new)
+
+
+def test_conform_packs_an_old_shard(tables, tmp_path):
+    old = _as_old_schema(tables["mitdb"], tmp_path / "v1", 1)
+    m = read_manifest(old)
+    shard = conform(read_shard(old / m["shards"][0], None, None), m["n_samples"])
+    assert shard.schema.field("signal").type == pa.large_binary()
+    assert shard.column("report_codes").null_count == shard.num_rows
+    ref = pq.read_table(tables["mitdb"] / read_manifest(tables["mitdb"])["shards"][0])
+    for got, want in zip(arrays([shard], m["n_samples"]), arrays([ref], m["n_samples"])):
+        np.testing.assert_array_equal(got, want)
