@@ -41,8 +41,10 @@ bench: setup
 science: setup
 	$(BIN)/python bench/science.py $(if $(DATA),--data $(DATA),--steps 20)
 
+# The MLflow UI on the local store: `make ui`, or `make ui PORT=5001` when 5000 is taken.
+PORT ?= 5000
 ui: setup
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $(PORT)
 
 # The checked-in pipeline YAMLs (a test fails when they are stale): one node and two nodes.
 compile: setup

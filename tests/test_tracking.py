@@ -50,9 +50,11 @@ def test_stage_runs_become_children_of_the_pipeline_run_by_context_only(tmp_path
     assert parent.info.status == "FINISHED" and parent.data.tags["ecgssl.pipeline_run"] == "run-7"
     kids = client.search_runs([parent.info.experiment_id],
                               f"tags.`mlflow.parentRunId` = '{ctx.parent_run_id}'")
-    assert sorted(k.info.run_name for k in kids) == ["evaluate-x", "ingest"]
+    # each name carries a short id that tells runs of one stage apart
+    assert sorted(k.info.run_name.split()[0] for k in kids) == ["evaluate-x", "ingest"]
+    assert all(len(k.info.run_name.split()[1]) == 6 for k in kids)
     assert len(client.search_runs([parent.info.experiment_id])) == 3
-    ev = next(k for k in kids if k.info.run_name == "evaluate-x")
+    ev = next(k for k in kids if k.info.run_name.startswith("evaluate-x"))
     assert ev.data.metrics[metric_key("zeroshot/cinc2017-af/auroc/~")] == 0.5
 
 
@@ -62,3 +64,32 @@ def test_off_context_touches_nothing(tmp_path, monkeypatch):
         run.log_metrics({"a": 1.0})
     log_stage(OFF.with_parent("p", "r"), "ingest", {}, {"rows": 1})
     assert not any(tmp_path.iterdir())
+
+
+def test_dvc_exp_run_stages_share_one_parent_tagged_with_the_experiment(tmp_path):
+    """`dvc exp run` starts the stages itself (no `ecgssl pipeline repro`): they find, or the
+    first one opens, one parent run named after the experiment DVC exposes to them."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {"MLFLOW_TRACKING_URI": uri, "DVC_EXP_NAME": "brave-lynx",
+           "DVC_EXP_BASELINE_REV": "abc123"}
+    ctx = RunContext.at_front_door(TrackingConfig(experiment="t"), env=env)
+    assert ctx.pipeline_run == "dvc-exp-brave-lynx" and ctx.in_pipeline
+    log_stage(ctx, "ingest", {"source": "mitdb"}, {"rows": 3},
+              tables={"label_counts.json": [{"split": "train", "label": "N", "rows": 3}]},
+              datasets=[(str(tmp_path), "ingest", "fp123")])
+    with start_run(RunContext.at_front_door(TrackingConfig(experiment="t"), env=env),
+                   "pretrain", {"stage": "pretrain"}, system_metrics=False):
+        pass
+    client = mlflow.MlflowClient(uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    parents = [r for r in runs if r.data.tags.get("stage") == "pipeline"]
+    assert len(parents) == 1 and len(runs) == 3
+    parent = parents[0]
+    assert parent.data.tags["dvc.exp_name"] == "brave-lynx"
+    assert parent.info.status == "FINISHED"      # ends with its latest stage
+    kids = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(kids) == 2
+    ingest = next(k for k in kids if k.data.tags["stage"] == "ingest")
+    assert ingest.data.tags["dvc.baseline_rev"] == "abc123"
+    assert [d.dataset.digest for d in ingest.inputs.dataset_inputs] == ["fp123"]
+    assert "label_counts.json" in [a.path for a in client.list_artifacts(ingest.info.run_id)]

@@ -25,14 +25,16 @@ from ecgssl.config import (
     registry,
 )
 from ecgssl.errors import EcgsslError
+from ecgssl.helpfmt import install as install_help_format
 from ecgssl.render import say
 from ecgssl.storage import is_s3, redact, staged
 
+install_help_format()
 app = typer.Typer(help="Self-supervised ECG foundation models: from WFDB records to a model "
                   "registry. Each subcommand is one pipeline stage; defaults come from the "
                   "stage's section of params.yaml.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False,
-                  rich_markup_mode="markdown")
+                  rich_markup_mode=None)
 ParamsOpt = Annotated[Optional[Path], typer.Option(
     "--params", help="params.yaml to read defaults from [default: $ECGSSL_PARAMS or "
     "./params.yaml]")]
@@ -165,7 +167,7 @@ def ingest(
 
 reports_app = typer.Typer(help="Fill the English `report` column (see `ecgssl reports --help`).",
                           invoke_without_command=True, no_args_is_help=False,
-                          rich_markup_mode="markdown")
+                          rich_markup_mode=None)
 app.add_typer(reports_app, name="reports")
 
 
@@ -285,11 +287,15 @@ def pretrain(
         + " [default: pretrain.method]")] = None,
     encoder: Annotated[Optional[EncoderName], typer.Option(
         help="ECG encoder [default: pretrain.encoder]")] = None,
-    epochs: Annotated[Optional[int], typer.Option()] = None,
-    max_steps: Annotated[Optional[int], typer.Option()] = None,
+    epochs: Annotated[Optional[int], typer.Option(
+        help="Passes over the train split [default: pretrain.epochs]")] = None,
+    max_steps: Annotated[Optional[int], typer.Option(
+        help="Stop after this many steps, whatever --epochs says [default: "
+        "pretrain.max_steps]")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Global batch size.")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate.")] = None,
-    seed: Annotated[Optional[int], typer.Option()] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed [default: pretrain.seed]")
+                    ] = None,
     precision: Annotated[Optional[str], typer.Option(help="auto, fp32 or bf16")] = None,
     mlflow: Annotated[Optional[bool], typer.Option(
         "--mlflow/--no-mlflow", help="Log to MLflow [default: tracking.enabled]")] = None,
@@ -465,26 +471,36 @@ def promote(
         help="Gate metric key from the evaluation, higher is better [default: "
         "promote.metric]")] = None,
     min_delta: Annotated[Optional[float], typer.Option(
-        help="Smallest win that promotes [default: promote.min_delta]")] = None,
+        help="Smallest win that promotes: the lower 95 % bound of the paired gain must exceed "
+        "it [default: promote.min_delta]")] = None,
     force: Annotated[bool, typer.Option(help="Promote without comparing.")] = False,
+    record: Annotated[Optional[str], typer.Option(
+        help="Also write the decision (versions, delta, CI, reason) to this JSON file.")
+    ] = None,
     params: ParamsOpt = None,
 ):
-    """Move @champion to @challenger when the challenger wins on the gate metric measured on the
-    same test data. Exit status: 0 promoted, 3 not promoted (kept the champion), 2 error."""
+    """Move @champion to @challenger when the challenger's gain on the gate metric is
+    confidently above min_delta: a paired bootstrap over the test records both versions
+    scored. Exit status: 0 promoted, 3 not promoted (kept the champion), 2 error."""
     from ecgssl.config import section
     from ecgssl.registry.register import promote as run_promote
     from ecgssl.render import promote_decision
 
     cfg = section("promote", {"metric": metric, "min_delta": min_delta}, params)
-    d = run_promote(name, cfg.metric, run_context(params), cfg.min_delta, force)
+    d = run_promote(name, cfg.metric, run_context(params), cfg.min_delta, force,
+                    n_boot=cfg.bootstrap, seed=cfg.seed)
     promote_decision(d, name, cfg.metric)
+    if record:
+        from ecgssl.storage import write_json
+        with staged() as io:
+            write_json(io.output(record, pull_existing=False), d.to_dict())
     raise typer.Exit(0 if d.promoted else 3)
 
 
 pipeline_app = typer.Typer(
     help="The whole pipeline on Kubeflow (compile, submit, schedule), locally with kfp.local "
     "(run-local), or with DVC inside one MLflow parent run (repro).", no_args_is_help=True,
-    rich_markup_mode="markdown")
+    rich_markup_mode=None)
 app.add_typer(pipeline_app, name="pipeline")
 
 SetOpt = Annotated[Optional[list[str]], typer.Option(
@@ -623,15 +639,25 @@ def pipeline_repro(ctx: typer.Context):
 
 
 @app.command()
+@user_errors
 def summary(
     outputs: Annotated[Path, typer.Argument(help="The pipeline's output folder.")] = Path(
         "outputs"),
+    write: Annotated[Optional[Path], typer.Option(
+        help="Instead of printing, write the headline metrics and ROC curves to this folder "
+        "(the committed metrics/ that DVC compares revisions by).")] = None,
     params: ParamsOpt = None,
 ):
-    """Print the key metrics of a pipeline run and how to look at it in MLflow."""
-    from ecgssl.pipeline.summary import key_metrics
+    """Print what the last pipeline run did: key metrics, the registered version, its aliases
+    and the promotion decision, the MLflow run, where the plots are, and what to run next."""
+    from ecgssl.pipeline.summary import key_metrics, run_facts, write_tracked
     from ecgssl.render import key_metrics as show
-    show(key_metrics(outputs), outputs, run_context(params).tracking_uri)
+    if write is not None:
+        files = write_tracked(outputs, write)
+        say(f"wrote {len(files)} files to {write}/ (dvc metrics show, dvc plots show)")
+        return
+    ctx = run_context(params)
+    show(key_metrics(outputs), outputs, ctx.tracking_uri, run_facts(outputs, ctx))
 
 
 if __name__ == "__main__":

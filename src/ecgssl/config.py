@@ -196,7 +196,11 @@ class EvaluateConfig(Section):
 class PromoteConfig(Section):
     metric: str = Field("zeroshot/cinc2017-af/macro_auroc", description="gate metric key, "
                         "higher is better")
-    min_delta: float = Field(0.0, description="smallest win that moves @champion")
+    min_delta: float = Field(0.005, ge=0, description="smallest win that moves @champion: the "
+                             "lower 95 % bound of the paired bootstrap delta must exceed it")
+    bootstrap: int = Field(1000, ge=100, description="paired bootstrap resamples of the test "
+                           "patients (records) shared by challenger and champion")
+    seed: int = Field(0, description="seed of the paired bootstrap")
 
 
 class TrackingConfig(Section):

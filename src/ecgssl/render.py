@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ecgssl.data.table import TableManifest
@@ -107,16 +108,31 @@ def promote_decision(d, name: str, metric: str) -> None:
     t.add_row("champion", str(d.champion or "-"), _fmt(d.champion_value))
     console.print(t)
     verdict = "[green]promoted[/]" if d.promoted else "[yellow]not promoted[/]"
-    say(f"{verdict}: {d.reason}")
+    say(f"{verdict}: {escape(d.reason)}")
 
 
-def key_metrics(rows: list[tuple[str, str, float]], outputs, tracking_uri: str) -> None:
+def key_metrics(rows: list[tuple[str, str, float]], outputs, tracking_uri: str,
+                facts: dict | None = None) -> None:
+    from ecgssl.pipeline.summary import ui_url
+    facts = facts or {}
     t = Table(title=f"ecgssl: key metrics in {outputs}")
     for col in ("file", "metric", "value"):
         t.add_column(col)
     for f, k, v in rows:
         t.add_row(f, k, f"{v:.4f}")
     console.print(t)
-    say(f"MLflow: runs and registered models are in {redact(tracking_uri)}; open the UI with "
-        "`make ui` "
-        "(http://127.0.0.1:5000).")
+    reg, promo, run = facts.get("registration"), facts.get("promotion"), facts.get("run")
+    if reg:
+        aliases = ", ".join(f"@{a}" for a in facts.get("aliases", [])) or "no alias"
+        say(f"registered: {reg['model_uri']} ({aliases})")
+    if promo:
+        verdict = "promoted to @champion" if promo["promoted"] else "not promoted"
+        say(f"promotion: v{promo['challenger']} {verdict}: {escape(promo['reason'])}")
+    if run:
+        say(f"MLflow run: {run['run_name']} ({run['status']}) "
+            f"{redact(ui_url(run, tracking_uri))}")
+    say(f"plots: {outputs}/eval/<task>/*.png; ROC curves per revision in metrics/roc/ "
+        "(`dvc plots show`, `dvc plots diff`)")
+    say(f"next: `make ui` (MLflow UI on {redact(tracking_uri)}, http://127.0.0.1:5000; "
+        "`make ui PORT=5001` for another port), `dvc exp show --only-changed --drop "
+        "'outputs/.*|data/.*|src/.*'`, `dvc metrics diff`, `dvc plots diff`")

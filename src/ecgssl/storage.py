@@ -196,6 +196,9 @@ def file_sha256(path: str | Path) -> str:
 
 
 ENCODER_HASH = "encoder_sha256"   # key in test_data.json and classifier.json
+# What differs on every run of a stage (times, throughput) goes to this file beside its outputs,
+# never into them: .dvcignore hides it, so DVC's hashes (dvc.lock) stay those of the results.
+RUN_FILE = "_run.json"
 
 
 def encoder_hash(folder: str | Path) -> str | None:

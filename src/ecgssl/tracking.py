@@ -11,7 +11,10 @@ it. The environment variables a front door accepts:
 - `ECGSSL_PARENT_RUN_ID`: the parent run a CLI stage joins (`ecgssl pipeline repro` sets it for
   the `dvc repro` it runs);
 - `ECGSSL_PIPELINE_RUN`: the pipeline run's name (a KFP pod's `pipeline/runid` label, or set by
-  `repro`/`run-local`); a stage without a parent id finds the parent run by this tag.
+  `repro`/`run-local`); a stage without a parent id finds the parent run by this tag;
+- `DVC_EXP_NAME` (set by `dvc exp run` for its stages): without the two above, the stages of one
+  experiment join one parent run `dvc-exp-<name>`, tagged `dvc.exp_name`, which the first
+  stage creates.
 
 An unreachable server is a clear error naming the URI, never a hang.
 """
@@ -19,7 +22,9 @@ An unreachable server is a clear error naming the URI, never a hang.
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -35,6 +40,7 @@ if TYPE_CHECKING:
 DEFAULT_URI = "sqlite:///mlflow.db"
 PARENT_ENV, PIPELINE_RUN_ENV, URI_ENV = ("ECGSSL_PARENT_RUN_ID", "ECGSSL_PIPELINE_RUN",
                                          "MLFLOW_TRACKING_URI")
+DVC_EXP_ENV, DVC_BASELINE_ENV = "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"   # set by `dvc exp run`
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,8 @@ class RunContext:
     experiment: str = "ecgssl"
     parent_run_id: str | None = None
     pipeline_run: str | None = None
+    dvc_exp: str | None = None        # the `dvc exp run` experiment this stage runs in
+    dvc_baseline: str | None = None
 
     @classmethod
     def at_front_door(cls, cfg: TrackingConfig, uri: str | None = None,
@@ -52,11 +60,14 @@ class RunContext:
         """The context a front door builds: params' `tracking` section, explicit overrides
         (a CLI flag, a pipeline argument), then the environment variables listed above."""
         env = os.environ if env is None else env
+        dvc_exp = env.get(DVC_EXP_ENV) or None
+        parent, pipeline_run = env.get(PARENT_ENV) or None, env.get(PIPELINE_RUN_ENV) or None
+        if dvc_exp and not parent and not pipeline_run:
+            pipeline_run = f"dvc-exp-{dvc_exp}"
         return cls(enabled=cfg.enabled if enabled is None else enabled,
                    tracking_uri=uri or cfg.uri or env.get(URI_ENV) or DEFAULT_URI,
-                   experiment=cfg.experiment,
-                   parent_run_id=env.get(PARENT_ENV) or None,
-                   pipeline_run=env.get(PIPELINE_RUN_ENV) or None)
+                   experiment=cfg.experiment, parent_run_id=parent, pipeline_run=pipeline_run,
+                   dvc_exp=dvc_exp, dvc_baseline=env.get(DVC_BASELINE_ENV) or None)
 
     @property
     def in_pipeline(self) -> bool:
@@ -115,6 +126,9 @@ class NullRun:
     def log_artifacts(self, path: str | Path, artifact_path: str | None = None) -> None: ...
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
     def set_tags(self, tags: dict) -> None: ...
+    def log_table(self, rows: list[dict], artifact_file: str) -> None: ...
+    def log_dataset(self, table: str | Path, context: str, name: str | None = None,
+                    digest: str | None = None) -> None: ...
 
 
 class MlflowRun(NullRun):
@@ -137,7 +151,53 @@ class MlflowRun(NullRun):
         self.mlflow.log_artifact(str(path), artifact_path)
 
     def set_tags(self, tags):
-        self.mlflow.set_tags(tags)
+        self.mlflow.set_tags({k: str(v)[:5000] for k, v in tags.items()})
+
+    def log_table(self, rows, artifact_file):
+        """A table in the run's artifacts that the UI shows (Artifacts, Evaluation)."""
+        if rows:
+            import pandas as pd
+            self.mlflow.log_table(pd.DataFrame(rows), artifact_file)
+
+    def log_dataset(self, table, context, name=None, digest=None):
+        """The table as one of the run's dataset inputs (its name, fingerprint and location:
+        the UI's Datasets column), without loading it: a MetaDataset points at it."""
+        from mlflow.data.meta_dataset import MetaDataset
+        source = _dataset_source(str(table))
+        ds = MetaDataset(source, name=name or Path(str(table).rstrip("/")).name,
+                         digest=(digest or "unknown")[:36])
+        self.mlflow.log_input(ds, context=context)
+
+
+def _dataset_source(uri: str):
+    """An MLflow dataset source for a folder (made absolute: the UI shows where it is) or an
+    object-store prefix."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    if "://" not in uri:
+        uri = str(Path(uri).resolve())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # "can be interpreted in multiple ways": all local
+        return resolve_dataset_source(uri)
+
+
+def quiet_mlflow() -> None:
+    """Silence MLflow's harmless chatter (noted once here so logs show what matters): the
+    `artifact_path` deprecation, pip's version inference, the SQLite store's alembic upgrade
+    lines, GitPython's "git not found", the predict type-hint advice and the run-link lines
+    (the summary prints the run's URL once)."""
+    import logging
+    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    for name in ("alembic", "alembic.runtime.migration", "mlflow.store.db.utils",
+                 "mlflow.utils.requirements_utils", "mlflow.system_metrics",
+                 "mlflow.models.model", "mlflow.utils.environment", "mlflow.tracking.fluent"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    for pattern in (".*artifact_path.*deprecated.*", ".*[Ii]nferred.*", ".*pydantic.*",
+                    ".*Hint: Inferred schema.*", ".*Failed to resolve installed pip.*",
+                    ".*filesystem tracking backend.*", ".*noload.*loader strategy.*",
+                    ".*Add type hints to the `predict` method.*"):
+        warnings.filterwarnings("ignore", message=pattern)
+    warnings.filterwarnings("ignore", category=FutureWarning, module="mlflow")
+    warnings.filterwarnings("ignore", category=UserWarning, module="mlflow")
 
 
 def check_server(uri: str, timeout: float = 5.0) -> None:
@@ -167,6 +227,7 @@ def check_server(uri: str, timeout: float = 5.0) -> None:
 
 
 def connect(ctx: RunContext):
+    quiet_mlflow()
     import mlflow
     check_server(ctx.tracking_uri)
     mlflow.set_tracking_uri(ctx.tracking_uri)
@@ -177,7 +238,16 @@ def _base_tags(ctx: RunContext) -> dict:
     tags = {"ecgssl.version": __version__, "git.commit": git_commit()}
     if ctx.pipeline_run:
         tags["ecgssl.pipeline_run"] = ctx.pipeline_run
+    if ctx.dvc_exp:
+        tags["dvc.exp_name"] = ctx.dvc_exp
+    if ctx.dvc_baseline:
+        tags["dvc.baseline_rev"] = ctx.dvc_baseline
     return tags
+
+
+def short_id() -> str:
+    """What tells runs of one stage apart in the runs list: `evaluate-cinc2017-af 3fa9c2`."""
+    return secrets.token_hex(3)
 
 
 @contextmanager
@@ -191,6 +261,8 @@ def start_run(ctx: RunContext, run_name: str, tags: dict | None = None,
         return
     mlflow = connect(ctx)
     parent = parent_run_id(ctx)
+    if not parent and ctx.dvc_exp and ctx.pipeline_run:
+        parent = _open_exp_parent(ctx)     # the first stage of a `dvc exp run` opens it
     if only_child and not parent:
         yield NullRun()
         return
@@ -201,9 +273,20 @@ def start_run(ctx: RunContext, run_name: str, tags: dict | None = None,
             parent).info.experiment_id)
     else:
         mlflow.set_experiment(ctx.experiment)
-    with mlflow.start_run(run_name=run_name, tags={**base_tags, **(tags or {})},
+    with mlflow.start_run(run_name=f"{run_name} {short_id()}",
+                          tags={**base_tags, **(tags or {})},
                           log_system_metrics=system_metrics) as run:
         yield MlflowRun(mlflow, run)
+    if parent and ctx.dvc_exp and not ctx.parent_run_id:
+        # nobody else ends an experiment's parent: it ends with its latest stage
+        mlflow.MlflowClient().set_terminated(parent, "FINISHED")
+
+
+def _open_exp_parent(ctx: RunContext) -> str:
+    """The parent run of a `dvc exp run` (no `ecgssl pipeline repro` made one)."""
+    c = start_pipeline_run(replace(ctx, pipeline_run=None), ctx.pipeline_run,
+                           {"runner": "dvc exp", "dvc.exp_name": ctx.dvc_exp})
+    return c.parent_run_id
 
 
 def parent_run_id(ctx: RunContext) -> str | None:
@@ -220,14 +303,21 @@ def parent_run_id(ctx: RunContext) -> str | None:
 
 
 def log_stage(ctx: RunContext, stage: str, params: dict, metrics: dict,
-              run_name: str | None = None) -> None:
+              run_name: str | None = None, tables: dict[str, list[dict]] | None = None,
+              datasets: list[tuple[str, str, str | None]] = ()) -> None:
     """A child run for a stage that has no run of its own (ingest, reports, embed-text), logged
-    only inside a pipeline run so that one-off CLI calls do not litter the experiment."""
+    only inside a pipeline run so that one-off CLI calls do not litter the experiment.
+    `tables`: {artifact file (.json): rows} shown as MLflow tables; `datasets`: (table
+    location, context, fingerprint) logged as the run's dataset inputs."""
     with start_run(ctx, run_name or stage, {"stage": stage}, system_metrics=False,
                    only_child=True) as run:
         run.log_params(flatten(params))
         run.log_metrics({k: v for k, v in flatten(metrics).items()
                          if isinstance(v, int | float) and not isinstance(v, bool)})
+        for artifact_file, rows in (tables or {}).items():
+            run.log_table(rows, artifact_file)
+        for table, context, digest in datasets:
+            run.log_dataset(table, context, digest=digest)
 
 
 def start_pipeline_run(ctx: RunContext, pipeline_run: str, tags: dict | None = None
@@ -246,3 +336,32 @@ def end_pipeline_run(ctx: RunContext, status: str = "FINISHED") -> None:
     parent = parent_run_id(ctx)
     if parent:
         connect(ctx).MlflowClient().set_terminated(parent, status)
+
+
+ENCODER_TAG = "encoder.sha256"   # on the pretrain run that wrote the encoder
+
+
+def pretrain_run_of(ctx: RunContext, encoder_sha: str | None) -> str | None:
+    """The MLflow run that pretrained the encoder with these weights (found by its tag, in
+    any experiment of the tracking store), or None. A run id is not written into the
+    encoder's files: those are DVC outputs, and a run id would change them on every run."""
+    if not ctx.enabled or not encoder_sha:
+        return None
+    runs = connect(ctx).search_runs(
+        search_all_experiments=True, output_format="list", max_results=1,
+        order_by=["attributes.start_time DESC"],
+        filter_string=f"tags.`{ENCODER_TAG}` = '{encoder_sha}' and tags.stage = 'pretrain'")
+    return runs[0].info.run_id if runs else None
+
+
+def lineage(ctx: RunContext, encoder_sha: str | None, pretrain_config: dict) -> tuple[dict,
+                                                                                       dict]:
+    """(tags, params) linking a run to the pretraining it builds on: the pretrain run id,
+    its data fingerprint and its config (params `pretrain.*`)."""
+    run_id = pretrain_run_of(ctx, encoder_sha)
+    tags = {ENCODER_TAG: str(encoder_sha),
+            "pretrain.data_fingerprint": str(pretrain_config.get("data_fingerprint")),
+            **({"pretrain.run_id": run_id} if run_id else {})}
+    params = flatten({"pretrain": {k: v for k, v in pretrain_config.items()
+                                   if not isinstance(v, list | dict)}})
+    return tags, params

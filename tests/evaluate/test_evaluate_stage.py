@@ -45,6 +45,15 @@ def test_zeroshot_and_probe_write_metrics_and_plots(encoder, tables, tmp_path):
     info = json.loads((tmp_path / "classifier-probe/classifier.json").read_text())
     assert info["classes"] == ["N", "A", "O", "~"] and info["label_fraction"] == 100
     assert json.loads((tmp_path / "test_data.json").read_text())["cinc2017-af"]
+    # per-record test scores of each headline model: what the promotion gate pairs
+    from ecgssl.evaluate.scores import read_scores
+    df, meta = read_scores(tmp_path / "scores.parquet")
+    assert sorted(df["mode"].unique()) == ["probe", "zeroshot"]
+    assert meta["classes"] == ["N", "A", "O", "~"] and meta["task"] == "cinc2017-af"
+    zs = df[df["mode"] == "zeroshot"]
+    assert len(zs) == m["data/cinc2017-af/test_records"] and zs["item"].is_unique
+    assert set(zs["label"]) <= {"N", "A", "O", "~"}
+    assert (zs[[f"y.{c}" for c in meta["classes"]]].sum(1) == 1).all()
 
 
 def test_multilabel_finetune_on_mitdb(encoder, tables, tmp_path):

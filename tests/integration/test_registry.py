@@ -29,16 +29,44 @@ GATE = "zeroshot/cinc2017-af/macro_auroc"
 
 
 @pytest.fixture(scope="module")
-def evaluated(corpus, tables, tmp_path_factory):
+def evaluated(corpus, tables, tmp_path_factory, mlflow_server):
+    """A tracked pretrain and evaluation (their runs are the lineage registrations point to)."""
     root = tmp_path_factory.mktemp("reg")
+    ctx = RunContext(enabled=True, tracking_uri=mlflow_server, experiment="lineage")
     pretrain(corpus["table"], corpus["text_emb"], root / "enc", PretrainConfig(
         method="mets+st", width=16, batch_size=16, max_steps=4, warmup_steps=1),
-        progress=False)
+        progress=False, ctx=ctx)
     run_evaluate(root / "enc", tables["cinc2017"], "cinc2017-af", ["zeroshot", "probe"],
                  root / "eval", EvaluateConfig(probe_c=[0.1], bootstrap=20,
                                                cache=None),
-                 fractions=[100], progress=False)
+                 fractions=[100], progress=False, ctx=ctx)
     return root
+
+
+def _better(evaluated, folder, delta: float, shift: float, drop: int = 0):
+    """An evaluation folder of the same encoder and test data whose zero-shot scores moved
+    `shift` of the way towards the true labels (and the gate metric by `delta`); `drop`
+    leaves that many test records out of its scores (an unpaired evaluation)."""
+    import shutil
+
+    from ecgssl.evaluate.scores import read_scores
+    folder.mkdir()
+    m = json.loads((evaluated / "eval/metrics.json").read_text())
+    m[GATE] += delta
+    (folder / "metrics.json").write_text(json.dumps(m))
+    shutil.copy(evaluated / "eval/test_data.json", folder / "test_data.json")
+    df, meta = read_scores(evaluated / "eval/scores.parquet")
+    zs = df["mode"] == "zeroshot"
+    for c in meta["classes"]:
+        df.loc[zs, f"score.{c}"] = (1 - shift) * df.loc[zs, f"score.{c}"] + shift * df.loc[
+            zs, f"y.{c}"]
+    if drop:
+        df = df.drop(df.index[zs][:drop])
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=False).replace_schema_metadata(
+        {"ecgssl": json.dumps(meta)}), folder / "scores.parquet")
+    return folder / "metrics.json"
 
 
 def cli(*args, env):
@@ -54,30 +82,58 @@ def test_register_gate_load_and_serve(evaluated, corpus, mlflow_server, tmp_path
     ctx = RunContext(enabled=True, tracking_uri=mlflow_server)
     metrics = evaluated / "eval" / "metrics.json"
     v1 = register(evaluated / "enc", name, ctx, metrics_files=[metrics])
-    p = cli("promote", "--name", name, "--metric", GATE, env=env)
+    p = cli("promote", "--name", name, "--metric", GATE, "--record", tmp_path / "d.json",
+            env=env)
     assert p.returncode == 0 and "no champion yet" in p.stderr, p.stderr
+    assert json.loads((tmp_path / "d.json").read_text())["promoted"] is True
 
-    # Same numbers again: not a win, the champion stays (exit 3).
+    # Lineage and the model card: the version points at the pretrain run that made it.
+    client = mlflow.MlflowClient(mlflow_server)
+    runs = client.search_runs([client.get_experiment_by_name("lineage").experiment_id])
+    pre = next(r for r in runs if r.data.tags["stage"] == "pretrain")
+    ev = next(r for r in runs if r.data.tags["stage"] == "evaluate")
+    assert ev.data.tags["pretrain.run_id"] == pre.info.run_id
+    assert ev.data.params["evaluate.bootstrap"] == "20" and "pretrain.method" in ev.data.params
+    assert ev.inputs.dataset_inputs and pre.inputs.dataset_inputs     # tables as datasets
+    assert ev.info.run_name.startswith("evaluate-cinc2017-af ")       # + a short id
+    ver = client.get_model_version(name, v1.version)
+    assert ver.tags["pretrain.run_id"] == pre.info.run_id
+    assert ver.tags["pretrain.data_fingerprint"] == ver.tags["data.fingerprint"]
+    for part in ("**Data**", "**Method**", "**Key metrics**", "zeroshot/cinc2017-af |",
+                 "**Intended use**", "**Limits**"):
+        assert part in ver.description, ver.description
+    assert "@champion" in client.get_registered_model(name).description
+    reg_run = client.get_run(v1.run_id)
+    assert reg_run.data.params["name"] == name and "pretrain.lr" in reg_run.data.params
+    assert "scores/cinc2017-af.parquet" in [
+        a.path for a in client.list_artifacts(v1.run_id, "scores")]
+
+    # Same scores again: a paired delta of 0 is no win, the champion stays (exit 3).
     v2 = register(evaluated / "enc", name, ctx, metrics_files=[metrics])
     p = cli("promote", "--name", name, "--metric", GATE, env=env)
-    assert p.returncode == 3 and "does not win" in p.stderr, p.stderr
-    client = mlflow.MlflowClient(mlflow_server)
+    assert p.returncode == 3 and "not a confident win" in p.stderr, p.stderr
     assert client.get_model_version_by_alias(name, "champion").version == v1.version
     assert client.get_model_version_by_alias(name, "challenger").version == v2.version
 
-    # A challenger measured better on the same test data wins.
-    better = tmp_path / "eval"
-    better.mkdir()
+    # Scored on other records of the same test data: not paired, said so, refused.
+    register(evaluated / "enc", name, ctx,
+             metrics_files=[_better(evaluated, tmp_path / "fewer", 0.05, 0.9, drop=2)])
+    d = promote(name, GATE, ctx, min_delta=0.01)
+    assert not d.promoted and "not paired" in d.reason and "2 only the champion's" in d.reason
+
+    # A challenger confidently better on the same test records wins.
     m = json.loads(metrics.read_text())
-    m[GATE] += 0.05
-    (better / "metrics.json").write_text(json.dumps(m))
-    (better / "test_data.json").write_text((evaluated / "eval/test_data.json").read_text())
-    v3 = register(evaluated / "enc", name, ctx, metrics_files=[better / "metrics.json"])
+    v3 = register(evaluated / "enc", name, ctx,
+                  metrics_files=[_better(evaluated, tmp_path / "eval", 0.05, 0.9)])
     d = promote(name, GATE, ctx, min_delta=0.01)
     assert d.promoted and d.challenger_value == pytest.approx(d.champion_value + 0.05)
+    assert d.paired.ci_low > 0.01 and d.paired.n_items == m["data/cinc2017-af/test_records"]
     champ = client.get_model_version_by_alias(name, "champion")
     assert champ.version == v3.version
     assert champ.tags["promotion.decision"] == "promoted"
+    assert float(champ.tags["promotion.ci_low"]) == pytest.approx(d.paired.ci_low, abs=1e-6)
+    assert "**Promotion**" in champ.description and "promoted to @champion" in \
+        champ.description
     assert champ.tags["git.commit"] and champ.tags["params.hash"]
     assert champ.tags["data.fingerprint"] == read_manifest(corpus["table"])["input_fingerprint"]
     old = client.get_model_version(name, v1.version)
@@ -156,13 +212,9 @@ def _params(tmp_path):
 
 def _metrics_with(evaluated, folder, delta: float):
     """An evaluation folder of the same encoder and test data, the gate metric moved by
-    delta (what a better or worse run of the same evaluation would write)."""
-    folder.mkdir()
-    m = json.loads((evaluated / "eval/metrics.json").read_text())
-    m[GATE] += delta
-    (folder / "metrics.json").write_text(json.dumps(m))
-    (folder / "test_data.json").write_text((evaluated / "eval/test_data.json").read_text())
-    return folder / "metrics.json"
+    delta and the scores as much closer to the truth as makes the gain certain (what a
+    better run of the same evaluation would write)."""
+    return _better(evaluated, folder, delta, min(0.9, delta * 10))
 
 
 def test_the_registered_model_is_code_not_a_pickle(evaluated, mlflow_server, monkeypatch):

@@ -138,6 +138,17 @@ def test_pretraining_is_tracked_in_mlflow(corpus, tmp_path, monkeypatch):
         assert client.get_metric_history(run.info.run_id, key)
     arts = {a.path for a in client.list_artifacts(run.info.run_id, "pretrain")}
     assert {"pretrain/encoder.safetensors", "pretrain/config.json"} <= arts
+    # what evaluate and register find this run by (their lineage), and its training table
+    from ecgssl.storage import encoder_hash
+    assert run.data.tags["encoder.sha256"] == encoder_hash(tmp_path / "run")
+    (ds,) = run.inputs.dataset_inputs
+    assert ds.dataset.digest == config_fp(tmp_path / "run")[:36]
+    assert "samples_per_s" not in json.dumps(json.loads((tmp_path / "run/metrics.json")
+                                                        .read_text()))   # a DVC output
+
+
+def config_fp(run):
+    return str(json.loads((run / "config.json").read_text())["data_fingerprint"])
 
 
 def test_unreachable_tracking_server_is_a_clear_error(corpus, tmp_path, monkeypatch):

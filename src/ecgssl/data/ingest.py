@@ -34,7 +34,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 from filelock import FileLock, Timeout
-from tqdm import tqdm
 
 from ecgssl import __version__
 from ecgssl.config import IngestConfig
@@ -62,6 +61,7 @@ from ecgssl.data.table import (
     writing,
 )
 from ecgssl.errors import EcgsslError, RecordError
+from ecgssl.progress import bar as progress_bar
 from ecgssl.storage import (
     exclusive,
     file_sha256,
@@ -323,7 +323,7 @@ def ingest(source_name: str, input_dir: str | Path, output_dir: str | Path,
                                progress, src_options)
         if result.up_to_date or not result.complete:
             return result              # the slice that completes the table logs the stage
-    _log(ctx, result, cfg.model_dump())
+    _log(ctx, out, result, cfg.model_dump())
     if result.records_ok == 0:
         reasons = "; ".join(q["reason"] for q in result.records_quarantined[:3])
         raise EcgsslError(f"no record of {root} could be read ({len(tasks)} quarantined), "
@@ -331,14 +331,31 @@ def ingest(source_name: str, input_dir: str | Path, output_dir: str | Path,
     return result
 
 
-def _log(ctx: RunContext, result: TableManifest, params: dict) -> None:
+def _log(ctx: RunContext, out: Path, result: TableManifest, params: dict) -> None:
     log_stage(ctx, "ingest", {"source": result.source, **params},
               {"rows": result.rows, "records_ok": result.records_ok,
                "records_total": result.records_total, "elapsed_s": result.elapsed_s,
                "records_quarantined": len(result.records_quarantined),
                **{k: result.raw[k] for k in ("records_without_labels", "rows_without_record")
                   if k in result.raw}},
-              run_name=f"ingest-{result.source}")
+              run_name=f"ingest-{result.source}",
+              tables=_tracked_tables(out, result) if ctx.enabled and ctx.in_pipeline else None,
+              datasets=[(str(out), "ingest", result.raw.get("input_fingerprint"))])
+
+
+def _tracked_tables(out: Path, m: TableManifest) -> dict[str, list[dict]]:
+    """The ingest run's MLflow tables: label counts per split (rows), and the quarantine
+    (one row per record, its kind and reason)."""
+    import pyarrow.parquet as pq
+    counts = collections.Counter()
+    for shard in m.raw.get("shards", []):
+        t = pq.read_table(out / shard, columns=["split", "labels"])
+        for split, labs in zip(t.column("split").to_pylist(), t.column("labels").to_pylist()):
+            counts.update((split, lab) for lab in labs or ["(none)"])
+    return {"label_counts.json": [{"split": s, "label": lab, "rows": n}
+                                  for (s, lab), n in sorted(counts.items())],
+            "quarantine.json": [{"record": q.get("record"), "kind": q.get("kind"),
+                                 "reason": q.get("reason")} for q in m.records_quarantined]}
 
 
 # How long a slice waits for the folder's lock, which other slices hold for a moment only
@@ -491,7 +508,7 @@ def merge_slices(folders: list[str | Path], out: str | Path, ctx: RunContext = O
         raise EcgsslError(f"{out}: the slices in {', '.join(map(str, folders))} do not hold "
                           "every part of the table; run the missing `--part K/N`")
     if not result.up_to_date:
-        _log(ctx, result, {"parts": result.raw.get("parts")})
+        _log(ctx, out, result, {"parts": result.raw.get("parts")})
     return result
 
 
@@ -504,8 +521,8 @@ def _write_parts(source_name, root, out, cfg, key, chunks, infos, progress, desc
     workers = cfg.workers or os.cpu_count() or 1
     size = n_samples(cfg)
     written = {}
-    with tqdm(total=total, initial=total - n_todo, unit="rec", desc=desc, disable=not progress,
-              dynamic_ncols=True) as bar:
+    with progress_bar(total=total, initial=total - n_todo, unit="rec", desc=desc,
+                      enabled=progress, dynamic_ncols=True) as bar:
         if workers == 1 or n_todo < 2:
             _init_worker(source_name, str(root), cfg.model_dump(),
                          options=src_options)                         # this process

@@ -27,7 +27,14 @@ import pyarrow.parquet as pq
 
 from ecgssl.data.signal import N_LEADS
 from ecgssl.errors import EcgsslError
-from ecgssl.storage import atomic_path, exclusive, expand_folder, file_sha256, write_json
+from ecgssl.storage import (
+    RUN_FILE,
+    atomic_path,
+    exclusive,
+    expand_folder,
+    file_sha256,
+    write_json,
+)
 
 # 2: report_codes; 3: `signal` holds only the leads `lead_mask` marks present (a single-lead
 # row stores 1/12 of the floats); versions 1-2 stored all 12 leads, zeros for absent ones.
@@ -148,9 +155,29 @@ def read_manifest(path: str | Path) -> dict:
         raise EcgsslError(f"{path} is not a complete ECG table: {MANIFEST} is missing "
                           "(run `ecgssl ingest`, or let an interrupted one finish)")
     try:
-        return json.loads(p.read_text())
+        m = json.loads(p.read_text())
     except json.JSONDecodeError as exc:
         raise EcgsslError(f"{p}: corrupt manifest: {exc}") from None
+    run = Path(path) / RUN_FILE          # the run's times, kept out of the manifest
+    volatile = json.loads(run.read_text()) if run.is_file() else {}
+    m.update({k: v for k, v in volatile.items() if k != "reports"})
+    if isinstance(m.get("reports"), dict):
+        m["reports"].setdefault("elapsed_s", volatile.get("reports", {}).get("elapsed_s", 0.0))
+    return m
+
+
+VOLATILE = ("created_at", "elapsed_s")   # manifest keys that differ on every run
+
+
+def split_volatile(manifest: dict) -> tuple[dict, dict]:
+    """(the manifest without run times, the run times) so that the manifest, and the DVC
+    hash of the table, depend only on the input and options."""
+    m = {k: v for k, v in manifest.items() if k not in VOLATILE}
+    run = {k: manifest[k] for k in VOLATILE if k in manifest}
+    if isinstance(m.get("reports"), dict) and "elapsed_s" in m["reports"]:
+        m["reports"] = {k: v for k, v in m["reports"].items() if k != "elapsed_s"}
+        run["reports"] = {"elapsed_s": manifest["reports"]["elapsed_s"]}
+    return m, run
 
 
 @dataclass(frozen=True)
@@ -225,7 +252,9 @@ class TableJob:
 
     def commit(self, manifest: dict) -> TableManifest:
         """Write the manifest, last: from now on readers see the new table."""
-        write_json(self.out / MANIFEST, manifest)
+        stable, run = split_volatile(manifest)
+        write_json(self.out / RUN_FILE, run)
+        write_json(self.out / MANIFEST, stable)
         return TableManifest.of(self.out, manifest)
 
 

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from ecgssl.config import EVAL_MODES, EvaluateConfig
 from ecgssl.data.preprocess import for_model
@@ -32,6 +31,8 @@ from ecgssl.evaluate.metrics import (
     evaluate_scores,
     predictions,
 )
+from ecgssl.evaluate.scores import FILE as SCORES_FILE
+from ecgssl.evaluate.scores import ModeScores, write_scores
 from ecgssl.evaluate.supervised import features, fit, label_subsets, save_classifier
 from ecgssl.evaluate.tasks import TaskData, add_user_tasks, get_task, load_task
 from ecgssl.evaluate.zeroshot import (
@@ -41,6 +42,7 @@ from ecgssl.evaluate.zeroshot import (
     zero_shot_scores,
 )
 from ecgssl.models.pretrain import load_pretrained
+from ecgssl.progress import bar as progress_bar
 from ecgssl.storage import (
     ENCODER_HASH,
     encoder_hash,
@@ -50,11 +52,12 @@ from ecgssl.storage import (
     write_json,
 )
 from ecgssl.text.cache import EmbeddingCache
-from ecgssl.tracking import OFF, RunContext, start_run
+from ecgssl.tracking import OFF, RunContext, flatten, lineage, start_run
 
 MODES = EVAL_MODES
 TABLES = "tables"          # test_data.json: {"data": fp, "test_data": fp} of the tables read
-OWNED = ("metrics.json", "test_data.json", "classifier-*", "*.png")   # what evaluate writes
+# what evaluate writes
+OWNED = ("metrics.json", "test_data.json", "scores.parquet", "classifier-*", "*.png")
 HEADLINE = ("macro_auroc", "macro_f1")
 
 
@@ -96,6 +99,15 @@ class Levels:
         np.add.at(summed, inverse, scores)
         counts = np.bincount(inverse, minlength=len(first))[:, None]
         return t.y[idx][first], summed / counts, t.group[idx][first]
+
+    def items(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(item ids, groups) behind rows `idx`, in the order `__call__` gives them: record
+        names for record-level labels, ecg_ids of windows otherwise."""
+        t = self.task
+        if not self.record_level:
+            return t.ids[idx], t.group[idx]
+        _, first = np.unique(t.record[idx], return_index=True)
+        return t.record[idx][first], t.group[idx][first]
 
 
 def score_model(task: TaskData, scores_of, cfg: EvaluateConfig, decide_on: np.ndarray,
@@ -142,7 +154,8 @@ def run_evaluate(encoder_dir: str | Path, table: str | Path, task_name: str, mod
     encoder_sha = encoder_hash(encoder_dir)
     same = lambda old: encoder_sha is not None and (old / "test_data.json").is_file() and \
         read_json(old / "test_data.json").get(ENCODER_HASH) == encoder_sha   # noqa: E731
-    with staged_folder(output, OWNED, ("metrics.json", "test_data.json"), keep=same) as stage:
+    with staged_folder(output, OWNED, ("metrics.json", "test_data.json", "scores.parquet"),
+                       keep=same) as stage:
         r = _evaluate(encoder_dir, table, task_name, modes, stage, cfg, fractions,
                       prompt_overrides, progress, ctx, encoder_sha, test_table)
     return replace(r, output=str(output))
@@ -170,8 +183,20 @@ def _evaluate(encoder_dir, table, task_name, modes, output, cfg, fractions, prom
     fingerprint = test_fingerprint(task)
     tables = {"data": table_fingerprint(table),
               **({"test_data": table_fingerprint(test_table)} if test_table else {})}
+    items = Levels(task, get_task(task_name).level == "record").items(test)
+    scored: dict[str, ModeScores] = {}      # per-item test scores of the headline models
+    lineage_tags, pretrain_params = lineage(ctx, encoder_sha, pcfg)
     with start_run(ctx, f"evaluate-{task_name}",
-                   {"stage": "evaluate", "task": task_name, "encoder": str(encoder_dir)}) as run:
+                   {"stage": "evaluate", "task": task_name, "encoder": str(encoder_dir),
+                    **lineage_tags}) as run:
+        run.log_params({**flatten({"evaluate": cfg.model_dump()}), "task": task_name,
+                        "modes": ",".join(modes), "label_fractions": fractions,
+                        "encoder": str(encoder_dir), **pretrain_params})
+        data_fp = read_manifest(table).get("input_fingerprint")
+        run.set_tags({"data.fingerprint": str(data_fp)})
+        run.log_dataset(table, "evaluation", digest=data_fp)
+        if test_table:
+            run.log_dataset(test_table, "testing", digest=tables["test_data"])
         if "zeroshot" in modes:
             prompts = load_prompts(task_name, table, task.classes)
             for cls, text in (prompt_overrides or {}).items():
@@ -181,6 +206,7 @@ def _evaluate(encoder_dir, table, task_name, modes, output, cfg, fractions, prom
             m, plot = score_model(task, lambda idx: zero_shot_scores(
                 model, task.x[idx], task.mask[idx], emb, task.multilabel), cfg, decide_on)
             metrics.update({f"zeroshot/{task_name}/{k}": v for k, v in m.items()})
+            scored["zeroshot"] = ModeScores(*items, *plot)
             pngs += _plots(out, "zeroshot", task, *plot)
         for mode in [m for m in modes if m != "zeroshot"]:
             subsets = label_subsets(task.group[train], fractions, cfg.seed)
@@ -188,7 +214,7 @@ def _evaluate(encoder_dir, table, task_name, modes, output, cfg, fractions, prom
             nets = {False: model, True: load_pretrained(encoder_dir, random_init=True)[0]}
             feats = {t: features(n, task) for t, n in nets.items()} if mode == "probe" else {}
             jobs = [(f, twin) for f in fractions for twin in (False, True)]
-            for f, twin in tqdm(jobs, desc=f"{mode} {task_name}", disable=not progress):
+            for f, twin in progress_bar(jobs, desc=f"{mode} {task_name}", enabled=progress):
                 rows = train[subsets[f]]
                 fitted = fit(nets[twin], task, rows, mode, cfg, feats.get(twin))
                 m, plot = score_model(task, fitted, cfg, fitted.val_idx, fitted.val_scores)
@@ -198,6 +224,7 @@ def _evaluate(encoder_dir, table, task_name, modes, output, cfg, fractions, prom
                 if f == fractions[-1]:
                     metrics.update({f"{prefix}/{k}": v for k, v in m.items()})
                     if not twin:
+                        scored[mode] = ModeScores(*items, *plot)
                         pngs += _plots(out, mode, task, *plot)
                         save_classifier(out / f"classifier-{mode}", encoder_dir, fitted, task,
                                         {"mode": mode, "label_fraction": f,
@@ -215,6 +242,12 @@ def _evaluate(encoder_dir, table, task_name, modes, output, cfg, fractions, prom
         # Which test data these numbers are for: promotion only compares equal fingerprints.
         write_json(out / "test_data.json", {task_name: fingerprint, ENCODER_HASH: encoder_sha,
                                             TABLES: tables})
+        if scored:       # what `promote` pairs challenger and champion on
+            y_test = next(iter(scored.values())).y
+            write_scores(out / SCORES_FILE, task_name, task.classes, task.multilabel,
+                         eligible_classes(np.asarray(y_test), len(task.classes),
+                                          task.multilabel, cfg.min_class_count),
+                         fingerprint, scored)
         run.set_tags({f"test_data.{task_name}": fingerprint,
                       **{f"table.{k}": v for k, v in tables.items()}})
         run.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)})

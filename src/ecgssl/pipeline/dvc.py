@@ -3,11 +3,14 @@
     ecgssl pipeline repro            # what `make run` calls
 
 The stages are `ecgssl` commands that DVC starts: they receive the run context as front doors
-do, in the environment (see ecgssl.tracking).
+do, in the environment (see ecgssl.tracking). The parent run carries params.yaml (flattened)
+as params and, at the end, the headline metrics; a repro with nothing to do (`dvc status`
+clean) opens no run at all. Runs of `dvc exp run` group themselves (ecgssl.tracking).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -15,21 +18,86 @@ import sys
 import time
 from pathlib import Path
 
-from ecgssl.tracking import RunContext, end_pipeline_run, git_commit, start_pipeline_run
+from ecgssl.tracking import (
+    RunContext,
+    connect,
+    end_pipeline_run,
+    flatten,
+    git_commit,
+    metric_key,
+    start_pipeline_run,
+)
 
 
-def repro(args: list[str], ctx: RunContext) -> int:
+def _dvc() -> str:
+    # dvc from this environment even when its bin folder is not on PATH
+    return shutil.which("dvc") or str(Path(sys.executable).parent / "dvc")
+
+
+def nothing_to_do(args: list[str], env: dict) -> bool:
+    """True when `dvc status` says every stage is up to date (and no flag such as --force
+    asks for more): then the repro changes nothing and deserves no run."""
+    if any(a.startswith("-") for a in args):
+        return False
+    p = subprocess.run([_dvc(), "status", "--json", *args], env=env, capture_output=True,
+                       text=True)
+    try:
+        return p.returncode == 0 and json.loads(p.stdout or "null") == {}
+    except json.JSONDecodeError:
+        return False
+
+
+def repro(args: list[str], ctx: RunContext, params: Path = Path("params.yaml"),
+          outputs: Path = Path("outputs")) -> int:
     env = dict(os.environ)
-    if ctx.enabled:
+    tracked = ctx.enabled and not nothing_to_do(args, env)
+    if tracked:
         name = f"dvc-{git_commit()[:8]}-{time.strftime('%Y%m%d-%H%M%S')}"
         ctx = start_pipeline_run(ctx, name, {"runner": "dvc"})
         env.update(ctx.env())
+        _log_params(ctx, params)
     rc = 1
     try:
-        # dvc from this environment even when its bin folder is not on PATH
-        dvc = shutil.which("dvc") or str(Path(sys.executable).parent / "dvc")
-        rc = subprocess.call([dvc, "repro", *args], env=env)
+        rc = subprocess.call([_dvc(), "repro", *args], env=env)
     finally:
-        if ctx.enabled:
+        if tracked:
+            _log_headline(ctx, outputs)
             end_pipeline_run(ctx, "FINISHED" if rc == 0 else "FAILED")
+            _write_record(ctx, outputs)
     return rc
+
+
+def _log_params(ctx: RunContext, params: Path) -> None:
+    import yaml
+    from mlflow.entities import Param
+    if not params.is_file():
+        return
+    flat = flatten(yaml.safe_load(params.read_text()) or {})
+    items = [Param(k, str(v)[:6000]) for k, v in sorted(flat.items())]
+    client = connect(ctx).MlflowClient()
+    for i in range(0, len(items), 100):
+        client.log_batch(ctx.parent_run_id, params=items[i:i + 100])
+
+
+def _log_headline(ctx: RunContext, outputs: Path) -> None:
+    """The parent run's metrics: the numbers `ecgssl summary` shows (compare runs by them)."""
+    from mlflow.entities import Metric
+
+    from ecgssl.pipeline.summary import key_metrics
+    now = int(time.time() * 1000)
+    rows = {metric_key(k): v for _, k, v in key_metrics(outputs)} if outputs.is_dir() else {}
+    if rows:
+        connect(ctx).MlflowClient().log_batch(
+            ctx.parent_run_id, metrics=[Metric(k, v, now, 0) for k, v in rows.items()])
+
+
+def _write_record(ctx: RunContext, outputs: Path) -> None:
+    """outputs/pipeline_run.json (not a DVC output): which MLflow run this was, for the
+    summary's link."""
+    from ecgssl.pipeline.summary import RUN_RECORD
+    from ecgssl.storage import write_json
+    run = connect(ctx).MlflowClient().get_run(ctx.parent_run_id)
+    outputs.mkdir(parents=True, exist_ok=True)
+    write_json(outputs / RUN_RECORD, {"run_id": run.info.run_id, "run_name": run.info.run_name,
+                                      "experiment_id": run.info.experiment_id,
+                                      "status": run.info.status})

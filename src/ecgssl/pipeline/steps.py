@@ -157,13 +157,14 @@ def gate(name: str, params: str, tracking: str) -> bool:
     from ecgssl.registry.register import promote as run_promote
     p = _params(params)
     return run_promote(name, p.promote.metric, _ctx(tracking, p), p.promote.min_delta,
-                       dry_run=True).promoted
+                       dry_run=True, n_boot=p.promote.bootstrap, seed=p.promote.seed).promoted
 
 
 def promote(name: str, params: str, tracking: str):
     from ecgssl.registry.register import promote as run_promote
     p = _params(params)
-    d = run_promote(name, p.promote.metric, _ctx(tracking, p), p.promote.min_delta)
+    d = run_promote(name, p.promote.metric, _ctx(tracking, p), p.promote.min_delta,
+                    n_boot=p.promote.bootstrap, seed=p.promote.seed)
     if not d.promoted:
         raise EcgsslError(f"{name}: the gate passed but promotion was refused: {d.reason}")
     return d

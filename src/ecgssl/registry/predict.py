@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
 from ecgssl.data.table import read_manifest, read_table
 from ecgssl.errors import EcgsslError
+from ecgssl.progress import bar as progress_bar
 from ecgssl.storage import atomic_path
 
 ID_COLUMNS = ("ecg_id", "dataset", "record", "window")
@@ -80,7 +80,8 @@ def run_predict(model_dir: str | Path, table: str | Path, output: str | Path,
                           f"{model.cfg['n_samples']}; ingest at the model's fs and window_s")
     t = read_table(table, columns=["ecg_id", "dataset", "record", "window"])
     scores = np.zeros((len(t), len(classes)), dtype=np.float32)
-    for i in tqdm(range(0, len(t), BATCH), desc="predict", disable=not progress, unit="batch"):
+    for i in progress_bar(range(0, len(t), BATCH), desc="predict", enabled=progress,
+                          unit="batch"):
         scores[i:i + BATCH] = model.scores(t.signal[i:i + BATCH], t.lead_mask[i:i + BATCH],
                                            None if model.classes is not None else classes)
     ids = {c: t.column(c) for c in ID_COLUMNS}

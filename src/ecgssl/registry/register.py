@@ -4,9 +4,11 @@
         --name ecgssl-mets+st-encoder
     ecgssl promote --name ecgssl-mets+st-encoder --metric zeroshot/cinc2017-af/macro_auroc
 
-A new version gets alias @challenger. `promote` moves @champion to it only when it beats the
-champion on the gate metric, measured on the same test data, by at least min_delta (or when
-there is no champion, or with --force), and tags both versions with the decision and numbers.
+A new version gets alias @challenger, a model card as its description and its evaluations'
+per-record test scores as artifacts (scores/<task>.parquet). `promote` moves @champion to it
+only when a paired bootstrap over the test records both scored puts the lower 95 % bound of the
+gain on the gate metric above min_delta (or when there is no champion, or with --force), and
+tags both versions with the decision, the paired delta and its CI (see ecgssl.registry.gate).
 """
 
 from __future__ import annotations
@@ -20,6 +22,10 @@ from pathlib import Path
 
 import ecgssl
 from ecgssl.errors import EcgsslError
+from ecgssl.evaluate.scores import FILE as SCORES_FILE
+from ecgssl.evaluate.scores import read_scores
+from ecgssl.registry.card import MODEL_DESCRIPTION, decision_note, version_card
+from ecgssl.registry.gate import PairedDelta, gate_metric, paired_bootstrap
 from ecgssl.storage import (
     ENCODER_HASH,
     _cache_root,
@@ -29,7 +35,7 @@ from ecgssl.storage import (
     redact,
     stable_hash,
 )
-from ecgssl.tracking import RunContext, connect, git_commit, metric_key, start_run
+from ecgssl.tracking import RunContext, connect, git_commit, lineage, metric_key, start_run
 
 CHALLENGER, CHAMPION = "challenger", "champion"
 PIP = ["torch==2.13.0", "numpy==2.4.6", "safetensors==0.8.0", "transformers==5.23.0",
@@ -86,7 +92,7 @@ def register(encoder: str | Path, name: str, ctx: RunContext,
         raise EcgsslError(f"classifier {classifier} was trained from another encoder than "
                           f"{encoder} (encoder sha256 {str(expected)[:12]} vs "
                           f"{encoder_hash(encoder)[:12]})")
-    metrics, test_data = {}, {}
+    metrics, test_data, scores = {}, {}, {}
     for f in metrics_files:
         f = Path(f)
         if not f.is_file():
@@ -104,19 +110,34 @@ def register(encoder: str | Path, name: str, ctx: RunContext,
                               "own metrics")
         metrics.update({k: v for k, v in read_json(f).items()
                         if isinstance(v, int | float) and math.isfinite(v)})
+        if (f.parent / SCORES_FILE).is_file():
+            scores[read_scores(f.parent / SCORES_FILE)[1].get("task", f.parent.name)] = \
+                f.parent / SCORES_FILE
     ctx = replace(ctx, enabled=True)
     mlflow = connect(ctx)
     tags = {"git.commit": git_commit(), "data.fingerprint": str(config.get("data_fingerprint")),
             "params.hash": stable_hash(config)[:16], "ecgssl.version": ecgssl.__version__,
             "kind": "classifier" if classifier else "encoder",
             **{f"test_data.{t}": fp for t, fp in test_data.items()}}
+    lineage_tags, pretrain_params = lineage(ctx, encoder_hash(encoder) if encoder else None,
+                                            read_json(Path(encoder) / "config.json")
+                                            if encoder and (Path(encoder) / "config.json")
+                                            .is_file() else config)
     with tempfile.TemporaryDirectory() as tmp, \
-            start_run(ctx, f"register-{name}", {"stage": "register", **tags},
+            start_run(ctx, f"register-{name}", {"stage": "register", **tags, **lineage_tags},
                       system_metrics=False) as run:
         bundle = Path(tmp) / "model_dir"
         shutil.copytree(src, bundle, ignore=shutil.ignore_patterns("checkpoints", "*.png"))
+        run.log_params({"name": name, "kind": tags["kind"], "encoder": str(encoder),
+                        "classifier": str(classifier), "metrics_files": ",".join(
+                            str(f) for f in metrics_files), **pretrain_params})
         run.log_metrics(metrics)
         mlflow.log_dict(metrics, "metrics.json")
+        if scores:    # what `promote` pairs the next challenger and the champion on
+            (Path(tmp) / "scores").mkdir()
+            for task, f in scores.items():
+                shutil.copy(f, Path(tmp) / "scores" / f"{task}.parquet")
+            run.log_artifacts(Path(tmp) / "scores", "scores")
         # Models from code: the model is this package's model_code.py, not a cloudpickle that
         # anyone who can write the artifact store could replace with code of their own.
         info = mlflow.pyfunc.log_model(
@@ -128,8 +149,11 @@ def register(encoder: str | Path, name: str, ctx: RunContext,
     client = mlflow.MlflowClient()
     version = str(info.registered_model_version)
     client.set_registered_model_alias(name, CHALLENGER, version)
-    for k, v in tags.items():
+    for k, v in {**tags, **lineage_tags}.items():
         client.set_model_version_tag(name, version, k, v)
+    client.update_model_version(name, version, description=version_card(
+        tags["kind"], config, metrics, test_data, lineage_tags))
+    client.update_registered_model(name, description=MODEL_DESCRIPTION[tags["kind"]])
     return Registration(name, version, f"models:/{name}/{version}", info.run_id, len(metrics))
 
 
@@ -141,6 +165,12 @@ class Decision:
     champion: str | None
     challenger_value: float | None
     champion_value: float | None
+    metric: str = ""
+    paired: PairedDelta | None = None      # the paired bootstrap, when it ran
+
+    def to_dict(self) -> dict:
+        from dataclasses import asdict
+        return asdict(self)
 
 
 def _version_metric(client, version, key: str) -> float | None:
@@ -149,8 +179,9 @@ def _version_metric(client, version, key: str) -> float | None:
     return float(v) if v is not None else None
 
 
-def promote(name: str, metric: str, ctx: RunContext, min_delta: float = 0.0,
-            force: bool = False, dry_run: bool = False) -> Decision:
+def promote(name: str, metric: str, ctx: RunContext, min_delta: float = 0.005,
+            force: bool = False, dry_run: bool = False, n_boot: int = 1000,
+            seed: int = 0) -> Decision:
     """Decide, and unless `dry_run`, move @champion and tag both versions with the decision.
 
     The move is a compare-and-move: promotes of one model name on this machine take turns
@@ -167,7 +198,7 @@ def promote(name: str, metric: str, ctx: RunContext, min_delta: float = 0.0,
         raise EcgsslError(f"another `ecgssl promote` of {name} has held {lock.lock_file} for 5 "
                           "minutes; refusing to decide beside it") from None
     try:
-        return _promote(name, metric, ctx, min_delta, force, dry_run)
+        return _promote(name, metric, ctx, min_delta, force, dry_run, n_boot, seed)
     finally:
         lock.release()
 
@@ -180,7 +211,7 @@ def _alias(client, name: str, alias: str):
         return None
 
 
-def _promote(name, metric, ctx, min_delta, force, dry_run) -> Decision:
+def _promote(name, metric, ctx, min_delta, force, dry_run, n_boot=1000, seed=0) -> Decision:
     mlflow = connect(ctx)
     client = mlflow.MlflowClient()
     chal = _alias(client, name, CHALLENGER)
@@ -188,7 +219,8 @@ def _promote(name, metric, ctx, min_delta, force, dry_run) -> Decision:
         raise EcgsslError(f"model {name!r} has no @{CHALLENGER} version; run `ecgssl register` "
                           f"first (tracking URI {redact(ctx.tracking_uri)})")
     champ = _alias(client, name, CHAMPION)
-    d = _decide(client, chal, champ, metric, min_delta, force)
+    d = replace(_decide(client, chal, champ, metric, min_delta, force, n_boot, seed),
+                metric=metric)
     if dry_run:
         return d
     if d.promoted:
@@ -208,11 +240,23 @@ def _promote(name, metric, ctx, min_delta, force, dry_run) -> Decision:
                 raise EcgsslError(f"@{CHAMPION} of {name} is v{after.version if after else None}"
                                   f" right after moving it to v{d.challenger}: another promote "
                                   "ran at the same time; check the model's promotion history")
-    _record(client, name, metric, d)
+    _record(client, name, metric, d, min_delta)
     return d
 
 
-def _decide(client, chal, champ, metric, min_delta, force) -> Decision:
+def _scores(client, version, task: str):
+    """The per-record test scores logged with a version (None for versions registered
+    before they were kept)."""
+    from mlflow.exceptions import MlflowException
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            return read_scores(client.download_artifacts(version.run_id,
+                                                         f"scores/{task}.parquet", tmp))
+    except (MlflowException, OSError):
+        return None
+
+
+def _decide(client, chal, champ, metric, min_delta, force, n_boot=1000, seed=0) -> Decision:
     task = metric.split("/")[1] if metric.count("/") >= 2 else None
     c_val = _version_metric(client, chal, metric)
     h_val = _version_metric(client, champ, metric) if champ else None
@@ -235,14 +279,31 @@ def _decide(client, chal, champ, metric, min_delta, force) -> Decision:
                         f"({chal.tags.get(f'test_data.{task}')} vs "
                         f"{champ.tags.get(f'test_data.{task}')}); not comparable", c_ver,
                         h_ver, c_val, h_val)
-    if c_val > h_val and c_val >= h_val + min_delta:
-        return Decision(True, f"challenger wins by {c_val - h_val:+.4f} (>= {min_delta})",
-                        c_ver, h_ver, c_val, h_val)
-    return Decision(False, f"challenger does not win by {min_delta}: {c_val - h_val:+.4f}",
-                    c_ver, h_ver, c_val, h_val)
+    try:
+        mode, task, what = gate_metric(metric)
+    except ValueError as exc:
+        raise EcgsslError(f"{exc}; set promote.metric (or --metric) to such a key") from None
+    a, b = _scores(client, chal, task), _scores(client, champ, task)
+    missing = [f"v{v.version}" for v, s in ((chal, a), (champ, b)) if s is None]
+    if missing:
+        return Decision(False, f"no per-record {task} test scores logged with "
+                        f"{' and '.join(missing)} (registered before ecgssl kept them), so the "
+                        "two cannot be compared on the same records; use --force to replace "
+                        "the champion anyway", c_ver, h_ver, c_val, h_val)
+    p = paired_bootstrap(a[0], b[0], a[1], mode, what, n_boot, seed)
+    if not p.paired:
+        return Decision(False, f"not paired: the two scored different {task} test records "
+                        f"({p.n_items} shared, {p.only_challenger} only the challenger's, "
+                        f"{p.only_champion} only the champion's); not comparable", c_ver,
+                        h_ver, c_val, h_val, paired=p)
+    if p.ci_low > min_delta:
+        return Decision(True, f"challenger wins: {p.describe()}; lower bound > min_delta "
+                        f"{min_delta:g}", c_ver, h_ver, c_val, h_val, paired=p)
+    return Decision(False, f"not a confident win: {p.describe()}; the lower bound must exceed "
+                    f"min_delta {min_delta:g}", c_ver, h_ver, c_val, h_val, paired=p)
 
 
-def _record(client, name: str, metric: str, d: Decision) -> None:
+def _record(client, name: str, metric: str, d: Decision, min_delta: float = 0.0) -> None:
     """Tag both versions with the decision: `promotion.*` is the latest one, and
     `promotion.history.<time>-<id>` keeps every one (a later promote never overwrites it)."""
     import json
@@ -253,7 +314,13 @@ def _record(client, name: str, metric: str, d: Decision) -> None:
               "promotion.challenger_value": str(d.challenger_value),
               "promotion.champion_value": str(d.champion_value),
               "promotion.challenger": d.challenger, "promotion.champion": str(d.champion),
+              "promotion.min_delta": str(min_delta),
               "promotion.time": now.isoformat(timespec="seconds")}
+    if d.paired is not None:
+        record |= {"promotion.delta": f"{d.paired.delta:.6f}",
+                   "promotion.ci_low": f"{d.paired.ci_low:.6f}",
+                   "promotion.ci_high": f"{d.paired.ci_high:.6f}",
+                   "promotion.paired_items": str(d.paired.n_items)}
     # Microseconds: two promotes in one second must still sort in the order they decided.
     entry = f"promotion.history.{now.strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex[:8]}"
     for version in {d.challenger, *([d.champion] if d.champion else [])}:
@@ -263,3 +330,7 @@ def _record(client, name: str, metric: str, d: Decision) -> None:
             client.set_model_version_tag(name, version, k, v)
         client.set_model_version_tag(name, version, entry, json.dumps(
             {k.removeprefix("promotion."): v for k, v in tags.items()})[:5000])
+    # The challenger's card says what the gate decided (each decision appended, none lost).
+    desc = client.get_model_version(name, d.challenger).description or ""
+    client.update_model_version(name, d.challenger, description=(
+        desc + decision_note(d))[-5000:])

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-from tqdm import tqdm
 
 from ecgssl import __version__
 from ecgssl.config import ReportsConfig
@@ -38,6 +37,7 @@ from ecgssl.data.table import (
     writing,
 )
 from ecgssl.errors import EcgsslError
+from ecgssl.progress import bar as progress_bar
 from ecgssl.reports.generate import Report, generate
 from ecgssl.reports.translate import Coverage
 from ecgssl.storage import stable_hash
@@ -115,8 +115,8 @@ def run_reports(inputs: list[str | Path], output: str | Path, cfg: ReportsConfig
         shards, sidecars, shard_info = [], [], {}
         gen = _Generator(workers) if cfg.mode != "device" else None
         try:
-            with tqdm(total=total, unit="row", desc=f"reports ({cfg.mode})",
-                      disable=not progress, dynamic_ncols=True) as bar:
+            with progress_bar(total=total, unit="row", desc=f"reports ({cfg.mode})",
+                              enabled=progress, dynamic_ncols=True) as bar:
                 for path, m in zip(inputs, manifests):
                     for shard in m["shards"]:
                         table = conform(read_shard(path / shard, None, None), m["n_samples"])

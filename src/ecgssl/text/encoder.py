@@ -88,13 +88,14 @@ class TextEncoder:
 
     def encode(self, texts: list[str], progress: bool = False) -> np.ndarray:
         import torch
-        from tqdm import tqdm
+
+        from ecgssl.progress import bar
 
         self._load()
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         order = np.argsort([len(t) for t in texts], kind="stable")  # similar lengths, less padding
         starts = range(0, len(texts), self.batch_size)
-        for s in tqdm(starts, desc="embed-text", unit="batch", disable=not progress):
+        for s in bar(starts, desc="embed-text", unit="batch", enabled=progress):
             idx = order[s:s + self.batch_size]
             batch = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
                                    max_length=self.max_length, return_tensors="pt").to(self.device)

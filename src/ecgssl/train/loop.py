@@ -18,7 +18,6 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 from ecgssl.config import PretrainConfig
 from ecgssl.data.preprocess import VERSION as PREPROCESS_VERSION
@@ -26,8 +25,9 @@ from ecgssl.data.table import read_manifest
 from ecgssl.distributed import SINGLE, DistState, init_from_env, mean_over_ranks
 from ecgssl.errors import EcgsslError
 from ecgssl.models.pretrain import PretrainModel, random_lead_subsets, st_inputs
-from ecgssl.storage import write_json
-from ecgssl.tracking import OFF, RunContext, flatten, start_run
+from ecgssl.progress import bar as progress_bar
+from ecgssl.storage import RUN_FILE, encoder_hash, write_json
+from ecgssl.tracking import ENCODER_TAG, OFF, RunContext, flatten, start_run
 from ecgssl.train import checkpoint
 from ecgssl.train.data import PretrainData
 from ecgssl.train.schedule import warmup_cosine
@@ -125,8 +125,9 @@ def pretrain(data: str | Path, text_emb: str | Path | None, output: str | Path,
     tags = {"stage": "pretrain", "method": cfg.method, "data": str(data)}
     with start_run(ctx if me == 0 else OFF, f"pretrain-{cfg.method}", tags) as run:
         run.log_params(flatten(config))
-        bar = tqdm(range(start, total), initial=start, total=total, unit="step",
-                   disable=not progress or me != 0, desc=f"pretrain {cfg.method}")
+        run.log_dataset(data, "training", digest=config["data_fingerprint"])
+        bar = progress_bar(range(start, total), initial=start, total=total, unit="step",
+                           enabled=progress and me == 0, desc=f"pretrain {cfg.method}")
         t_last, seen = time.perf_counter(), 0
         t_start = time.perf_counter()
         for step in bar:
@@ -161,6 +162,8 @@ def pretrain(data: str | Path, text_emb: str | Path | None, output: str | Path,
             sps = (total - start) * cfg.batch_size / elapsed if total > start else float("nan")
             result = _finish(out, model, config, history, total, start, sps)
             run.log_metrics({k.replace("/", "_"): v for k, v in result.metrics().items()})
+            # evaluate and register find this run (their lineage) by the weights' hash
+            run.set_tags({ENCODER_TAG: encoder_hash(out)})
             for name in ("encoder.safetensors", "heads.safetensors", "config.json",
                          "metrics.json"):
                 if (out / name).is_file():
@@ -180,5 +183,10 @@ def _finish(out: Path, model: PretrainModel, config: dict, history: list[float],
     write_json(out / "config.json", config)
     result = PretrainResult(float(np.mean(history[:10])), float(np.mean(history[-10:])),
                             samples_per_s, total, start, str(out))
-    write_json(out / "metrics.json", result.metrics())
+    # metrics.json is a DVC output: only what a rerun reproduces; the throughput goes to the
+    # run file (.dvcignore'd) and MLflow
+    metrics = result.metrics()
+    write_json(out / RUN_FILE, {"throughput/samples_per_s": metrics.pop(
+        "throughput/samples_per_s")})
+    write_json(out / "metrics.json", metrics)
     return result

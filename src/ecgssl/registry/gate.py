@@ -1,0 +1,94 @@
+"""The promotion gate's statistics: a paired bootstrap of challenger minus champion.
+
+Both versions' per-record test scores (the evaluations' scores.parquet, logged with each
+registered version) are joined on the test item; resampling the shared patients (with their
+records) many times gives the distribution of the metric's difference on the same data, so
+the noise that both models share (which records happen to be in the test split) cancels.
+The gate promotes only when the lower 95 % bound of that difference exceeds `min_delta`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.metrics import f1_score, recall_score, roc_auc_score
+
+METRICS = ("macro_auroc", "macro_f1", "macro_recall", "accuracy")
+
+
+@dataclass(frozen=True)
+class PairedDelta:
+    delta: float          # challenger - champion on all shared items
+    ci_low: float
+    ci_high: float
+    n_items: int          # shared test items
+    n_groups: int         # shared patients (the bootstrap unit)
+    only_challenger: int  # items scored by one version only
+    only_champion: int
+
+    @property
+    def paired(self) -> bool:
+        return self.n_items > 0 and not self.only_challenger and not self.only_champion
+
+    def describe(self) -> str:
+        return (f"paired delta {self.delta:+.4f}, 95 % CI [{self.ci_low:+.4f}, "
+                f"{self.ci_high:+.4f}] over {self.n_items} shared test items "
+                f"({self.n_groups} patients)")
+
+
+def gate_metric(key: str) -> tuple[str, str, str]:
+    """`<mode>/<task>/<metric>` -> (mode, task, metric); the metric must be one the scores
+    can recompute."""
+    parts = key.split("/")
+    if len(parts) != 3 or parts[2] not in METRICS:
+        raise ValueError(f"gate metric {key!r} is not <mode>/<task>/<one of {', '.join(METRICS)}>")
+    return parts[0], parts[1], parts[2]
+
+
+def _value(metric: str, y: np.ndarray, s: np.ndarray, p: np.ndarray, eligible: np.ndarray,
+           multilabel: bool) -> float:
+    if metric == "macro_auroc":
+        aucs = [roc_auc_score(y[:, c], s[:, c]) for c in np.flatnonzero(eligible)
+                if 0 < y[:, c].sum() < len(y)]
+        return float(np.mean(aucs)) if aucs else float("nan")
+    yl, pl = (y, p) if multilabel else (y.argmax(1), p.argmax(1))
+    if metric == "macro_f1":
+        return float(f1_score(yl, pl, average="macro", zero_division=0))
+    if metric == "macro_recall":
+        return float(recall_score(yl, pl, average="macro", zero_division=0))
+    return float((pl == yl).all(1).mean() if multilabel else (pl == yl).mean())
+
+
+def paired_bootstrap(challenger, champion, meta: dict, mode: str, metric: str,
+                     n_boot: int = 1000, seed: int = 0) -> PairedDelta:
+    """Challenger minus champion on the test items both scored (DataFrames of
+    scores.parquet), with a 95 % percentile CI from resampling the shared patients."""
+    classes = meta["classes"]
+    a = challenger[challenger["mode"] == mode].set_index("item")
+    b = champion[champion["mode"] == mode].set_index("item")
+    shared = a.index.intersection(b.index).sort_values()
+    only_a, only_b = len(a.index.difference(b.index)), len(b.index.difference(a.index))
+    if len(shared) == 0:
+        return PairedDelta(float("nan"), float("nan"), float("nan"), 0, 0, only_a, only_b)
+    a, b = a.loc[shared], b.loc[shared]
+    cols = lambda k: [f"{k}.{c}" for c in classes]   # noqa: E731
+    y = a[cols("y")].to_numpy()
+    sa, sb = a[cols("score")].to_numpy(float), b[cols("score")].to_numpy(float)
+    pa, pb = a[cols("pred")].to_numpy(), b[cols("pred")].to_numpy()
+    eligible = np.asarray(meta.get("eligible") or [True] * len(classes), bool)
+    ml = bool(meta.get("multilabel"))
+    delta = lambda i: (_value(metric, y[i], sa[i], pa[i], eligible, ml)   # noqa: E731
+                       - _value(metric, y[i], sb[i], pb[i], eligible, ml))
+    groups, inverse = np.unique(a["group"].astype(str).to_numpy(), return_inverse=True)
+    members = [np.flatnonzero(inverse == g) for g in range(len(groups))]
+    rng = np.random.default_rng(seed)
+    boots = []
+    for _ in range(n_boot):
+        pick = np.concatenate([members[g] for g in rng.integers(0, len(groups), len(groups))])
+        boots.append(delta(pick))
+    v = np.asarray(boots, float)
+    v = v[np.isfinite(v)]
+    lo, hi = np.percentile(v, [2.5, 97.5]) if len(v) else (np.nan, np.nan)
+    return PairedDelta(delta(np.arange(len(shared))), float(lo), float(hi), len(shared),
+                       len(groups), only_a, only_b)
