@@ -3,9 +3,12 @@
     python bench/train.py                      # resnet1d18, fs 100, batch 64, every method
     python bench/train.py --steps 20 --methods mets
 
-The bare loop runs forward/backward/AdamW on one fixed, pre-built batch (inputs, masking and
-lead shuffling drawn once); ecgssl's loop (`step_losses` as `ecgssl pretrain` runs it) gathers
-each batch from the table arrays and draws its masking/shuffling every step. Goal: >= 0.95x.
+The bare loop runs forward/backward/AdamW on one fixed, pre-built batch already on the device
+(inputs, masking and lead shuffling drawn once); ecgssl's loop (as `ecgssl pretrain` runs it)
+takes each batch from the streaming loader (read and preprocessed by its worker processes),
+moves it to the device and draws its masking/shuffling there every step. Goal: >= 0.95x.
+Two ratios: the loop on batches the loader made beforehand, and the loop with the loader's
+workers running beside it (on a CPU-only host they share the model's cores).
 Prints samples/s, the ratio and peak memory; with a GPU also the bf16 numbers.
 """
 
@@ -23,7 +26,7 @@ from ecgssl.config import EmbedTextConfig, IngestConfig, PretrainConfig, Reports
 from ecgssl.data.ingest import ingest
 from ecgssl.reports.stage import run_reports
 from ecgssl.text.stage import run_embed_text
-from ecgssl.train.data import PretrainData
+from ecgssl.train.data import Plan, PretrainData, loader
 from ecgssl.train.loop import build, step_losses
 
 
@@ -41,21 +44,25 @@ def corpus(tmp: Path) -> tuple[Path, Path]:
 
 
 def timed_steps(fn, steps: int, device: torch.device) -> float:
-    fn(0)                                     # warm-up (allocator, kernels)
+    """Seconds of fn(0..steps) (one call when steps = 0), device work included."""
     if device.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    for s in range(1, steps + 1):
+    for s in range(steps + 1):
         fn(s)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - t0
 
 
-def measure(ds: PretrainData, method: str, steps: int, device: torch.device, bf16: bool):
-    cfg = PretrainConfig(method=method, batch_size=64, split="train")
-    model, opt = build(cfg, ds.signal.shape[-1], ds.text.shape[1], device)
+def measure(ds: PretrainData, method: str, steps: int, device: torch.device, bf16: bool,
+            workers: int):
+    cfg = PretrainConfig(method=method, batch_size=64, split="train", loader_workers=workers)
+    model, opt = build(cfg, ds.n_samples, ds.text.shape[1], device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    plan = Plan(cfg.batch_size, cfg.seed, cfg.shuffle_rows)
+    batches = loader(ds, plan, 0, steps + 1, workers, device)
+    gen = torch.Generator(device)
 
     def update(losses):
         opt.zero_grad(set_to_none=True)
@@ -63,57 +70,76 @@ def measure(ds: PretrainData, method: str, steps: int, device: torch.device, bf1
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
 
-    def ecgssl_step(s):
+    def ecgssl_step(_, source=batches):
+        step, batch = next(source)                      # on the device already
         with autocast:
-            losses = step_losses(model, model, ds, cfg, s, device)
+            losses = step_losses(model, model, batch, cfg, step, ds.fs, generator=gen)
         update(losses)
+
+    # The loop alone: batches the loader made before the timing (on CPU the loader's workers
+    # otherwise share the cores the model runs on; on a GPU host they have their own).
+    made = list(loader(ds, plan, 0, steps + 1, workers, device))
+
+    def loop_step(s):
+        ecgssl_step(s, iter(made[s:]))
 
     fixed = {}
 
     def bare_step(s):
         if not fixed:  # one batch and one set of draws, built outside the timing
             from ecgssl.models.pretrain import st_inputs
-            b = ds.batch(ds.batch_indices(0, 64, 0), device)
-            g = torch.Generator().manual_seed(0)
-            aug = st_inputs(b["x"].cpu(), b["mask"].cpu(), cfg.mask_ratio, 25, g) \
+            b = {k: v.to(device) for k, v in ds.batch(0, plan).items()}
+            g = torch.Generator(device).manual_seed(0)
+            aug = st_inputs(b["x"], b["mask"], cfg.mask_ratio,
+                            max(1, round(cfg.mask_segment_s * ds.fs)), g) \
                 if model.st is not None else {}
-            fixed.update(batch=b, aug={k: v.to(device) for k, v in aug.items()})
+            fixed.update(batch=b, aug=aug)
         with autocast:
             losses = model(fixed["batch"], fixed["aug"], {"mets": 1.0, "st": 1.0, "lead": 1.0})
         update(losses)
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    # Alternate the two twice and keep each one's best, so neither gains from going second.
-    t_bare = t_ours = float("inf")
-    for _ in range(2):
-        t_bare = min(t_bare, timed_steps(bare_step, steps, device))
-        t_ours = min(t_ours, timed_steps(ecgssl_step, steps, device))
+    # Interleave the three step by step (after one warm-up step each), so that a busy machine
+    # slows all of them alike and none gains from going first.
+    fns = {"bare": bare_step, "loop": loop_step, "ours": ecgssl_step}
+    took = dict.fromkeys(fns, 0.0)
+    for fn in fns.values():
+        fn(0)
+    for s in range(1, steps + 1):
+        for name, fn in fns.items():
+            took[name] += timed_steps(lambda _, fn=fn, s=s: fn(s), 0, device)
+    t_bare, t_loop, t_ours = took["bare"], took["loop"], took["ours"]
     peak = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    return 64 * steps / t_bare, 64 * steps / t_ours, peak
+    return 64 * steps / t_bare, 64 * steps / t_loop, 64 * steps / t_ours, peak
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--methods", nargs="+", default=["mets", "st", "mets+st"])
+    ap.add_argument("--workers", type=int, default=2, help="loader worker processes")
+    ap.add_argument("--table", type=Path)
+    ap.add_argument("--text-emb", type=Path)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        table, emb = corpus(Path(tmp))
+        table, emb = (args.table, args.text_emb) if args.table else corpus(Path(tmp))
         ds = PretrainData.load(table, emb, need_text=True)
-    runs = [(torch.device("cpu"), False)]
-    if torch.cuda.is_available():
-        runs = [(torch.device("cuda"), False), (torch.device("cuda"), True)]
-    print(f"resnet1d18, fs {ds.fs} Hz, batch 64, {args.steps} timed steps; "
-          f"{ds.signal.shape[0]} training rows")
-    for device, bf16 in runs:
-        where = f"{device.type}{' bf16' if bf16 else ' fp32'}"
-        for method in args.methods:
-            bare, ours, peak = measure(ds, method, args.steps, device, bf16)
-            mem = "peak GPU memory" if device.type == "cuda" else "peak RSS"
-            print(f"{where:<10}{method:<9} bare {bare:8.1f} samples/s   ecgssl {ours:8.1f} "
-                  f"samples/s   {ours / bare:5.2f}x (goal >= 0.95x)   {mem} {peak:,.0f} MiB")
+        runs = [(torch.device("cpu"), False)]
+        if torch.cuda.is_available():
+            runs = [(torch.device("cuda"), False), (torch.device("cuda"), True)]
+        print(f"resnet1d18, fs {ds.fs} Hz, batch 64, {args.steps} timed steps; "
+              f"{len(ds)} training rows, {args.workers} loader workers")
+        for device, bf16 in runs:
+            where = f"{device.type}{' bf16' if bf16 else ' fp32'}"
+            for method in args.methods:
+                bare, loop, ours, peak = measure(ds, method, args.steps, device, bf16,
+                                                 args.workers)
+                mem = "peak GPU memory" if device.type == "cuda" else "peak RSS"
+                print(f"{where:<10}{method:<9} bare {bare:7.1f} samples/s   ecgssl loop "
+                      f"{loop:7.1f} ({loop / bare:4.2f}x, goal >= 0.95x)   loop + live loader "
+                      f"{ours:7.1f} ({ours / bare:4.2f}x)   {mem} {peak:,.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -112,13 +112,22 @@ class PretrainConfig(Section):
     weight_decay: float = Field(0.05, ge=0)
     grad_clip: float | None = Field(1.0, gt=0)
     seed: int = 0
-    num_workers: int = Field(0, ge=0, description="CPU threads for torch (0 = torch's default). "
-                             "Batches are gathered from in-memory arrays, so no loader "
-                             "processes are needed")
+    num_workers: int = Field(0, ge=0, description="CPU threads for torch (0 = torch's default)")
+    loader_workers: int = Field(2, ge=0, description="DataLoader worker processes per rank that "
+                                "read row groups and preprocess batches (0 = in the training "
+                                "process)")
+    loader: Literal["stream", "memory"] = Field(
+        "stream", description="stream: read row groups as batches need them (memory does not "
+        "grow with the table); memory: read the table once up front (small tables)")
+    shuffle_rows: int = Field(16384, ge=1, description="shuffle buffer: rows are shuffled "
+                              "within windows of this many rows (after a per-epoch row-group "
+                              "permutation); bounds what a loader holds")
+    compile: bool = Field(False, description="torch.compile the model's forward")
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="auto = bf16 autocast on CUDA, fp32 on CPU")
     checkpoint_every: int = Field(100, ge=1, description="steps between checkpoints")
-    log_every: int = Field(1, ge=1)
+    log_every: int = Field(10, ge=1, description="steps between loss read-outs (the only host "
+                           "syncs of the loop) and the non-finite-loss check")
     proj_dim: int = Field(256, ge=8)
     init_temperature: float = Field(0.07, gt=0)
     mask_ratio: tuple[float, float] = Field((0.2, 0.6), description="range of the per-sample "

@@ -53,3 +53,24 @@ def test_lead_loss_ignores_absent_positions():
     targets[0, 0] = 3
     logits[0, 0, 3] = 10.0
     assert lead_loss(logits, targets).item() < 1e-3
+
+
+def test_draws_for_a_global_batch_give_each_rank_its_slice():
+    """A DDP rank draws for the global batch and keeps its rows: the same masking and shuffling
+    as one process (the vectorised shuffle included: no per-sample loop, any device)."""
+    from ecgssl.models.pretrain import random_lead_subsets, st_inputs
+    x = torch.randn(8, 12, 100)
+    mask = torch.rand(8, 12) < 0.7
+    mask[:, 0] = True
+    x = x * mask[:, :, None]
+    whole = st_inputs(x, mask, (0.2, 0.6), 10, torch.Generator().manual_seed(5))
+    sub = random_lead_subsets(mask, 0.5, torch.Generator().manual_seed(6))
+    for r in range(4):
+        rows = slice(2 * r, 2 * r + 2)
+        part = st_inputs(x[rows], mask[rows], (0.2, 0.6), 10,
+                         torch.Generator().manual_seed(5), rows, 8)
+        for k in whole:
+            assert torch.equal(part[k], whole[k][rows]), k
+        assert torch.equal(random_lead_subsets(mask[rows], 0.5, torch.Generator().manual_seed(6),
+                                               rows, 8), sub[rows])
+    assert (whole["mask"].sum(1) == mask.sum(1)).all()    # a permutation of present leads

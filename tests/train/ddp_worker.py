@@ -10,7 +10,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ecgssl.config import PretrainConfig
 from ecgssl.distributed import init_from_env, mean_over_ranks
-from ecgssl.train.data import PretrainData
+from ecgssl.train.data import Plan, PretrainData
 from ecgssl.train.loop import build, step_losses
 
 
@@ -19,9 +19,11 @@ def main(table: str, text_emb: str, out: str, method: str) -> None:
     dist = init_from_env(device)
     cfg = PretrainConfig(method=method, width=16, batch_size=16)
     ds = PretrainData.load(table, text_emb, need_text="mets" in method)
-    model, _ = build(cfg, ds.signal.shape[-1], ds.text.shape[1], device)
+    model, _ = build(cfg, ds.n_samples, ds.text.shape[1], device)
     net = DistributedDataParallel(model)
-    losses = step_losses(net, model, ds, cfg, 3, device, dist)
+    batch = ds.batch(3, Plan(cfg.batch_size, cfg.seed, cfg.shuffle_rows, dist.rank,
+                             dist.world_size))      # this rank's slice only
+    losses = step_losses(net, model, batch, cfg, 3, ds.fs, dist)
     losses["loss"].backward()
     values = mean_over_ranks({k: v.detach() for k, v in losses.items()}, dist)
     # Where each rank ran (torchrun's variables), so a test can tell 2 nodes from 2 processes.

@@ -421,3 +421,64 @@ def read_table(path: str | Path, split: str | None = None,
     meta = pa.concat_tables([t.select(meta_cols) for t in tables]) if tables else \
         schema(n_samples).empty_table().select(meta_cols)
     return ECGArrays(signal=signal, lead_mask=mask, meta=meta)
+
+
+# --- row-group access, for readers that stream (pretraining) ----------------------------------
+
+@dataclass(frozen=True)
+class RowGroup:
+    shard: str      # file name in the table folder
+    index: int      # row group within the shard
+    rows: int
+
+
+def row_groups(path: str | Path) -> list[RowGroup]:
+    """The table's row groups in manifest order, from the Parquet footers (no data read)."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    require_rows(path, manifest)
+    out = []
+    for shard in manifest["shards"]:
+        try:
+            md = pq.ParquetFile(path / shard).metadata
+        except FileNotFoundError:
+            raise EcgsslError(f"{path / shard}: shard listed in the manifest is missing; rerun "
+                              "the stage that wrote this table") from None
+        except (pa.ArrowException, OSError) as exc:
+            raise EcgsslError(f"{path / shard}: unreadable Parquet shard ({exc}); rerun the "
+                              "stage that wrote this table") from None
+        out += [RowGroup(shard, i, md.row_group(i).num_rows) for i in range(md.num_row_groups)]
+    return out
+
+
+def read_row_group(path: str | Path, group: RowGroup, columns: list[str],
+                   rows: np.ndarray | None = None, n_samples: int | None = None) -> ECGArrays:
+    """One row group's `columns` (optionally only the rows at positions `rows` within it) as
+    ECGArrays; signal/lead_mask, when asked for, converted as `read_table` converts them."""
+    path = Path(path)
+    manifest = read_manifest(path) if n_samples is None else None
+    n_samples = n_samples or int(manifest["n_samples"])
+    file = path / group.shard
+    try:
+        f = pq.ParquetFile(file, page_checksum_verification=True)
+        have = set(f.schema_arrow.names)
+        t = f.read_row_group(group.index, columns=[c for c in columns if c in have])
+    except FileNotFoundError:
+        raise EcgsslError(f"{file}: shard listed in the manifest is missing; rerun the stage "
+                          "that wrote this table") from None
+    except (pa.ArrowException, OSError) as exc:
+        raise EcgsslError(f"{file}: unreadable Parquet shard ({exc}); rerun the stage that "
+                          "wrote this table") from None
+    types = schema(n_samples)
+    for c in columns:          # a column the table's schema version predates comes back null
+        if c not in have:
+            t = t.append_column(types.field(c), pa.nulls(t.num_rows, types.field(c).type))
+    if rows is not None:
+        t = t.take(pa.array(rows))
+    meta = t.select([c for c in columns if c not in ARRAY_COLUMNS])
+    if all(c in columns for c in ARRAY_COLUMNS):
+        signal, mask = arrays([t], n_samples)
+    else:
+        signal = np.empty((t.num_rows, N_LEADS, 0), np.float32)
+        mask = np.empty((t.num_rows, N_LEADS), bool)
+    return ECGArrays(signal=signal, lead_mask=mask, meta=meta)

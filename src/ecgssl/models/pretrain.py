@@ -9,7 +9,14 @@ from ecgssl.distributed import SINGLE, DistState
 from ecgssl.errors import EcgsslError
 from ecgssl.models import METHODS, build_encoder
 from ecgssl.models.mets import METSHead, info_nce
-from ecgssl.models.st import STHead, lead_loss, random_masking, reconstruction_loss, shuffle_leads
+from ecgssl.models.st import (
+    STHead,
+    draw,
+    lead_loss,
+    random_masking,
+    reconstruction_loss,
+    shuffle_leads,
+)
 
 
 class PretrainModel(nn.Module):
@@ -45,27 +52,29 @@ class PretrainModel(nn.Module):
 
 
 def st_inputs(x: torch.Tensor, mask: torch.Tensor, ratio: tuple[float, float], segment: int,
-              generator: torch.Generator) -> dict:
-    """Masked and lead-shuffled inputs with their targets (drawn for the global batch)."""
-    shuffled, shuffled_mask, lead_target = shuffle_leads(x, mask, generator)
-    masked, time_mask = random_masking(shuffled, ratio, segment, generator)
+              generator: torch.Generator, rows: slice = slice(None), total: int | None = None
+              ) -> dict:
+    """Masked and lead-shuffled inputs with their targets, on x's device. The draws are made
+    for a global batch of `total` rows (default: x's) of which x holds `rows` (a DDP rank's)."""
+    shuffled, shuffled_mask, lead_target = shuffle_leads(x, mask, generator, rows, total)
+    masked, time_mask = random_masking(shuffled, ratio, segment, generator, rows, total)
     return {"x": masked, "mask": shuffled_mask, "target": shuffled, "time_mask": time_mask,
             "lead_target": lead_target}
 
 
-def random_lead_subsets(mask: torch.Tensor, p: float, generator: torch.Generator
-                        ) -> torch.Tensor:
+def random_lead_subsets(mask: torch.Tensor, p: float, generator: torch.Generator,
+                        rows: slice = slice(None), total: int | None = None) -> torch.Tensor:
     """With probability `p` per sample, keep a random non-empty subset of its present leads
     (size uniform in 1..n, down to one lead alone), so that one- and two-lead inputs are not out
-    of distribution for an encoder that mostly sees 12-lead ECGs."""
-    b = mask.shape[0]
-    draw = torch.rand(b, generator=generator) < p
-    keys = torch.rand(mask.shape, generator=generator).masked_fill(~mask, 2.0)
+    of distribution for an encoder that mostly sees 12-lead ECGs. Draws as in `st_inputs`."""
+    total = total or mask.shape[0]
+    draw_p = draw((total,), generator, mask.device, rows) < p
+    keys = draw((total, mask.shape[1]), generator, mask.device, rows).masked_fill(~mask, 2.0)
     rank = keys.argsort(1).argsort(1)                    # random order, present leads first
     n = mask.sum(1)
-    keep = (torch.rand(b, generator=generator) * n).floor().long() + 1
+    keep = (draw((total,), generator, mask.device, rows) * n).floor().long() + 1
     subset = (rank < keep[:, None]) & mask
-    return torch.where(draw[:, None], subset, mask)
+    return torch.where(draw_p[:, None], subset, mask)
 
 
 def load_pretrained(folder, random_init: bool = False) -> tuple[PretrainModel, dict]:

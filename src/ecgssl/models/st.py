@@ -13,19 +13,29 @@ N_LEADS = 12
 MIN_LEADS_FOR_IDENTITY = 3
 
 
+def draw(shape: tuple[int, ...], generator: torch.Generator, device: torch.device,
+         rows: slice = slice(None)) -> torch.Tensor:
+    """Uniform draws made for the whole (global) batch, shape[0] rows, of which the caller
+    keeps `rows`: every DDP rank draws the same numbers and uses its own slice."""
+    return torch.rand(shape, generator=generator, device=device)[rows]
+
+
 def random_masking(x: torch.Tensor, ratio_range: tuple[float, float], segment: int,
-                   generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+                   generator: torch.Generator, rows: slice = slice(None),
+                   total: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Mask random time segments, all leads at once, with a ratio drawn per sample.
 
     Returns the masked signal (zeros where masked) and the bool mask [B, T] (True = masked).
-    The realised ratio is the drawn one rounded to whole segments.
+    The realised ratio is the drawn one rounded to whole segments. Draws are made for a batch
+    of `total` rows (default: x's) of which x holds `rows`, on x's device.
     """
     b, _, t = x.shape
+    total = total or b
     n_seg = t // segment
     lo, hi = ratio_range
-    ratio = lo + (hi - lo) * torch.rand(b, generator=generator, device=x.device)
+    ratio = lo + (hi - lo) * draw((total,), generator, x.device, rows)
     k = torch.round(ratio * n_seg).long().clamp(0, n_seg)           # segments to mask
-    scores = torch.rand(b, n_seg, generator=generator, device=x.device)
+    scores = draw((total, n_seg), generator, x.device, rows)
     rank = scores.argsort(dim=1).argsort(dim=1)                      # random order per row
     seg_mask = rank < k[:, None]
     mask = torch.zeros(b, t, dtype=torch.bool, device=x.device)
@@ -33,19 +43,21 @@ def random_masking(x: torch.Tensor, ratio_range: tuple[float, float], segment: i
     return x.masked_fill(mask[:, None, :], 0.0), mask
 
 
-def shuffle_leads(x: torch.Tensor, lead_mask: torch.Tensor, generator: torch.Generator):
+def shuffle_leads(x: torch.Tensor, lead_mask: torch.Tensor, generator: torch.Generator,
+                  rows: slice = slice(None), total: int | None = None):
     """Permute the present leads of each sample; absent leads keep their (zero) place.
 
     Returns (shuffled x, shuffled mask, targets [B, 12]) with x_shuffled[:, p] = x[:, target[p]]:
     the target of a position is the lead it came from (-100 where the lead is absent, and for
-    samples with fewer than 3 leads).
+    samples with fewer than 3 leads). Vectorised: the k-th present position of a sample takes
+    the k-th present lead in a random order (absent leads sort last).
     """
     b = x.shape[0]
-    perm = torch.arange(N_LEADS, device=x.device).repeat(b, 1)
-    for i in range(b):
-        present = torch.nonzero(lead_mask[i]).flatten()
-        order = torch.randperm(len(present), generator=generator, device=x.device)
-        perm[i, present] = present[order]
+    keys = draw((total or b, N_LEADS), generator, x.device, rows).masked_fill(~lead_mask, 2.0)
+    random_order = keys.argsort(dim=1)                          # present leads first, shuffled
+    kth_present = (lead_mask.cumsum(1) - 1).clamp(min=0)
+    same = torch.arange(N_LEADS, device=x.device).expand(b, -1)
+    perm = torch.where(lead_mask, random_order.gather(1, kth_present), same)
     idx = perm[:, :, None].expand(-1, -1, x.shape[2])
     # Identity is only learnable with >= 3 leads: one lead is trivial, two a coin flip.
     few = lead_mask.sum(1, keepdim=True) < MIN_LEADS_FOR_IDENTITY

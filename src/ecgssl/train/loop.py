@@ -6,10 +6,14 @@
 
 Every random draw of step s (batch order, masking, lead shuffling) is seeded by (seed, s) and
 made for the global batch, so a resumed run and a DDP run reproduce the single-process run.
+Batches stream from the table through loader worker processes (train/data.py); masking and
+shuffling run on the device; losses stay on the device until every `log_every` steps (the
+loop's only host syncs, where a non-finite loss is caught).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,14 +26,14 @@ from torch.nn.parallel import DistributedDataParallel
 from ecgssl.config import PretrainConfig
 from ecgssl.data.preprocess import VERSION as PREPROCESS_VERSION
 from ecgssl.data.table import read_manifest
-from ecgssl.distributed import SINGLE, DistState, init_from_env, mean_over_ranks
+from ecgssl.distributed import SINGLE, DistState, init_from_env
 from ecgssl.errors import EcgsslError
 from ecgssl.models.pretrain import PretrainModel, random_lead_subsets, st_inputs
 from ecgssl.progress import bar as progress_bar
 from ecgssl.storage import RUN_FILE, encoder_hash, write_json
 from ecgssl.tracking import ENCODER_TAG, OFF, RunContext, flatten, start_run
 from ecgssl.train import checkpoint
-from ecgssl.train.data import PretrainData
+from ecgssl.train.data import Plan, PretrainData, loader
 from ecgssl.train.schedule import warmup_cosine
 
 
@@ -67,25 +71,42 @@ def build(cfg: PretrainConfig, n_samples: int, text_dim: int, device: torch.devi
     return model, opt
 
 
-def step_losses(net, model: PretrainModel, ds: PretrainData, cfg: PretrainConfig, step: int,
-                device: torch.device, dist: DistState = SINGLE) -> dict[str, torch.Tensor]:
-    """Losses of step `step` on this rank: the global batch and its masking/shuffling draws are
-    a function of (seed, step); each rank takes its slice."""
-    me = dist.rank
-    local = cfg.batch_size // dist.world_size
-    batch = ds.batch(ds.batch_indices(step, cfg.batch_size, cfg.seed), device)
-    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-    segment = max(1, round(cfg.mask_segment_s * ds.fs))
-    aug = st_inputs(batch["x"].cpu(), batch["mask"].cpu(), cfg.mask_ratio, segment, gen) \
+def step_losses(net, model: PretrainModel, batch: dict, cfg: PretrainConfig, step: int,
+                fs: int, dist: DistState = SINGLE, generator: torch.Generator | None = None
+                ) -> dict[str, torch.Tensor]:
+    """Losses of step `step` on this rank's slice `batch` of the global batch. The masking and
+    shuffling draws are made for the global batch from (seed, step) on the batch's device, and
+    each rank uses its rows: no host round trip, same draws in one process or many."""
+    device = batch["x"].device
+    gen = generator or torch.Generator(device)
+    gen.manual_seed(cfg.seed * 1_000_003 + step)
+    rows, total = Plan(cfg.batch_size, rank=dist.rank, world_size=dist.world_size).mine, \
+        cfg.batch_size
+    segment = max(1, round(cfg.mask_segment_s * fs))
+    aug = st_inputs(batch["x"], batch["mask"], cfg.mask_ratio, segment, gen, rows, total) \
         if model.st is not None else {}
     if model.mets is not None and cfg.lead_subset_p > 0:
-        batch["mets_mask"] = random_lead_subsets(batch["mask"].cpu(), cfg.lead_subset_p,
-                                                 gen).to(device)
-    mine = slice(me * local, (me + 1) * local)
-    batch = {k: v[mine] for k, v in batch.items()}
-    aug = {k: v[mine].to(device) for k, v in aug.items()}
+        batch = {**batch, "mets_mask": random_lead_subsets(batch["mask"], cfg.lead_subset_p,
+                                                           gen, rows, total)}
     weights = {"mets": cfg.mets_weight, "st": cfg.st_weight, "lead": cfg.lead_weight}
     return net(batch, aug, weights, dist)
+
+
+def _read_out(pending: list[torch.Tensor], names: list[str], first_step: int,
+              dist: DistState, cfg: PretrainConfig) -> list[list[float]]:
+    """The losses of the steps since the last read-out, averaged over ranks: one collective
+    and one host sync for all of them; a non-finite loss stops the run, naming its step."""
+    t = torch.stack(pending)
+    if dist.active:
+        torch.distributed.all_reduce(t)
+        t /= dist.world_size
+    rows = t.cpu().tolist()
+    for i, r in enumerate(rows):
+        loss = r[names.index("loss")]
+        if not math.isfinite(loss):
+            raise EcgsslError(f"non-finite loss ({loss}) at step {first_step + i}: lower "
+                              f"pretrain.lr (now {cfg.lr}) or check the input table")
+    return rows
 
 
 def pretrain(data: str | Path, text_emb: str | Path | None, output: str | Path,
@@ -101,21 +122,30 @@ def pretrain(data: str | Path, text_emb: str | Path | None, output: str | Path,
     if cfg.num_workers:
         torch.set_num_threads(cfg.num_workers)
     ds = PretrainData.load(data, text_emb, need_text="mets" in cfg.method, split=cfg.split)
-    n_samples = ds.signal.shape[-1]
     text_dim = ds.text.shape[1] if ds.text is not None else 384
-    model, opt = build(cfg, n_samples, text_dim, device)
+    model, opt = build(cfg, ds.n_samples, text_dim, device)
     total = cfg.max_steps or cfg.epochs * ds.steps_per_epoch(cfg.batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.warmup_steps, total))
+    plan = Plan(cfg.batch_size, cfg.seed, cfg.shuffle_rows, me, world)
+    # The data position: with it, step s's batch is a function of the step alone.
+    position = {"seed": cfg.seed, "batch_size": cfg.batch_size,
+                "shuffle_rows": cfg.shuffle_rows, "rows": len(ds), "split": cfg.split}
     start, history = 0, []
     ckpt = checkpoint.latest(out) if resume else None
     if ckpt is not None:
         state = checkpoint.load(ckpt, model, opt, sched)
         start, history = state["step"], state["history"]
+        saved = state.get("data", position)
+        if saved != position:
+            raise EcgsslError(f"{ckpt} read the data as {saved}, this run as {position}: "
+                              "resume with the same table, seed, batch_size and shuffle_rows, "
+                              "or start afresh without --resume")
     net = DistributedDataParallel(model) if world > 1 else model
+    forward = torch.compile(net) if cfg.compile else net
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
     if me == 0:
         out.mkdir(parents=True, exist_ok=True)
-    config = {**cfg.model_dump(), "n_samples": n_samples, "fs": ds.fs, "text_dim": text_dim,
+    config = {**cfg.model_dump(), "n_samples": ds.n_samples, "fs": ds.fs, "text_dim": text_dim,
               "text_model": ds.text_meta.get("model_identity"),
               "text_model_name": ds.text_meta.get("model"),
               "text_pooling": ds.text_meta.get("pooling"), "train_rows": len(ds),
@@ -123,40 +153,52 @@ def pretrain(data: str | Path, text_emb: str | Path | None, output: str | Path,
               "preprocess": PREPROCESS_VERSION,
               "data_fingerprint": read_manifest(data).get("input_fingerprint")}
     tags = {"stage": "pretrain", "method": cfg.method, "data": str(data)}
+    batches = loader(ds, plan, start, total, cfg.loader_workers, device,
+                     memory=cfg.loader == "memory")
+    gen = torch.Generator(device)
     with start_run(ctx if me == 0 else OFF, f"pretrain-{cfg.method}", tags) as run:
         run.log_params(flatten(config))
         run.log_dataset(data, "training", digest=config["data_fingerprint"])
-        bar = progress_bar(range(start, total), initial=start, total=total, unit="step",
+        bar = progress_bar(initial=start, total=total, unit="step",
                            enabled=progress and me == 0, desc=f"pretrain {cfg.method}")
-        t_last, seen = time.perf_counter(), 0
-        t_start = time.perf_counter()
-        for step in bar:
+        pending, window, names = [], [], None      # losses on the device until read out
+        t_last = t_start = time.perf_counter()
+        for step, batch in batches:      # on the device already
+            bar.update()
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                losses = step_losses(net, model, ds, cfg, step, device, dist)
-            loss = losses["loss"]
-            if not torch.isfinite(loss):
-                raise EcgsslError(f"non-finite loss ({loss.item()}) at step {step}: lower "
-                                  f"pretrain.lr (now {cfg.lr}) or check the input table")
+                losses = step_losses(forward, model, batch, cfg, step, ds.fs, dist, gen)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            losses["loss"].backward()
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             sched.step()
-            seen += cfg.batch_size
-            record = mean_over_ranks({k: v.detach() for k, v in losses.items()}, dist)
-            history.append(record["loss"])
-            if (step + 1) % cfg.log_every == 0 or step + 1 == total:
+            names = names or list(losses)
+            pending.append(torch.stack([v.detach().float() for v in losses.values()]))
+            done = step + 1
+            log = done % cfg.log_every == 0 or done == total
+            save = done % cfg.checkpoint_every == 0 or done == total
+            if not (log or save):
+                continue
+            rows = _read_out(pending, names, done - len(pending), dist, cfg)   # all ranks
+            history += [r[names.index("loss")] for r in rows]
+            window += rows
+            pending = []
+            if log:
                 now = time.perf_counter()
-                record |= {"lr": sched.get_last_lr()[0], "samples_per_s": seen / (now - t_last)}
+                record = dict(zip(names, np.mean(window, axis=0).tolist()))
+                record |= {"lr": sched.get_last_lr()[0],
+                           "samples_per_s": len(window) * cfg.batch_size / (now - t_last)}
                 if model.mets is not None:
                     record["temperature"] = model.mets.temperature
-                t_last, seen = now, 0
+                t_last, window = now, []
                 run.log_metrics(record, step=step)
                 bar.set_postfix(loss=f"{record['loss']:.4f}",
                                 sps=f"{record['samples_per_s']:.0f}")
-            if me == 0 and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == total):
-                checkpoint.save(out, step + 1, model, opt, sched, {"history": history})
+            if save and me == 0:
+                checkpoint.save(out, done, model, opt, sched,
+                                {"history": history, "data": position})
+        bar.close()
         elapsed = time.perf_counter() - t_start
         if me == 0:
             sps = (total - start) * cfg.batch_size / elapsed if total > start else float("nan")

@@ -1,0 +1,114 @@
+"""Streaming pretraining data: row groups are read lazily (a DDP rank reads its share, a reader
+holds at most its part of a shuffle window, whatever the table's size), and the batches of a
+step are a function of (seed, step, table) only: resuming mid-run, changing the number of
+loader workers or ranks, or reading the table into memory gives the same batches."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from ecgssl.config import PretrainConfig
+from ecgssl.data.table import read_manifest
+from ecgssl.errors import EcgsslError
+from ecgssl.train.data import Plan, PretrainData, RowReader, loader
+from ecgssl.train.loop import pretrain
+
+
+def regrouped(table: Path, out: Path, rows_per_group: int, copies: int = 1) -> Path:
+    """A copy of `table` with small row groups, its shards repeated `copies` times."""
+    out.mkdir(parents=True)
+    m = read_manifest(table)
+    shards = []
+    for k in range(copies):
+        for s in m["shards"]:
+            name = f"{Path(s).stem}-{k}.parquet"
+            pq.write_table(pq.read_table(table / s), out / name, row_group_size=rows_per_group)
+            shards.append(name)
+    (out / "_manifest.json").write_text(json.dumps({**m, "shards": shards,
+                                                    "rows": m["rows"] * copies}))
+    return out
+
+
+@pytest.fixture(scope="module")
+def small_groups(corpus, tmp_path_factory) -> dict[int, PretrainData]:
+    """The corpus with 8-row groups, as is and replicated 4x."""
+    root = tmp_path_factory.mktemp("regrouped")
+    return {c: PretrainData.load(regrouped(corpus["table"], root / f"x{c}", 8, c),
+                                 corpus["text_emb"], need_text=True) for c in (1, 4)}
+
+
+def read_one_epoch(data: PretrainData, plan: Plan) -> RowReader:
+    steps = range(data.steps_per_epoch(plan.batch_size))
+    reader = RowReader(data)
+    reader.plan(np.concatenate([data.local_rows(s, plan) for s in steps]))
+    for s in steps:
+        reader.fetch(data.local_rows(s, plan))
+    return reader
+
+
+def test_a_rank_reads_its_share_of_row_groups_and_holds_a_window_at_most(small_groups):
+    window = 256
+    for copies, data in small_groups.items():
+        epoch = np.concatenate([data.global_rows(s, Plan(16, 0, window))
+                                for s in range(data.steps_per_epoch(16))])
+        used = len(np.unique(data.group[epoch]))   # (the epoch's tail rows wait for the next)
+        alone = read_one_epoch(data, Plan(16, 0, window))
+        assert alone.groups_read == used          # each row group read once per epoch
+        for rank in (0, 1):
+            r = read_one_epoch(data, Plan(16, 0, window, rank, 2))
+            # its half of every window, plus the groups on window and rank boundaries
+            assert r.groups_read < 0.6 * used, (copies, r.groups_read, used)
+            assert r.rows_held_peak <= window // 2 + 16, r.rows_held_peak
+            assert not r.cache                    # everything read was served and dropped
+        assert alone.rows_held_peak <= window + 2 * 8 * 2, alone.rows_held_peak
+    # memory does not grow with the table: the 4x table holds what the 1x table holds
+    peaks = [read_one_epoch(d, Plan(16, 0, window)).rows_held_peak
+             for d in small_groups.values()]
+    assert peaks[1] <= peaks[0] + 16
+
+
+def test_global_batch_does_not_depend_on_world_size_and_uses_each_row_once(small_groups):
+    data = small_groups[1]
+    plan = Plan(16, 3, 64)
+    steps = data.steps_per_epoch(16)
+    seen = np.concatenate([data.global_rows(s, plan) for s in range(steps)])
+    assert len(np.unique(seen)) == len(seen) == steps * 16
+    for s in (0, 5, steps + 2):                   # also in the second epoch
+        whole = data.batch(s, plan)
+        parts = [data.batch(s, Plan(16, 3, 64, r, 4)) for r in range(4)]
+        for k in whole:
+            assert torch.equal(torch.cat([p[k] for p in parts]), whole[k]), k
+    assert not np.array_equal(data.global_rows(steps, plan), data.global_rows(0, plan))
+
+
+def test_resumed_loader_yields_exactly_the_batches_of_the_uninterrupted_one(small_groups):
+    data = small_groups[1]
+    plan = Plan(64, 0, 128)
+    per = data.steps_per_epoch(64)
+    stop = per + 3                                # across an epoch boundary
+    full = list(loader(data, plan, 0, stop, workers=2))
+    resumed = list(loader(data, plan, per - 2, stop, workers=2))
+    inline_memory = list(loader(data, plan, per - 2, stop, workers=0, memory=True))
+    assert [s for s, _ in full] == list(range(stop))
+    for (s, a), (t, b), (u, c) in zip(full[per - 2:], resumed, inline_memory):
+        assert s == t == u
+        for k in a:
+            assert torch.equal(a[k], b[k]) and torch.equal(a[k], c[k]), (s, k)
+
+
+def test_resume_refuses_a_checkpoint_that_read_the_data_in_another_order(corpus, tmp_path):
+    small = dict(width=16, batch_size=16, lr=3e-3, warmup_steps=2, checkpoint_every=2,
+                 loader_workers=0, method="st")
+    pretrain(corpus["table"], None, tmp_path, PretrainConfig(max_steps=2, **small),
+             progress=False)
+    state = torch.load(tmp_path / "checkpoints/step-0000002/state.pt", weights_only=True)
+    assert state["data"]["seed"] == 0 and state["data"]["shuffle_rows"] == 16384
+    with pytest.raises(EcgsslError, match="read the data as .* resume with the same"):
+        pretrain(corpus["table"], None, tmp_path, PretrainConfig(
+            max_steps=4, shuffle_rows=64, **small), resume=True, progress=False)
