@@ -16,7 +16,7 @@ from ecgssl.config import PretrainConfig
 from ecgssl.distributed import init_from_env, local_rank
 from ecgssl.errors import EcgsslError
 from ecgssl.storage import Paths
-from ecgssl.train.data import PretrainData
+from ecgssl.train.data import Plan, PretrainData
 from ecgssl.train.loop import build, step_losses
 
 WORKER = Path(__file__).parent / "train" / "ddp_worker.py"
@@ -63,8 +63,9 @@ def test_two_nodes_with_c10d_rendezvous_equal_one_process(corpus, tmp_path):
 
     cfg = PretrainConfig(method=method, width=16, batch_size=16)
     ds = PretrainData.load(corpus["table"], corpus["text_emb"], need_text=True)
-    model, _ = build(cfg, ds.signal.shape[-1], ds.text.shape[1], torch.device("cpu"))
-    losses = step_losses(model, model, ds, cfg, 3, torch.device("cpu"))
+    model, _ = build(cfg, ds.n_samples, ds.text.shape[1], torch.device("cpu"))
+    batch = ds.batch(3, Plan(cfg.batch_size, cfg.seed, cfg.shuffle_rows))   # the whole batch
+    losses = step_losses(model, model, batch, cfg, 3, ds.fs)
     losses["loss"].backward()
     for k in ("loss", "mets", "recon", "lead"):
         assert ddp["losses"][k] == pytest.approx(losses[k].item(), rel=1e-5, abs=1e-6), k
