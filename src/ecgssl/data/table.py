@@ -342,19 +342,26 @@ def require_rows(path: str | Path, manifest: dict) -> None:
                           f"{MANIFEST}, fix the input and rerun it")
 
 
-def read_shard(path: Path, columns: list[str], filters) -> pa.Table:
+@contextmanager
+def shard_errors(path: Path):
+    """A missing or unreadable shard as a clear error naming it."""
     try:
-        if filters is None:   # one file, no row filter: without the dataset layer (~2x faster)
-            with pq.ParquetFile(path, page_checksum_verification=True) as f:
-                return f.read(columns=columns)
-        return pq.read_table(path, columns=columns, filters=filters,
-                             page_checksum_verification=True)
+        yield
     except FileNotFoundError:
         raise EcgsslError(f"{path}: shard listed in the manifest is missing; rerun the stage "
                           "that wrote this table") from None
     except (pa.ArrowException, OSError) as exc:
         raise EcgsslError(f"{path}: unreadable Parquet shard ({exc}); rerun the stage that "
                           "wrote this table") from None
+
+
+def read_shard(path: Path, columns: list[str], filters) -> pa.Table:
+    with shard_errors(path):
+        if filters is None:   # one file, no row filter: without the dataset layer (~2x faster)
+            with pq.ParquetFile(path, page_checksum_verification=True) as f:
+                return f.read(columns=columns)
+        return pq.read_table(path, columns=columns, filters=filters,
+                             page_checksum_verification=True)
 
 
 def _row_filter(split: str | None, dataset: str | None = None):
@@ -439,14 +446,8 @@ def row_groups(path: str | Path) -> list[RowGroup]:
     require_rows(path, manifest)
     out = []
     for shard in manifest["shards"]:
-        try:
+        with shard_errors(path / shard):
             md = pq.ParquetFile(path / shard).metadata
-        except FileNotFoundError:
-            raise EcgsslError(f"{path / shard}: shard listed in the manifest is missing; rerun "
-                              "the stage that wrote this table") from None
-        except (pa.ArrowException, OSError) as exc:
-            raise EcgsslError(f"{path / shard}: unreadable Parquet shard ({exc}); rerun the "
-                              "stage that wrote this table") from None
         out += [RowGroup(shard, i, md.row_group(i).num_rows) for i in range(md.num_row_groups)]
     return out
 
@@ -459,16 +460,10 @@ def read_row_group(path: str | Path, group: RowGroup, columns: list[str],
     manifest = read_manifest(path) if n_samples is None else None
     n_samples = n_samples or int(manifest["n_samples"])
     file = path / group.shard
-    try:
+    with shard_errors(file):
         f = pq.ParquetFile(file, page_checksum_verification=True)
         have = set(f.schema_arrow.names)
         t = f.read_row_group(group.index, columns=[c for c in columns if c in have])
-    except FileNotFoundError:
-        raise EcgsslError(f"{file}: shard listed in the manifest is missing; rerun the stage "
-                          "that wrote this table") from None
-    except (pa.ArrowException, OSError) as exc:
-        raise EcgsslError(f"{file}: unreadable Parquet shard ({exc}); rerun the stage that "
-                          "wrote this table") from None
     types = schema(n_samples)
     for c in columns:          # a column the table's schema version predates comes back null
         if c not in have:
