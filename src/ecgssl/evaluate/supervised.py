@@ -104,7 +104,13 @@ def _scores(logits, multilabel):
 def _logreg(x, y, multilabel: bool, c: float, balanced: bool, n_classes: int, seed: int):
     """(W [C, D], b [C]) of L2 logistic regression on standardised features; one-vs-rest for
     multi-label (a class with one label value in `y` gets its prior as a constant)."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
+    # C is picked on val among several: one C that stops at max_iter is not worth a screen of
+    # warnings (its val score already says how well it fits)
+    warnings.filterwarnings("ignore", category=ConvergenceWarning)
     weight = "balanced" if balanced else None
     d = x.shape[1]
     if not multilabel:
