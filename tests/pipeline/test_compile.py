@@ -7,7 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
 
 from ecgssl.config import load_params
@@ -15,14 +14,6 @@ from ecgssl.pipeline.build import COMPILED, compile_pipeline, settings
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-
-
-@pytest.fixture()
-def repo_params(monkeypatch):
-    monkeypatch.chdir(ROOT)
-    monkeypatch.setenv("ECGSSL_PARAMS", str(ROOT / "params.yaml"))
-    monkeypatch.delenv("ECGSSL_IMAGE", raising=False)
-    monkeypatch.delenv("ECGSSL_GPU_IMAGE", raising=False)
 
 
 def _compile(path: Path) -> tuple[dict, dict]:

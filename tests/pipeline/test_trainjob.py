@@ -195,14 +195,6 @@ def test_missing_crd_or_rights_are_clear_errors(status, message):
 
 # --- the compiled 2-node pipeline ------------------------------------------------------------
 
-@pytest.fixture()
-def repo_params(monkeypatch):
-    monkeypatch.chdir(ROOT)
-    monkeypatch.setenv("ECGSSL_PARAMS", str(ROOT / "params.yaml"))
-    monkeypatch.delenv("ECGSSL_IMAGE", raising=False)
-    monkeypatch.delenv("ECGSSL_GPU_IMAGE", raising=False)
-
-
 def test_checked_in_2node_pipeline_is_up_to_date(repo_params, tmp_path):
     fresh = compile_pipeline(tmp_path / "p.yaml", params_with(["pipeline.pretrain_nodes=2"]))
     assert (ROOT / COMPILED_2NODES).read_text() == fresh.read_text(), (
