@@ -11,13 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from ddp_check import assert_same_step_as_one_process, wait_all
 
-from ecgssl.config import PretrainConfig
 from ecgssl.distributed import init_from_env, local_rank
 from ecgssl.errors import EcgsslError
 from ecgssl.storage import Paths
-from ecgssl.train.data import Plan, PretrainData
-from ecgssl.train.loop import build, step_losses
 
 WORKER = Path(__file__).parent / "train" / "ddp_worker.py"
 TORCHRUN = Path(sys.executable).parent / "torchrun"
@@ -45,14 +43,7 @@ def test_two_nodes_with_c10d_rendezvous_equal_one_process(corpus, tmp_path):
     args = [str(corpus["table"]), str(corpus["text_emb"]), str(out), method]
     port = free_port()
     nodes = [_node(i, port, args, tmp_path / f"node{i}.log") for i in (0, 1)]
-    try:
-        codes = [p.wait(timeout=300) for p in nodes]
-    finally:
-        for p in nodes:
-            if p.poll() is None:
-                p.kill()
-    logs = "\n".join((tmp_path / f"node{i}.log").read_text()[-3000:] for i in (0, 1))
-    assert codes == [0, 0], logs
+    wait_all(nodes, [tmp_path / f"node{i}.log" for i in (0, 1)])
     ddp = torch.load(out, weights_only=True)
     # Two nodes, not two processes on one: each rank is local rank 0 of its own node.
     layout = sorted(ddp["layout"], key=lambda r: r["RANK"])
@@ -61,16 +52,7 @@ def test_two_nodes_with_c10d_rendezvous_equal_one_process(corpus, tmp_path):
     assert all(r["LOCAL_RANK"] == 0 and r["LOCAL_WORLD_SIZE"] == 1 and r["WORLD_SIZE"] == 2
                for r in layout), layout
 
-    cfg = PretrainConfig(method=method, width=16, batch_size=16)
-    ds = PretrainData.load(corpus["table"], corpus["text_emb"], need_text=True)
-    model, _ = build(cfg, ds.n_samples, ds.text.shape[1], torch.device("cpu"))
-    batch = ds.batch(3, Plan(cfg.batch_size, cfg.seed, cfg.shuffle_rows))   # the whole batch
-    losses = step_losses(model, model, batch, cfg, 3, ds.fs)
-    losses["loss"].backward()
-    for k in ("loss", "mets", "recon", "lead"):
-        assert ddp["losses"][k] == pytest.approx(losses[k].item(), rel=1e-5, abs=1e-6), k
-    for name, p in model.named_parameters():
-        torch.testing.assert_close(ddp["grads"][name], p.grad, rtol=1e-4, atol=1e-6)
+    assert_same_step_as_one_process(ddp, corpus["table"], corpus["text_emb"], method)
 
 
 def test_local_rank_picks_the_device_not_the_global_rank(monkeypatch):

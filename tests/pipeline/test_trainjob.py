@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from ddp_check import wait_all
 from kubernetes.client.exceptions import ApiException
 from safetensors.torch import load_file
 from test_compile import ROOT, _compile, _leaf_tasks
@@ -252,14 +253,7 @@ def test_node_command_trains_on_two_local_nodes_like_one_process(corpus, repo_pa
         nodes.append(subprocess.Popen(command + args, env=env, cwd=tmp_path,
                                       stdout=open(tmp_path / f"node{rank}.log", "w"),
                                       stderr=subprocess.STDOUT))
-    try:
-        codes = [p.wait(timeout=300) for p in nodes]
-    finally:
-        for p in nodes:
-            if p.poll() is None:
-                p.kill()
-    logs = "\n".join((tmp_path / f"node{r}.log").read_text()[-3000:] for r in (0, 1))
-    assert codes == [0, 0], logs
+    logs = wait_all(nodes, [tmp_path / f"node{r}.log" for r in (0, 1)])
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["world_size"] == 2
     assert logs.count("pretrain mets+st") <= 1         # one summary: rank 0's

@@ -15,14 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from ddp_check import assert_same_step_as_one_process
 from safetensors.torch import load_file
 
 from ecgssl.config import PretrainConfig
 from ecgssl.data.table import arrays, pack, signal_array
 from ecgssl.errors import EcgsslError
 from ecgssl.tracking import RunContext
-from ecgssl.train.data import Plan, PretrainData
-from ecgssl.train.loop import build, pretrain, step_losses
+from ecgssl.train.loop import pretrain
 
 HERE = Path(__file__).parent
 SMALL = dict(width=16, batch_size=16, lr=3e-3, warmup_steps=2, checkpoint_every=4)
@@ -110,16 +110,7 @@ def test_ddp_on_two_gloo_processes_equals_one_process(corpus, tmp_path, method):
                     str(corpus["table"]), str(corpus["text_emb"]), str(out), method],
                    check=True, capture_output=True, env=env, timeout=300)
     ddp = torch.load(out, weights_only=True)
-    cfg = PretrainConfig(method=method, width=16, batch_size=16)
-    ds = PretrainData.load(corpus["table"], corpus["text_emb"], need_text=True)
-    model, _ = build(cfg, ds.n_samples, ds.text.shape[1], torch.device("cpu"))
-    batch = ds.batch(3, Plan(cfg.batch_size, cfg.seed, cfg.shuffle_rows))
-    losses = step_losses(model, model, batch, cfg, 3, ds.fs)
-    losses["loss"].backward()
-    for k in ("loss", "mets", "recon", "lead"):
-        assert ddp["losses"][k] == pytest.approx(losses[k].item(), rel=1e-5, abs=1e-6), k
-    for name, p in model.named_parameters():
-        torch.testing.assert_close(ddp["grads"][name], p.grad, rtol=1e-4, atol=1e-6)
+    assert_same_step_as_one_process(ddp, corpus["table"], corpus["text_emb"], method)
 
 
 def test_pretraining_is_tracked_in_mlflow(corpus, tmp_path, monkeypatch):
