@@ -114,6 +114,24 @@ def point_metrics(y, scores, scoring: Scoring, thresholds) -> dict[str, float]:
     return out
 
 
+def resample_groups(groups: np.ndarray, n_boot: int, seed: int):
+    """Index sets of a group (patient or record) bootstrap: each draws as many groups as there
+    are, with replacement, and takes all their items."""
+    uniq, inverse = np.unique(groups.astype(str), return_inverse=True)
+    members = [np.flatnonzero(inverse == g) for g in range(len(uniq))]
+    rng = np.random.default_rng(seed)
+    for _ in range(n_boot):
+        yield np.concatenate([members[g] for g in rng.integers(0, len(uniq), len(uniq))])
+
+
+def percentile_ci(values) -> tuple[float, float]:
+    """The 95 % percentile interval of the finite bootstrap values (nan, nan without any)."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    lo, hi = np.percentile(v, [2.5, 97.5]) if len(v) else (np.nan, np.nan)
+    return float(lo), float(hi)
+
+
 def evaluate_scores(y, scores, scoring: Scoring, thresholds, groups: np.ndarray,
                     n_boot: int = 200, seed: int = 0) -> dict:
     """Point metrics, per-class AUROC, sensitivity (Se) and positive predictivity (+P) as in
@@ -131,19 +149,12 @@ def evaluate_scores(y, scores, scoring: Scoring, thresholds, groups: np.ndarray,
     out["auroc_classes"] = float(scoring.eligible.sum())
     for name, ok in zip(scoring.classes, scoring.eligible):
         out[f"auroc_scored/{name}"] = float(ok)     # 0: too few test items, not in the macro
-    uniq, inverse = np.unique(groups.astype(str), return_inverse=True)
-    members = [np.flatnonzero(inverse == g) for g in range(len(uniq))]
-    rng = np.random.default_rng(seed)
     keys = [*HEADLINE_CI, *([scoring.f1_key] if scoring.f1_key else [])]
     boots = {k: [] for k in keys}
-    for _ in range(n_boot):
-        pick = np.concatenate([members[g] for g in rng.integers(0, len(uniq), len(uniq))])
+    for pick in resample_groups(groups, n_boot, seed):
         m = point_metrics(y[pick], scores[pick], scoring, thresholds)
         for k in boots:
             boots[k].append(m[k])
     for k, vals in boots.items():
-        v = np.asarray(vals, dtype=float)
-        v = v[np.isfinite(v)]
-        lo, hi = (np.percentile(v, [2.5, 97.5]) if len(v) else (np.nan, np.nan))
-        out[f"{k}_ci_low"], out[f"{k}_ci_high"] = float(lo), float(hi)
+        out[f"{k}_ci_low"], out[f"{k}_ci_high"] = percentile_ci(vals)
     return out

@@ -12,7 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.metrics import f1_score, recall_score, roc_auc_score
+from sklearn.metrics import f1_score, recall_score
+
+from ecgssl.evaluate.metrics import per_class_auroc, percentile_ci, resample_groups
 
 METRICS = ("macro_auroc", "macro_f1", "macro_recall", "accuracy")
 
@@ -48,10 +50,9 @@ def gate_metric(key: str) -> tuple[str, str, str]:
 
 def _value(metric: str, y: np.ndarray, s: np.ndarray, p: np.ndarray, eligible: np.ndarray,
            multilabel: bool) -> float:
-    if metric == "macro_auroc":
-        aucs = [roc_auc_score(y[:, c], s[:, c]) for c in np.flatnonzero(eligible)
-                if 0 < y[:, c].sum() < len(y)]
-        return float(np.mean(aucs)) if aucs else float("nan")
+    if metric == "macro_auroc":          # y is one-hot here, whatever the task
+        auc = per_class_auroc(y, s, multilabel=True)[eligible]
+        return float(np.nanmean(auc)) if np.isfinite(auc).any() else float("nan")
     yl, pl = (y, p) if multilabel else (y.argmax(1), p.argmax(1))
     if metric == "macro_f1":
         return float(f1_score(yl, pl, average="macro", zero_division=0))
@@ -80,15 +81,7 @@ def paired_bootstrap(challenger, champion, meta: dict, mode: str, metric: str,
     ml = bool(meta.get("multilabel"))
     delta = lambda i: (_value(metric, y[i], sa[i], pa[i], eligible, ml)   # noqa: E731
                        - _value(metric, y[i], sb[i], pb[i], eligible, ml))
-    groups, inverse = np.unique(a["group"].astype(str).to_numpy(), return_inverse=True)
-    members = [np.flatnonzero(inverse == g) for g in range(len(groups))]
-    rng = np.random.default_rng(seed)
-    boots = []
-    for _ in range(n_boot):
-        pick = np.concatenate([members[g] for g in rng.integers(0, len(groups), len(groups))])
-        boots.append(delta(pick))
-    v = np.asarray(boots, float)
-    v = v[np.isfinite(v)]
-    lo, hi = np.percentile(v, [2.5, 97.5]) if len(v) else (np.nan, np.nan)
-    return PairedDelta(delta(np.arange(len(shared))), float(lo), float(hi), len(shared),
-                       len(groups), only_a, only_b)
+    groups = a["group"].astype(str).to_numpy()
+    lo, hi = percentile_ci([delta(pick) for pick in resample_groups(groups, n_boot, seed)])
+    return PairedDelta(delta(np.arange(len(shared))), lo, hi, len(shared),
+                       len(np.unique(groups)), only_a, only_b)
