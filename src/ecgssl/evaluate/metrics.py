@@ -114,6 +114,16 @@ def point_metrics(y, scores, scoring: Scoring, thresholds) -> dict[str, float]:
     return out
 
 
+def mean_by(keys: np.ndarray, scores: np.ndarray):
+    """Scores averaged over the rows that share a key (a record's windows): (the first row of
+    each key, in sorted-key order; the mean scores; the row counts)."""
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    summed = np.zeros((len(first), scores.shape[1]))
+    np.add.at(summed, inverse, scores)
+    counts = np.bincount(inverse, minlength=len(first))
+    return first, summed / counts[:, None], counts
+
+
 def resample_groups(groups: np.ndarray, n_boot: int, seed: int):
     """Index sets of a group (patient or record) bootstrap: each draws as many groups as there
     are, with replacement, and takes all their items."""

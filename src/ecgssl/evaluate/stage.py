@@ -29,6 +29,7 @@ from ecgssl.evaluate.metrics import (
     choose_thresholds,
     eligible_classes,
     evaluate_scores,
+    mean_by,
     predictions,
 )
 from ecgssl.evaluate.scores import FILE as SCORES_FILE
@@ -94,11 +95,8 @@ class Levels:
         t = self.task
         if not self.record_level:
             return t.y[idx], scores, t.group[idx]
-        _, first, inverse = np.unique(t.record[idx], return_index=True, return_inverse=True)
-        summed = np.zeros((len(first), scores.shape[1]))
-        np.add.at(summed, inverse, scores)
-        counts = np.bincount(inverse, minlength=len(first))[:, None]
-        return t.y[idx][first], summed / counts, t.group[idx][first]
+        first, means, _ = mean_by(t.record[idx], scores)
+        return t.y[idx][first], means, t.group[idx][first]
 
     def items(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(item ids, groups) behind rows `idx`, in the order `__call__` gives them: record

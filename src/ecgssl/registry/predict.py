@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 
 from ecgssl.data.table import read_manifest, read_table
 from ecgssl.errors import EcgsslError
+from ecgssl.evaluate.metrics import mean_by
 from ecgssl.progress import bar as progress_bar
 from ecgssl.storage import atomic_path
 
@@ -88,12 +89,9 @@ def run_predict(model_dir: str | Path, table: str | Path, output: str | Path,
     if level == "record":
         # A record's score is the mean of its windows', as evaluation scores record labels.
         key = np.array([f"{d}\0{r}" for d, r in zip(ids["dataset"], ids["record"])])
-        uniq, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+        first, means, counts = mean_by(key, scores)
         order = np.argsort(first)                          # records in table order
-        summed = np.zeros((len(uniq), len(classes)))
-        np.add.at(summed, inverse, scores)
-        counts = np.bincount(inverse, minlength=len(uniq))
-        scores = (summed / counts[:, None]).astype(np.float32)[order]
+        scores = means.astype(np.float32)[order]
         cols = {"dataset": ids["dataset"][first][order], "record": ids["record"][first][order],
                 "windows": counts[order].astype(np.int32)}
     else:
