@@ -25,10 +25,9 @@ import os
 import pickle
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from multiprocessing import get_context
+from multiprocessing.connection import wait as mp_wait
 from pathlib import Path
 
 import numpy as np
@@ -538,28 +537,30 @@ def _write_parts(source_name, root, out, cfg, key, chunks, infos, progress, desc
     return written
 
 
-def _work_many(batch: int, tasks: list[Task], spool: str) -> str | None:
-    """A batch of records, its rows left in a file of `spool` whose name is returned (None:
-    the parent took the batch). Not sent through the pool's pipe: a worker killed (OOM)
-    halfway through sending a large result leaves the pool's reader waiting forever for the
-    rest; a path is one small write."""
-    if not _claim(batch):
-        return None
-    results = [_work(t) for t in tasks]
-    fd, path = tempfile.mkstemp(dir=spool, suffix=".pkl")
-    with os.fdopen(fd, "wb") as fh:
-        pickle.dump(results, fh, protocol=pickle.HIGHEST_PROTOCOL)
-    return path
-
-
-def _lost_batch(batches, futs, first, b, claims) -> list[str]:
-    """The records of the batch a dead worker was reading: taken (claimed) but never
-    finished, from batch `b` on; else batch `b`'s."""
-    flags, _ = claims
-    for j in range(b, len(futs)):
-        if flags[first + j] and (futs[j] is None or futs[j].exception() is not None):
-            return [t.record for t in batches[j]]
-    return [t.record for t in batches[b]]
+def _read_batches(w: int, batches: list[list[Task]], spool: str, conn, holding,
+                  allowed: int, parent: int) -> None:
+    """A forked worker: read every batch it can claim, in order, each into a spool file
+    `<spool>/<batch>.pkl`, and send the batch number to the parent. Rows travel through a file,
+    not the pipe: a worker killed (OOM) amid a large send would leave the parent reading half
+    a message; a batch number is one small write. Batches from `allowed` on wait for the
+    parent's go (it bounds how many parts' rows wait in the spool)."""
+    die_with_parent(parent)
+    for b, tasks in enumerate(batches):
+        while b >= allowed:
+            try:
+                allowed = conn.recv()
+            except EOFError:             # the parent is gone or gave up
+                return
+        if not _claim(b):
+            continue
+        holding[w] = b
+        results = [_work(t) for t in tasks]
+        path = os.path.join(spool, f"{b}.pkl")
+        with open(path + ".tmp", "wb") as fh:
+            pickle.dump(results, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(path + ".tmp", path)
+        holding[w] = -1
+        conn.send(b)
 
 
 def _unspool(path: str) -> list:
@@ -592,77 +593,115 @@ def _run_pool(source_name, root, out, cfg, key, parts, todo, workers, bar,
             "rerun to finish (parts already written are kept)") from None
 
 
+class _Workers:
+    """The forked readers of one pool run, seen from the parent: which batches they have
+    spooled, and a clear error when one dies amid a batch."""
+
+    def __init__(self, ctx, n: int, batches: list[list[Task]], spool: str, allowed: int):
+        self.batches, self.spool, self.ready = batches, spool, set()
+        self.holding = ctx.RawArray("i", [-1] * n)
+        self.conns, self.procs = [], []
+        for w in range(n):
+            mine, theirs = ctx.Pipe()
+            p = ctx.Process(target=_read_batches, daemon=True, args=(
+                w, batches, spool, theirs, self.holding, allowed, os.getpid()))
+            p.start()
+            theirs.close()
+            self.conns.append(mine)
+            self.procs.append(p)
+
+    def allow(self, limit: int) -> None:
+        for c in self.conns:
+            try:
+                c.send(limit)
+            except OSError:              # it has finished (or died: seen in `take`)
+                pass
+
+    def take(self, b: int) -> list:
+        """Batch b's results, once the worker that claimed it has spooled them."""
+        live = {c: w for w, c in enumerate(self.conns)} | \
+            {p.sentinel: w for w, p in enumerate(self.procs)}
+        while b not in self.ready:
+            if not live:                 # every worker is gone and b never came
+                raise _WorkerDied([t.record for t in self.batches[b]])
+            for obj in mp_wait(list(live)):
+                w = live.pop(obj)
+                if obj is not self.conns[w]:             # worker w has exited
+                    held = self.holding[w]
+                    if self.procs[w].exitcode and held >= 0:    # killed amid a batch
+                        raise _WorkerDied([t.record for t in self.batches[held]])
+                    continue
+                try:
+                    self.ready.add(obj.recv())
+                    live[obj] = w
+                except EOFError:
+                    pass
+        self.ready.discard(b)
+        return _unspool(os.path.join(self.spool, f"{b}.pkl"))
+
+    def close(self) -> None:
+        """After a run: the workers are past their last batch and exit on their own (waiting
+        for them costs tens of ms on a busy machine)."""
+        for c in self.conns:
+            c.close()
+
+    def kill(self) -> None:
+        self.close()
+        for p in self.procs:
+            p.kill()
+            p.join()
+
+
 def _pool(source_name, root, out, cfg, key, parts, todo, workers, bar, chunk,
           src_options=None) -> dict:
     """Parts read by `workers` processes: the parent and `workers - 1` forked ones, in batches
-    of `chunk` records. The parent takes the batches at the end of the current part that no
-    worker has started (instead of waiting idle: on 2 CPUs a third busy process only adds
-    switching and copy-on-write faults). Workers return packed rows (present leads only: a
-    few KB per single-lead record, not 12 leads of float32 to pickle). Parts are written in
-    order, each while the workers already read the next. A worker that dies amid a batch
-    fails the job naming the batch's records (a rerun finishes it); batches it had not
-    started are read by the parent."""
+    of `chunk` records. Workers claim batches from the front; the parent takes the batches at
+    the end of the current part that no worker has started (instead of waiting idle: on 2
+    CPUs a third busy process only adds switching and copy-on-write faults). Workers return
+    packed rows (present leads only: a few KB per single-lead record, not 12 leads of float32).
+    Parts are written in order, each while the workers already read the next. Plain forked
+    processes and pipes, not a ProcessPoolExecutor: the batches are inherited, not pickled, and
+    no manager thread competes with the parent for the GIL (on a 200-record source the
+    executor's start-up alone was a fifth of the run). A worker that dies amid a batch fails
+    the job naming the batch's records (a rerun finishes it); batches it had not started are
+    read by the parent."""
     ctx = get_context("fork")
-    batches = {i: [parts[i][lo:lo + chunk] for lo in range(0, len(parts[i]), chunk)]
-               for i in todo}
-    first, n = {}, 0
+    batches, first = [], {}
     for i in todo:
-        first[i], n = n, n + len(batches[i])
-    claims = (ctx.RawArray("b", n), ctx.Lock())
-    infos = {}
+        first[i] = len(batches)
+        batches += [parts[i][lo:lo + chunk] for lo in range(0, len(parts[i]), chunk)]
+    ends = {i: first[i] + -(-len(parts[i]) // chunk) for i in todo}
+    claims = (ctx.RawArray("b", len(batches)), ctx.Lock())
     _init_worker(source_name, str(root), cfg.model_dump(), claims=claims,
-                 options=src_options)                                     # the parent reads
-    spool = tempfile.TemporaryDirectory(prefix="ecgssl-ingest-")
-    ex = ProcessPoolExecutor(workers - 1, mp_context=ctx, initializer=_init_worker,
-                             initargs=(source_name, str(root), cfg.model_dump(), os.getpid(),
-                                       claims, src_options))
-    try:
-        queue = collections.deque()
-        pending = iter(todo)
+                 options=src_options)      # the parent reads too; forked workers inherit it
 
-        def submit_next() -> None:
-            i = next(pending, None)
-            if i is not None:
-                futs = []
-                for b, tasks in enumerate(batches[i]):
-                    try:
-                        futs.append(ex.submit(_work_many, first[i] + b, tasks, spool.name))
-                    except BrokenProcessPool:     # a worker died: failed below, by name
-                        futs.append(None)
-                queue.append((i, futs))
+    def limit(pos: int) -> int:          # first batch the workers may not start yet
+        return first[todo[pos]] if pos < len(todo) else len(batches)
 
-        for _ in range(IN_FLIGHT_PARTS):
-            submit_next()
-        while queue:
-            i, futs = queue.popleft()
-            done = {}
-            for b in range(len(futs) - 1, -1, -1):
-                if not _claim(first[i] + b, timeout=5):   # a worker has it: leave the rest
-                    break
-                done[b] = [_work(t) for t in batches[i][b]]
-                bar.update(len(batches[i][b]))
-            results = []
-            for b, fut in enumerate(futs):
-                if b not in done:
-                    try:
-                        path = fut.result() if fut is not None else None
-                    except BrokenProcessPool:
-                        path = None
-                    if path is None:        # a worker died: name the batch it was reading
-                        raise _WorkerDied(_lost_batch(batches[i], futs, first[i], b, claims))
-                    done[b] = _unspool(path)
-                    bar.update(len(batches[i][b]))
-                results += done[b]
-            submit_next()
-            infos[i] = _write_part(out, i, key, results, n_samples(cfg))
-    except BaseException:
-        ex.shutdown(wait=True, cancel_futures=True)
-        raise
-    else:
-        # Idle workers exit on their own: waiting for them costs tens of ms on a busy machine.
-        ex.shutdown(wait=False)
-    finally:
-        spool.cleanup()
+    infos = {}
+    with tempfile.TemporaryDirectory(prefix="ecgssl-ingest-") as spool:
+        pool = _Workers(ctx, workers - 1, batches, spool, limit(IN_FLIGHT_PARTS))
+        try:
+            for pos, i in enumerate(todo):
+                done = {}
+                for b in range(ends[i] - 1, first[i] - 1, -1):
+                    if not _claim(b, timeout=5):  # a worker has it: leave the rest to them
+                        break
+                    done[b] = [_work(t) for t in batches[b]]
+                    bar.update(len(batches[b]))
+                results = []
+                for b in range(first[i], ends[i]):
+                    if b not in done:    # not started by anyone (a worker died idle): here
+                        done[b] = [_work(t) for t in batches[b]] if _claim(b, timeout=5) \
+                            else pool.take(b)
+                        bar.update(len(batches[b]))
+                    results += done[b]
+                pool.allow(limit(pos + 1 + IN_FLIGHT_PARTS))
+                infos[i] = _write_part(out, i, key, results, n_samples(cfg))
+        except BaseException:
+            pool.kill()
+            raise
+        pool.close()
     return infos
 
 

@@ -35,12 +35,18 @@ def _antialias_fir(up: int, down: int) -> np.ndarray:
     return firwin(2 * 10 * max_rate + 1, 1.0 / max_rate, window=("kaiser", 5.0)).astype(np.float32)
 
 
+@functools.lru_cache(maxsize=64)
+def _ratio(fs_in: float, fs_out: float) -> tuple[int, int]:
+    # limit_denominator costs ~25 us: paid once per pair of rates, not once per record
+    ratio = Fraction(fs_out / fs_in).limit_denominator(1000)
+    return ratio.numerator, ratio.denominator
+
+
 def resample(x: np.ndarray, fs_in: float, fs_out: float) -> np.ndarray:
     """Polyphase resampling along the last axis (anti-aliased, zero phase)."""
     if fs_in == fs_out:
         return x
-    ratio = Fraction(fs_out / fs_in).limit_denominator(1000)
-    up, down = ratio.numerator, ratio.denominator
+    up, down = _ratio(fs_in, fs_out)
     y = resample_poly(x, up, down, axis=-1, window=_antialias_fir(up, down))
     return y.astype(np.float32, copy=False)
 
