@@ -320,8 +320,10 @@ def pretrain(
                                "batch_size": batch_size, "lr": lr, "seed": seed,
                                "precision": precision}, params)
     with staged() as io:
-        r = run_pretrain(io.input(data), io.input(text_emb), io.output(output), cfg,
-                         resume=resume, progress=progress, ctx=run_context(params, mlflow))
+        out = io.output(output)
+        r = run_pretrain(io.input(data), io.input(text_emb), out, cfg, resume=resume,
+                         progress=progress, ctx=run_context(params, mlflow),
+                         on_checkpoint=lambda: io.sync(out))
     if r:
         pretrain_summary(r, cfg.method, output)
 

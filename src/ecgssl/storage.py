@@ -169,10 +169,11 @@ def tree_fingerprint(root: str | Path) -> str:
     Stat-based so that fingerprinting costs no extra read of the data; content-addressed
     versioning of the raw data is DVC's job (`dvc add`).
     """
-    root = Path(root)
+    top = os.fspath(Path(root))
+    cut = len(os.path.join(top, ""))    # the relative path by slicing: relpath() costs ~8 us
     h = hashlib.sha256()
     entries = []
-    for dirpath, _, files in os.walk(root):
+    for dirpath, _, files in os.walk(top):
         for f in files:
             if f == _MIRROR_RECORD:       # bookkeeping of an S3 mirror, not data
                 continue
@@ -181,7 +182,7 @@ def tree_fingerprint(root: str | Path) -> str:
                 st = os.stat(p)
             except FileNotFoundError:   # a dangling symlink: its record is quarantined later
                 st = os.lstat(p)
-            entries.append((os.path.relpath(p, root), st.st_size, st.st_mtime_ns))
+            entries.append((p[cut:], st.st_size, st.st_mtime_ns))
     for e in sorted(entries):
         h.update(repr(e).encode())
     return "stat-sha256:" + h.hexdigest()
@@ -417,9 +418,10 @@ def pull(uri: str, local: Path, exact: bool = False) -> Path:
     return local
 
 
-def push(local: Path, uri: str, last: tuple[str, ...] = ("_manifest.json",)) -> int:
+def push(local: Path, uri: str, last: tuple[str, ...] = ("_manifest.json", "state.pt")) -> int:
     """Upload a staged file or folder to s3://…: changed files only, `last` names after all
-    others (the commit point of a table: an outdated remote manifest is deleted first), and
+    others (the commit point of a table, and of a checkpoint: a checkpoint folder holding its
+    state.pt is whole; an outdated remote manifest is deleted first), and
     remote files that the local folder no longer has are deleted at the end. Returns the
     number of files uploaded."""
     fs, path = s3_filesystem(), _split(uri)
@@ -479,12 +481,19 @@ class Paths:
         return local
 
     def commit(self) -> None:
+        for local, _ in self.outputs:
+            self.sync(local)
+
+    def sync(self, local: Path) -> None:
+        """Push one staged output now, not only when the stage ends: a pretraining run pushes
+        each checkpoint, so a pod (or TrainJob) recreated after a failure resumes from it
+        instead of from step 0. A local output is left alone."""
         # Under torchrun only the global rank 0 writes the run (ecgssl.distributed): another
         # rank's staging copy is stale, and pushing it would delete what rank 0 uploaded.
         if int(os.environ.get("RANK", "0")) != 0:
             return
-        for local, uri in self.outputs:
-            if local.exists():
+        for staged_at, uri in self.outputs:
+            if staged_at == local and local.exists():
                 push(local, uri)
 
 

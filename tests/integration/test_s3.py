@@ -115,6 +115,38 @@ def test_the_pipeline_with_every_input_and_output_on_s3(s3_env, mlflow_on_s3, tm
         assert secret not in log + again and secret not in logged
 
 
+def test_a_killed_pretrain_resumes_on_a_new_pod_from_the_checkpoint_it_pushed(s3_env, corpus,
+                                                                              tmp_path):
+    """A pod that dies mid-run takes its local staging copy with it: what a recreated pod
+    (a TrainJob's, after a node failure) resumes from is the checkpoints pushed to S3 as they
+    were written, not only at the end of the run."""
+    b = s3_env["BUCKET"]
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"pretrain": {
+        "method": "st", "width": 16, "batch_size": 16, "lr": 3e-3, "warmup_steps": 2,
+        "checkpoint_every": 4, "max_steps": 40}}))
+    cmd = [str(BIN / "ecgssl"), "pretrain", "--data", str(corpus["table"]), "--params",
+           str(params), "--output", f"s3://{b}/run", "--no-mlflow", "--no-progress"]
+    pod = {**os.environ, **s3_env, "ECGSSL_CACHE_DIR": str(tmp_path / "pod1")}
+    proc = subprocess.Popen(cmd, env=pod, cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while "run/checkpoints/step-0000004/state.pt" not in keys(b, "run/") and \
+            proc.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    proc.kill()
+    proc.wait()
+    assert "run/encoder.safetensors" not in keys(b, "run/"), "the run ended before the kill"
+
+    new_pod = {**pod, "ECGSSL_CACHE_DIR": str(tmp_path / "pod2")}        # nothing local
+    p = subprocess.run(cmd + ["--resume"], env=new_pod, cwd=ROOT, capture_output=True,
+                       text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    metrics = json.loads(boto3.client("s3").get_object(
+        Bucket=b, Key="run/metrics.json")["Body"].read())
+    assert metrics["resumed_at"] >= 4 and metrics["steps"] == 40
+
+
 def test_dvc_remote_push_and_pull(s3_env, tmp_path):
     repo = tmp_path / "repo"
     shutil.copytree(ROOT / "data/sample/mitdb", repo / "data/mitdb")

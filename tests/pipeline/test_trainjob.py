@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -185,6 +186,24 @@ def test_a_retried_launcher_recreates_a_failed_job_and_attaches_to_a_running_one
     running = FakeCluster(existing=(NAME,), states=("Running", "Running", "Complete"))
     out = run_trainjob(_manifest(), poll_s=0, api=running, log=lambda _: None)
     assert running.calls == [("create", NAME)] and trainjob_state(out)[0] == "Complete"
+
+
+def test_a_cancelled_run_deletes_its_trainjob():
+    # KFP cancels a run by terminating its pods (SIGTERM): the launcher takes the job with it.
+    class Cancelled(FakeCluster):
+        def get_namespaced_custom_object(self, *args):
+            if len(self.calls) == 1:                   # running, then the run is cancelled
+                os.kill(os.getpid(), signal.SIGTERM)
+            return super().get_namespaced_custom_object(*args)
+
+    cluster, log = Cancelled(states=("Running",) * 5), []
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as stop:
+        run_trainjob(_manifest(), poll_s=0, api=cluster, log=log.append)
+    assert stop.value.code == 128 + signal.SIGTERM
+    assert cluster.calls == [("create", NAME), ("delete", NAME)] and not cluster.jobs
+    assert f"terminated: deleting TrainJob team-a/{NAME}" in log
+    assert signal.getsignal(signal.SIGTERM) is before        # the handler is put back
 
 
 @pytest.mark.parametrize("status,message", [(404, "has no trainjobs.trainer.kubeflow.org"),

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -206,23 +208,48 @@ def run_trainjob(manifest: dict, poll_s: float = 30.0, api=None, log=print) -> d
             api.delete_namespaced_custom_object(*ref, name)
             _wait_gone(api, ref, name, poll_s)
             api.create_namespaced_custom_object(*ref, manifest)
-    last = None
-    while True:
+    previous = _delete_when_terminated(api, ref, name, log)
+    try:
+        last = None
+        while True:
+            try:
+                obj = api.get_namespaced_custom_object(*ref, name)
+            except ApiException as exc:
+                raise _explain(exc, name, ns) from None
+            state, why = trainjob_state(obj)
+            if state != last:
+                log(f"TrainJob {ns}/{name}: {state}{f' ({why})' if why else ''}")
+                last = state
+            if state == "Complete":
+                return obj
+            if state == "Failed":
+                raise EcgsslError(
+                    f"TrainJob {ns}/{name} failed: {why or 'no reason given'}; node logs: "
+                    f"kubectl logs -n {ns} -l jobset.sigs.k8s.io/jobset-name={name} --prefix")
+            time.sleep(poll_s)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _delete_when_terminated(api, ref: tuple, name: str, log):
+    """On SIGTERM (KFP terminates a cancelled run's pods so) delete the TrainJob, whose GPU
+    nodes would otherwise train on for nobody. A launcher evicted from a draining node is
+    terminated the same way and cannot tell: its retry creates the job again, which resumes
+    from the last checkpoint pushed to S3. Returns the handler it replaced (None: not the
+    main thread, where no handler can be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def on_term(signum, _frame):
+        log(f"terminated: deleting TrainJob {ref[2]}/{name}")
         try:
-            obj = api.get_namespaced_custom_object(*ref, name)
-        except ApiException as exc:
-            raise _explain(exc, name, ns) from None
-        state, why = trainjob_state(obj)
-        if state != last:
-            log(f"TrainJob {ns}/{name}: {state}{f' ({why})' if why else ''}")
-            last = state
-        if state == "Complete":
-            return obj
-        if state == "Failed":
-            raise EcgsslError(
-                f"TrainJob {ns}/{name} failed: {why or 'no reason given'}; node logs: "
-                f"kubectl logs -n {ns} -l jobset.sigs.k8s.io/jobset-name={name} --prefix")
-        time.sleep(poll_s)
+            api.delete_namespaced_custom_object(*ref, name)
+        except Exception as exc:   # best effort: say so, and still stop
+            log(f"could not delete TrainJob {ref[2]}/{name}: {exc}")
+        raise SystemExit(128 + signum)
+
+    return signal.signal(signal.SIGTERM, on_term)
 
 
 def _wait_gone(api, ref: tuple, name: str, poll_s: float, timeout_s: float = 600) -> None:

@@ -38,7 +38,10 @@ def save(folder: Path, step: int, model, optimizer, scheduler, extra: dict) -> P
 
 
 def latest(folder: Path) -> Path | None:
-    found = sorted((folder / "checkpoints").glob("step-*"))
+    """The newest whole checkpoint. Written here, a checkpoint appears by one rename; pulled
+    from S3 after a push that was cut short, one may lack its state.pt (pushed last)."""
+    found = sorted(p for p in (folder / "checkpoints").glob("step-*")
+                   if (p / "state.pt").is_file() and (p / "model.safetensors").is_file())
     return found[-1] if found else None
 
 

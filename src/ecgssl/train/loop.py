@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,8 +112,10 @@ def _read_out(pending: list[torch.Tensor], names: list[str], first_step: int,
 
 def pretrain(data: str | Path, text_emb: str | Path | None, output: str | Path,
              cfg: PretrainConfig, resume: bool = False, progress: bool = True,
-             ctx: RunContext = OFF) -> PretrainResult | None:
-    """Pretrain; rank 0 returns the result (other ranks None)."""
+             ctx: RunContext = OFF, on_checkpoint: Callable[[], None] | None = None
+             ) -> PretrainResult | None:
+    """Pretrain; rank 0 returns the result (other ranks None). `on_checkpoint` runs on rank 0
+    after each checkpoint is written (the CLI pushes an s3:// run with it)."""
     out = Path(output)
     device = pick_device()
     dist = init_from_env(device)
@@ -198,6 +201,8 @@ def pretrain(data: str | Path, text_emb: str | Path | None, output: str | Path,
             if save and me == 0:
                 checkpoint.save(out, done, model, opt, sched,
                                 {"history": history, "data": position})
+                if on_checkpoint is not None:
+                    on_checkpoint()
         bar.close()
         elapsed = time.perf_counter() - t_start
         if me == 0:
