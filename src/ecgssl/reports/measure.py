@@ -44,6 +44,8 @@ QRS_SLOPE_FRACTION = 0.04   # QRS boundary: spatial velocity below this fraction
 QRS_EXTEND_S, QRS_GAP_S = 0.04, 0.008   # boundary search beyond the core, gaps it bridges
 QRS_NOISE_PERCENTILE = 75   # a lead's noise: this percentile of its |slope| off the QRS
 QRS_NOISE_GUARD_S = (0.06, 0.10)   # 'off the QRS': this far before / after the core
+QRS_LEAD_SNR = 0.3          # a lead bounds the QRS only while its noise is below this
+                            # fraction of its own steepest QRS slope
 
 # R-peak detection (see r_peaks).
 QRS_BAND_HZ = (5.0, 25.0)    # the band of the QRS energy, above most of P, T and baseline
@@ -500,12 +502,17 @@ def _qrs_bounds(t: np.ndarray, r: int, n) -> tuple[int, int]:
     # percentile so that one tall P or T wave is not taken for noise). With several leads,
     # every lead loses its own noise before they are summed, so a noisy lead cannot widen the
     # QRS that the clean ones bound; a single lead keeps its skirts (its QRS edges project
-    # weakly) and its noise only raises the bar when it is above QRS_SLOPE_FRACTION.
+    # weakly) and its noise only raises the bar when it is above QRS_SLOPE_FRACTION. A lead
+    # whose noise rivals its own QRS slope is left out altogether (see _clean_leads).
     a, b = max(0, on - n(QRS_NOISE_GUARD_S[0])), off + n(QRS_NOISE_GUARD_S[1])
     away = np.concatenate([lead_vel[:, :a], lead_vel[:, b:]], axis=1)
     if away.shape[1] >= 10:
         noise = _rank(away, QRS_NOISE_PERCENTILE)
         if multi:
+            lead_vel, noise, kept = _clean_leads(lead_vel, noise, on, off)
+            if kept is not None:          # the core again, on the clean leads alone
+                peak = lo + int(np.argmax(kept[lo:hi]))
+                on, off = _qrs_core(kept, peak, n)
             vel = np.clip(lead_vel - noise, 0, None).sum(axis=0)
             low = QRS_SLOPE_FRACTION * vel[peak]
         else:
@@ -514,6 +521,25 @@ def _qrs_bounds(t: np.ndarray, r: int, n) -> tuple[int, int]:
     # vel[i] is the slope from sample i to i + 1: the offset is the sample after it.
     off = _extend(vel >= low, off, +1, n(QRS_EXTEND_S), n(QRS_GAP_S)) + 1
     return on, off
+
+
+def _clean_leads(lead_vel: np.ndarray, noise: np.ndarray, on: int, off: int):
+    """Leads whose noise off the QRS [C, 1] stays below QRS_LEAD_SNR of their own steepest
+    slope inside the core [on, off]: (their |slope|, their noise, the spatial velocity the
+    core is found on again), or the inputs and None when all are clean or none is.
+
+    A lead buried in noise (a loose electrode, muscle tremor: noise spikes as steep as its
+    QRS) keeps the core open, since its spikes next to the QRS pass the core's fraction of
+    the peak and are bridged as notches, and taking its noise percentile off later does not
+    remove spikes above it. Such a lead carries no QRS edge to read, so it is left out of the
+    boundaries altogether, while a lead with a small but clean QRS still counts."""
+    steepest = lead_vel[:, on:off + 1].max(axis=1, keepdims=True)
+    clean = (noise < QRS_LEAD_SNR * steepest)[:, 0]
+    if clean.all() or not clean.any():
+        return lead_vel, noise, None
+    kept = lead_vel[clean]
+    core = np.clip(kept - _rank(kept, 50), 0, None).sum(axis=0)
+    return kept, noise[clean], core
 
 
 def _rank(x: np.ndarray, pct: float) -> np.ndarray:
