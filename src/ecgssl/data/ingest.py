@@ -554,11 +554,15 @@ def _read_batches(w: int, batches: list[list[Task]], spool: str, conn, holding,
         if not _claim(b):
             continue
         holding[w] = b
-        results = [_work(t) for t in tasks]
+        results = [_work(t) for t in tasks]      # a bad record is quarantined in there
         path = os.path.join(spool, f"{b}.pkl")
-        with open(path + ".tmp", "wb") as fh:
-            pickle.dump(results, fh, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(path + ".tmp", path)
+        try:
+            with open(path + ".tmp", "wb") as fh:
+                pickle.dump(results, fh, protocol=pickle.HIGHEST_PROTOCOL)
+            os.replace(path + ".tmp", path)
+        except OSError as exc:           # the spool's disk is full: the parent says so
+            conn.send(f"cannot write {path}: {exc}")
+            return
         holding[w] = -1
         conn.send(b)
 
@@ -632,10 +636,13 @@ class _Workers:
                         raise _WorkerDied([t.record for t in self.batches[held]])
                     continue
                 try:
-                    self.ready.add(obj.recv())
-                    live[obj] = w
+                    got = obj.recv()
                 except EOFError:
-                    pass
+                    continue
+                if isinstance(got, str):
+                    raise EcgsslError(f"an ingest worker stopped: {got}")
+                self.ready.add(got)
+                live[obj] = w
         self.ready.discard(b)
         return _unspool(os.path.join(self.spool, f"{b}.pkl"))
 
