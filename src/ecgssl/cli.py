@@ -321,7 +321,8 @@ def pretrain(
                                "precision": precision}, params)
     with staged() as io:
         out = io.output(output)
-        r = run_pretrain(io.input(data), io.input(text_emb), out, cfg, resume=resume,
+        # the table streams (each rank and loader worker reads its row groups, local or s3://)
+        r = run_pretrain(io.stream(data), io.input(text_emb), out, cfg, resume=resume,
                          progress=progress, ctx=run_context(params, mlflow),
                          on_checkpoint=lambda: io.sync(out))
     if r:

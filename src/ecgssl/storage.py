@@ -308,6 +308,38 @@ def _retry(what: str, fn, *args):
             delay *= 2
 
 
+s3_retry = _retry   # for readers outside this module (the table's streaming readers)
+
+
+# One S3 filesystem per process, made on first use: a forked child (a loader worker) makes
+# its own instead of using its parent's client, which the AWS SDK does not support.
+_FS: dict[int, object] = {}
+
+
+def _process_fs():
+    fs = _FS.get(os.getpid())
+    if fs is None:
+        fs = _FS[os.getpid()] = s3_filesystem()
+    return fs
+
+
+def s3_source(uri: str):
+    """A random-access file on the object s3://…, for readers that fetch byte ranges of it
+    (Parquet footers and row groups) instead of downloading it."""
+    return _process_fs().open_input_file(_split(uri))
+
+
+def read_object(uri: str) -> str | None:
+    """The text of a small object s3://… (a manifest), None when there is no such object."""
+    def read():
+        with _process_fs().open_input_stream(_split(uri)) as f:
+            return f.read().decode()
+    try:
+        return _retry(f"read of {redact(uri)}", read)
+    except FileNotFoundError:
+        return None
+
+
 def _cache_root() -> Path:
     return Path(os.environ.get("ECGSSL_CACHE_DIR") or Path.home() / ".cache" / "ecgssl")
 
@@ -464,6 +496,11 @@ class Paths:
         if uri is None or not is_s3(uri):
             return None if uri is None else Path(uri)
         return pull(str(uri), _staging(str(uri), "s3-in"), exact=True)
+
+    def stream(self, uri: str | os.PathLike) -> str | Path:
+        """A table that the stage reads row group by row group: an s3:// prefix stays one (its
+        readers fetch what they need, no local copy); a folder is a Path."""
+        return str(uri) if is_s3(uri) else Path(uri)
 
     def output(self, uri: str | os.PathLike | None, pull_existing: bool = True) -> Path | None:
         """A local path for the output; with `pull_existing`, what is already there is fetched

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import json
 import operator
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -33,6 +34,11 @@ from ecgssl.storage import (
     exclusive,
     expand_folder,
     file_sha256,
+    is_s3,
+    read_object,
+    redact,
+    s3_retry,
+    s3_source,
     write_json,
 )
 
@@ -150,6 +156,10 @@ def write_shard(table: pa.Table, path: Path) -> dict:
 
 
 def read_manifest(path: str | Path) -> dict:
+    """The table's manifest (with the run times of `_run.json`); `path` is a folder or, for
+    the streaming readers (row_groups, read_row_group), an s3:// prefix."""
+    if is_s3(path):
+        return _s3_manifest(str(path))
     p = Path(path) / MANIFEST
     if not p.is_file():
         raise EcgsslError(f"{path} is not a complete ECG table: {MANIFEST} is missing "
@@ -160,10 +170,27 @@ def read_manifest(path: str | Path) -> dict:
         raise EcgsslError(f"{p}: corrupt manifest: {exc}") from None
     run = Path(path) / RUN_FILE          # the run's times, kept out of the manifest
     volatile = json.loads(run.read_text()) if run.is_file() else {}
+    return _with_run(m, volatile)
+
+
+def _with_run(m: dict, volatile: dict) -> dict:
     m.update({k: v for k, v in volatile.items() if k != "reports"})
     if isinstance(m.get("reports"), dict):
         m["reports"].setdefault("elapsed_s", volatile.get("reports", {}).get("elapsed_s", 0.0))
     return m
+
+
+def _s3_manifest(uri: str) -> dict:
+    text = read_object(uri.rstrip("/") + "/" + MANIFEST)
+    if text is None:
+        raise EcgsslError(f"{redact(uri)} is not a complete ECG table: {MANIFEST} is missing "
+                          "(run `ecgssl ingest`, or let an interrupted one finish)")
+    try:
+        m = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise EcgsslError(f"{redact(uri)}/{MANIFEST}: corrupt manifest: {exc}") from None
+    run = read_object(uri.rstrip("/") + "/" + RUN_FILE)
+    return _with_run(m, json.loads(run) if run else {})
 
 
 VOLATILE = ("created_at", "elapsed_s")   # manifest keys that differ on every run
@@ -440,7 +467,10 @@ class RowGroup:
 
 
 def row_groups(path: str | Path) -> list[RowGroup]:
-    """The table's row groups in manifest order, from the Parquet footers (no data read)."""
+    """The table's row groups in manifest order, from the Parquet footers (no data read).
+    `path` may be an s3:// prefix: only the footers are fetched (byte ranges)."""
+    if is_s3(path):
+        return _s3_row_groups(str(path))
     path = Path(path)
     manifest = read_manifest(path)
     require_rows(path, manifest)
@@ -455,7 +485,13 @@ def row_groups(path: str | Path) -> list[RowGroup]:
 def read_row_group(path: str | Path, group: RowGroup, columns: list[str],
                    rows: np.ndarray | None = None, n_samples: int | None = None) -> ECGArrays:
     """One row group's `columns` (optionally only the rows at positions `rows` within it) as
-    ECGArrays; signal/lead_mask, when asked for, converted as `read_table` converts them."""
+    ECGArrays; signal/lead_mask, when asked for, converted as `read_table` converts them.
+    From an s3:// prefix, only the row group's column chunks are fetched, page checksums
+    verified as locally."""
+    if is_s3(path):
+        n_samples = n_samples or int(read_manifest(path)["n_samples"])
+        t = _s3_row_group(str(path), group, columns)
+        return _row_group_arrays(t, columns, rows, n_samples)
     path = Path(path)
     manifest = read_manifest(path) if n_samples is None else None
     n_samples = n_samples or int(manifest["n_samples"])
@@ -464,9 +500,38 @@ def read_row_group(path: str | Path, group: RowGroup, columns: list[str],
         f = pq.ParquetFile(file, page_checksum_verification=True)
         have = set(f.schema_arrow.names)
         t = f.read_row_group(group.index, columns=[c for c in columns if c in have])
+    return _row_group_arrays(t, columns, rows, n_samples)
+
+
+def read_row_groups(path: str | Path, groups: list[RowGroup], columns: list[str],
+                    n_samples: int) -> Iterator[ECGArrays]:
+    """`read_row_group` of each of `groups`, in order. From s3:// the shards are read by 8
+    threads at once (a shard's groups in one thread: its open file is not shared), so that
+    indexing a large table costs round trips in parallel, not one after another."""
+    if not is_s3(path):
+        for g in groups:
+            yield read_row_group(path, g, columns, n_samples=n_samples)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+    by_shard: dict[str, list[RowGroup]] = {}
+    for g in groups:
+        by_shard.setdefault(g.shard, []).append(g)
+
+    def shard(gs: list[RowGroup]) -> dict[RowGroup, ECGArrays]:
+        return {g: read_row_group(path, g, columns, n_samples=n_samples) for g in gs}
+    with ThreadPoolExecutor(8) as pool:
+        done: dict[RowGroup, ECGArrays] = {}
+        for part in pool.map(shard, by_shard.values()):
+            done.update(part)
+    for g in groups:
+        yield done.pop(g)
+
+
+def _row_group_arrays(t: pa.Table, columns: list[str], rows: np.ndarray | None,
+                      n_samples: int) -> ECGArrays:
     types = schema(n_samples)
     for c in columns:          # a column the table's schema version predates comes back null
-        if c not in have:
+        if c not in t.column_names:
             t = t.append_column(types.field(c), pa.nulls(t.num_rows, types.field(c).type))
     if rows is not None:
         t = t.take(pa.array(rows))
@@ -477,3 +542,62 @@ def read_row_group(path: str | Path, group: RowGroup, columns: list[str],
         signal = np.empty((t.num_rows, N_LEADS, 0), np.float32)
         mask = np.empty((t.num_rows, N_LEADS), bool)
     return ECGArrays(signal=signal, lead_mask=mask, meta=meta)
+
+
+# --- the same, from an s3:// prefix: byte ranges, no local copy -------------------------------
+# One open Parquet file per shard and process (its footer is read once); keyed by the process
+# id too, so that a forked child never uses its parent's S3 client (the AWS SDK is not
+# fork-safe: the loader starts its workers with `spawn` for s3:// tables, and this is the
+# second guard).
+_S3_FILES: dict[tuple[int, str], pq.ParquetFile] = {}
+
+
+def _s3_file(uri: str, shard: str) -> pq.ParquetFile:
+    key = (os.getpid(), f"{uri.rstrip('/')}/{shard}")
+    f = _S3_FILES.get(key)
+    if f is None:
+        name = redact(key[1])
+        with shard_errors(name):
+            # pre_buffer: a row group's column chunks in few coalesced GETs, not one per page
+            f = s3_retry(f"read of {name}", lambda: pq.ParquetFile(
+                s3_source(key[1]), page_checksum_verification=True, pre_buffer=True))
+        _S3_FILES[key] = f
+    return f
+
+
+def _s3_row_groups(uri: str) -> list[RowGroup]:
+    manifest = read_manifest(uri)
+    require_rows(redact(uri), manifest)
+    info = manifest.get("shard_info") or {}
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(8) as pool:      # the footers' round trips in parallel
+        files = list(pool.map(lambda shard: _s3_file(uri, shard), manifest["shards"]))
+    out = []
+    for shard, f in zip(manifest["shards"], files):
+        md = f.metadata
+        # No sha256 of a whole shard while streaming it: its footer's row count must match
+        # the manifest's, and every page read is checked against its CRC.
+        want = (info.get(shard) or {}).get("rows")
+        if want is not None and want != md.num_rows:
+            raise EcgsslError(f"{redact(uri)}/{shard}: {md.num_rows} rows where the manifest "
+                              f"says {want}; rerun the stage that wrote this table")
+        out += [RowGroup(shard, i, md.row_group(i).num_rows) for i in range(md.num_row_groups)]
+    return out
+
+
+def _s3_row_group(uri: str, group: RowGroup, columns: list[str]) -> pa.Table:
+    f = _s3_file(uri, group.shard)
+    have = set(f.schema_arrow.names)
+    name = redact(f"{uri.rstrip('/')}/{group.shard}")
+
+    def read():
+        try:
+            return f.read_row_group(group.index, [c for c in columns if c in have])
+        except OSError as exc:
+            # a page whose CRC fails is the stored object's fault: no retry brings it back
+            if "checksum" in str(exc).lower():
+                raise EcgsslError(f"{name}: unreadable Parquet shard ({exc}); rerun the stage "
+                                  "that wrote this table") from None
+            raise
+    with shard_errors(name):
+        return s3_retry(f"read of {name} (row group {group.index})", read)

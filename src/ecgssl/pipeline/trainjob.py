@@ -14,8 +14,9 @@ whose v1 CRDs are in maintenance only; Kubeflow 1.10+ platforms ship Trainer v2 
 underneath, Kueue-aware), and a TrainJob names a runtime the platform team maintains instead of
 carrying a full pod template.
 
-Shared storage: every node reads the table and the embeddings, and global rank 0 writes the
-run, so all three live on S3-compatible storage (s3://, or KFP's minio://). A pipeline root on
+Shared storage: every rank streams its row groups of the table (byte ranges, no local copy of
+it), every node pulls the embeddings, and global rank 0 writes the run, so all three live on
+S3-compatible storage (s3://, or KFP's minio://). A pipeline root on
 a node-local path cannot work and is refused with a clear error.
 """
 

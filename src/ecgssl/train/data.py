@@ -29,8 +29,15 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ecgssl.data.preprocess import preprocess
 from ecgssl.data.signal import N_LEADS
-from ecgssl.data.table import RowGroup, read_manifest, read_row_group, row_groups
+from ecgssl.data.table import (
+    RowGroup,
+    read_manifest,
+    read_row_group,
+    read_row_groups,
+    row_groups,
+)
 from ecgssl.errors import EcgsslError
+from ecgssl.storage import is_s3
 from ecgssl.text.cache import text_hash
 from ecgssl.text.stage import read_embeddings
 
@@ -55,7 +62,7 @@ class Plan:
 class PretrainData:
     """The training rows of a table as an index (row group and row of each), with their report
     embeddings; the signal stays in the table until a batch needs it."""
-    table: Path
+    table: Path | str            # a folder, or an s3:// prefix read by byte ranges
     groups: list[RowGroup]
     group: np.ndarray            # int32 [N]: row group of each training row
     offset: np.ndarray           # int32 [N]: its row within the group
@@ -69,7 +76,7 @@ class PretrainData:
     @classmethod
     def load(cls, table: str | Path, text_emb: str | Path | None, need_text: bool,
              split: str = "train") -> PretrainData:
-        table = Path(table)
+        table = str(table) if is_s3(table) else Path(table)
         manifest = read_manifest(table)
         n_samples = int(manifest["n_samples"])
         groups = row_groups(table)
@@ -79,9 +86,9 @@ class PretrainData:
                 raise EcgsslError("METS needs --text-emb (the output of `ecgssl embed-text`)")
             index, vecs, meta = read_embeddings(text_emb)
         group, offset, hashes, same = [], [], [], []
-        for g, rg in enumerate(groups):      # metadata columns only: no signal is decoded
-            t = read_row_group(table, rg, ["split", "report", "report_codes"],
-                               n_samples=n_samples)
+        # metadata columns only: no signal is decoded (from s3://, nor fetched)
+        for g, t in enumerate(read_row_groups(table, groups, ["split", "report", "report_codes"],
+                                              n_samples)):
             keep = np.flatnonzero(t.column("split") == split)
             reports, codes = t.column("report"), t.column("report_codes")
             for i in keep:
@@ -266,9 +273,13 @@ def loader(data: PretrainData, plan: Plan, start: int, stop: int, workers: int =
     preprocessed in `workers` parts by as many worker processes (0: in this process), pinned
     and moved to the device part by part (non-blocking), joined there."""
     n = max(1, workers)
+    # Workers of an s3:// table start fresh (spawn), not forked from a process whose S3 client
+    # (made reading the index) the AWS SDK does not support in a child; each opens its own.
+    context = "spawn" if workers and is_s3(data.table) else None
     items = iter(DataLoader(StepBatches(data, plan, start, stop, n, memory), batch_size=None,
                             num_workers=workers, pin_memory=device.type == "cuda",
-                            prefetch_factor=4 if workers else None))
+                            prefetch_factor=4 if workers else None,
+                            multiprocessing_context=context))
     for step in range(start, stop):
         parts = [next(items) for _ in range(n)]
         if any(s != step for s, _ in parts):   # never train on another step's rows
