@@ -159,9 +159,12 @@ def ingest(
         raise EcgsslError("--part writes its slice beside the others' in one folder: give a "
                           "local or shared --output (the pipeline merges slices on S3 itself)")
     with staged() as io:
-        manifest = run_ingest(source.value, io.input(input), io.output(output), cfg,
+        # A slice of an s3:// source fetches its own records' files, not the whole source.
+        root, fingerprint, fetch = io.input_records(input) if slice_[1] > 1 else \
+            (io.input(input), None, None)
+        manifest = run_ingest(source.value, root, io.output(output), cfg,
                               progress=progress, ctx=run_context(params), part=slice_,
-                              source_options=options)
+                              source_options=options, fingerprint=fingerprint, fetch=fetch)
     ingest_summary(manifest, output)
 
 

@@ -11,7 +11,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -171,7 +171,6 @@ def tree_fingerprint(root: str | Path) -> str:
     """
     top = os.fspath(Path(root))
     cut = len(os.path.join(top, ""))    # the relative path by slicing: relpath() costs ~8 us
-    h = hashlib.sha256()
     entries = []
     for dirpath, _, files in os.walk(top):
         for f in files:
@@ -183,6 +182,11 @@ def tree_fingerprint(root: str | Path) -> str:
             except FileNotFoundError:   # a dangling symlink: its record is quarantined later
                 st = os.lstat(p)
             entries.append((p[cut:], st.st_size, st.st_mtime_ns))
+    return _fingerprint(entries)
+
+
+def _fingerprint(entries: list[tuple[str, int, int]]) -> str:
+    h = hashlib.sha256()
     for e in sorted(entries):
         h.update(repr(e).encode())
     return "stat-sha256:" + h.hexdigest()
@@ -402,14 +406,19 @@ def _object_listing(path: str) -> dict[str, tuple[int, int, str]]:
 
 
 _MIRROR_RECORD = ".ecgssl-mirror.json"   # {key: ETag} of what a pull fetched
+# A WFDB record's payloads (samples, annotations), named after the record: what a slice of a
+# source on S3 fetches for its own records only (Paths.input_records).
+PAYLOAD_SUFFIXES = (".dat", ".mat", ".atr", ".edf")
 _OURS = (_SYNC_RECORD, _MIRROR_RECORD, ".ecgssl.lock")
 
 
-def pull(uri: str, local: Path, exact: bool = False) -> Path:
+def pull(uri: str, local: Path, exact: bool = False,
+         want: Callable[[str], bool] | None = None) -> Path:
     """Mirror s3://… (one object or a prefix) into `local`; only new or changed objects
-    (by size, time or ETag) are fetched. With `exact` (inputs), local files the prefix no
-    longer has are removed, so a deleted object is never read again. Object keys that would
-    land outside `local` ('..', absolute) are refused. Returns the local path."""
+    (by size, time or ETag) are fetched, and of a prefix only the keys `want` accepts. With
+    `exact` (inputs), local files the prefix no longer has are removed, so a deleted object is
+    never read again. Object keys that would land outside `local` ('..', absolute) are
+    refused. Returns the local path."""
     fs, path = s3_filesystem(), _split(uri)
     from pyarrow.fs import FileType
     info = _retry(f"lookup of {redact(uri)}", fs.get_file_info, path)
@@ -436,7 +445,7 @@ def pull(uri: str, local: Path, exact: bool = False) -> Path:
         st = p.stat()
         return st.st_size != size or bool(m and st.st_mtime_ns != m) or etags.get(k) != etag
     todo = [(fs, f"{path}/{k}", targets[k], m) for k, (size, m, etag) in remote.items()
-            if stale(k, size, m, etag)]
+            if (want is None or want(k)) and stale(k, size, m, etag)]
     _parallel(_download, todo)
     if exact and local.is_dir():
         keep = {os.path.realpath(p) for p in targets.values()}
@@ -444,7 +453,8 @@ def pull(uri: str, local: Path, exact: bool = False) -> Path:
             if p.is_file() and p.name not in _OURS and not p.name.endswith(".tmp") and \
                     os.path.realpath(p) not in keep:
                 p.unlink()
-    new = {k: etag for k, (_, _, etag) in remote.items()}
+    new = {k: etag for k, (_, _, etag) in remote.items()
+           if want is None or want(k) or (k in etags and targets[k].is_file())}
     if new != etags:
         write_json(record_file, new)
     return local
@@ -496,6 +506,28 @@ class Paths:
         if uri is None or not is_s3(uri):
             return None if uri is None else Path(uri)
         return pull(str(uri), _staging(str(uri), "s3-in"), exact=True)
+
+    def input_records(self, uri: str | os.PathLike
+                      ) -> tuple[Path, str | None, Callable[[list[str]], None] | None]:
+        """A source folder whose records' payloads are fetched only when asked for (`ingest
+        --part`: a slice reads its own records, not the whole source): (local folder, the
+        fingerprint a whole copy would have, fetch(record names)). Everything but payloads
+        (headers, RECORDS, label tables) comes at once, since planning reads it. A folder is
+        itself, with nothing to fetch."""
+        if not is_s3(uri):
+            return Path(uri), None, None
+        uri, local = str(uri), _staging(str(uri), "s3-in")
+        remote = _object_listing(_split(uri))
+        if not remote:
+            raise EcgsslError(f"{redact(uri)}: no such object or prefix")
+        pull(uri, local, exact=True, want=lambda k: not k.endswith(PAYLOAD_SUFFIXES))
+
+        def fetch(records: list[str]) -> None:
+            names = set(records)
+            pull(uri, local, want=lambda k: k.endswith(PAYLOAD_SUFFIXES)
+                 and k.rsplit(".", 1)[0] in names)
+        return local, _fingerprint([(k, size, m) for k, (size, m, _) in remote.items()
+                                    if k != _MIRROR_RECORD]), fetch
 
     def stream(self, uri: str | os.PathLike) -> str | Path:
         """A table that the stage reads row group by row group: an s3:// prefix stays one (its

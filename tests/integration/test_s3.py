@@ -147,6 +147,36 @@ def test_a_killed_pretrain_resumes_on_a_new_pod_from_the_checkpoint_it_pushed(s3
     assert metrics["resumed_at"] >= 4 and metrics["steps"] == 40
 
 
+def test_ingest_slices_of_an_s3_source_fetch_only_their_own_records(s3_env, tmp_path):
+    """`ingest --part K/N` from S3 (a KFP ParallelFor task each): a slice downloads the
+    headers and label files, and the samples of its own records only; the slices together
+    make the very table one whole ingest of the source makes (same key, same rows)."""
+    b = s3_env["BUCKET"]
+    upload_tree(b, ROOT / "data/sample/cinc2017", "raw/cinc2017")
+    params = tmp_path / "params.yaml"
+    params.write_text("ingest:\n  shard_records: 50\n  workers: 1\n")   # 5 parts of 210
+    src = f"s3://{b}/raw/cinc2017"
+    env = {**s3_env, "ECGSSL_CACHE_DIR": str(tmp_path / "pod0")}
+    ecgssl("ingest", "cinc2017", "--input", src, "--output", str(tmp_path / "sliced"),
+           "--part", "0/2", "--params", str(params), "--no-progress", env=env)
+    mirror = tmp_path / "pod0/s3-in" / b / "raw/cinc2017"
+    assert len(list(mirror.glob("*.hea"))) == 210
+    assert len(list(mirror.glob("*.mat"))) == 50 + 50 + 10      # parts 0, 2 and 4
+    assert not (tmp_path / "sliced/_manifest.json").exists()
+    ecgssl("ingest", "cinc2017", "--input", src, "--output", str(tmp_path / "sliced"),
+           "--part", "1/2", "--params", str(params), "--no-progress",
+           env={**s3_env, "ECGSSL_CACHE_DIR": str(tmp_path / "pod1")})
+    assert len(list((tmp_path / "pod1/s3-in" / b / "raw/cinc2017").glob("*.mat"))) == 100
+
+    ecgssl("ingest", "cinc2017", "--input", src, "--output", str(tmp_path / "whole"),
+           "--params", str(params), "--no-progress",
+           env={**s3_env, "ECGSSL_CACHE_DIR": str(tmp_path / "pod2")})
+    sliced = json.loads((tmp_path / "sliced/_manifest.json").read_text())
+    whole = json.loads((tmp_path / "whole/_manifest.json").read_text())
+    assert sliced["options_key"] == whole["options_key"]
+    assert sliced["shard_info"] == whole["shard_info"] and sliced["rows"] == whole["rows"]
+
+
 def test_dvc_remote_push_and_pull(s3_env, tmp_path):
     repo = tmp_path / "repo"
     shutil.copytree(ROOT / "data/sample/mitdb", repo / "data/mitdb")

@@ -25,6 +25,7 @@ import os
 import pickle
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from multiprocessing import get_context
 from multiprocessing.connection import wait as mp_wait
@@ -262,12 +263,15 @@ def parse_part(text: str | None) -> tuple[int, int]:
 
 def ingest(source_name: str, input_dir: str | Path, output_dir: str | Path,
            cfg: IngestConfig, progress: bool = True, ctx: RunContext = OFF,
-           part: tuple[int, int] = (0, 1), source_options: dict | None = None
-           ) -> TableManifest:
+           part: tuple[int, int] = (0, 1), source_options: dict | None = None,
+           fingerprint: str | None = None,
+           fetch: Callable[[list[str]], None] | None = None) -> TableManifest:
     """Ingest one source, or slice `part` = (K, N) of it; returns the manifest (for a slice
     that leaves the table incomplete, its own counts with `complete=False`). Raises
     EcgsslError when nothing is usable. `source_options` go to the source (the wfdb source's
-    metadata CSV, split, dataset)."""
+    metadata CSV, split, dataset). An input folder that holds the records' payloads only once
+    asked for (storage.Paths.input_records) comes with the fingerprint of the whole source
+    and `fetch(record names)`, called with the records this run reads before it reads them."""
     root, out = Path(input_dir), Path(output_dir)
     if not root.is_dir():
         raise EcgsslError(f"input path does not exist or is not a folder: {root}")
@@ -283,7 +287,7 @@ def ingest(source_name: str, input_dir: str | Path, output_dir: str | Path,
         from ecgssl.render import warn
         for w in warnings:
             warn(w)
-    fingerprint = tree_fingerprint(root)
+    fingerprint = fingerprint or tree_fingerprint(root)
     options = {"min_window_fraction": cfg.min_window_fraction, "flat_mv": cfg.flat_mv,
                "shard_records": cfg.shard_records, "max_record_mb": cfg.max_record_mb}
     # The part slicing is not in the key: N slices make the very table one run makes.
@@ -312,6 +316,7 @@ def ingest(source_name: str, input_dir: str | Path, output_dir: str | Path,
             t0 = time.perf_counter()
             infos = {i: _done_part(out, i, key) for i in range(len(chunks))}
             job.clear_stale({v["shard"] or shard_name(i, key) for i, v in infos.items() if v})
+            _fetch(fetch, chunks, infos)
             infos.update(_write_parts(source_name, root, out, cfg, key, chunks, infos, progress,
                                       f"ingest {source_name}", src_options))
             result = job.commit(_manifest(base, [infos[i] for i in range(len(chunks))],
@@ -319,7 +324,7 @@ def ingest(source_name: str, input_dir: str | Path, output_dir: str | Path,
                                           time.perf_counter() - t0))
     else:
         result = _ingest_slice(source_name, source, root, out, cfg, key, chunks, base, part,
-                               progress, src_options)
+                               progress, src_options, fetch)
         if result.up_to_date or not result.complete:
             return result              # the slice that completes the table logs the stage
     _log(ctx, out, result, cfg.model_dump())
@@ -386,8 +391,14 @@ def _slice_file(k: int, n: int) -> str:
     return f"slice-{k}-of-{n}.json"
 
 
+def _fetch(fetch, chunks: list[list[Task]], infos: dict) -> None:
+    """Have the records of the parts still to write fetched, if the input asks for that."""
+    if fetch is not None:
+        fetch([t.record for i, v in infos.items() if v is None for t in chunks[i]])
+
+
 def _ingest_slice(source_name, source, root, out, cfg, key, chunks, base, part, progress,
-                  src_options) -> TableManifest:
+                  src_options, fetch=None) -> TableManifest:
     k, n = part
     mine = list(range(k, len(chunks), n))
     with _lock(out / f".ecgssl-slice-{k}-of-{n}.lock", f"--part {k}/{n}"):
@@ -401,6 +412,7 @@ def _ingest_slice(source_name, source, root, out, cfg, key, chunks, base, part, 
         t0 = time.perf_counter()
         infos = {i: _done_part(out, i, key) for i in mine}
         _clear_stale_slice(out, mine, key)
+        _fetch(fetch, chunks, infos)
         infos.update(_write_parts(source_name, root, out, cfg, key, chunks, infos, progress,
                                   f"ingest {source_name} {k}/{n}", src_options))
         own = [infos[i] for i in mine]

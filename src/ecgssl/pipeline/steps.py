@@ -78,10 +78,11 @@ def ingest_part(source: str, data_root: str, part: str, output: str, params: str
     from ecgssl.data.ingest import ingest as run_ingest
     from ecgssl.data.ingest import parse_part
     p = _params(params)
-    with staged() as io:
-        return run_ingest(source, io.input(f"{data_root.rstrip('/')}/{source}"), output,
-                          p.ingest, progress=False, ctx=_ctx(tracking, p),
-                          part=parse_part(part))
+    with staged() as io:   # from S3, the slice fetches its own records' files only
+        root, fingerprint, fetch = io.input_records(f"{data_root.rstrip('/')}/{source}")
+        return run_ingest(source, root, output, p.ingest, progress=False,
+                          ctx=_ctx(tracking, p), part=parse_part(part),
+                          fingerprint=fingerprint, fetch=fetch)
 
 
 def ingest_merge(slices: list[str], output: str, params: str, tracking: str):
