@@ -2,6 +2,7 @@
 
     python bench/train.py                      # resnet1d18, fs 100, batch 64, every method
     python bench/train.py --steps 20 --methods mets
+    python bench/train.py --encoders resnet1d18 vit1d --fs 100 500 --methods mets+st  # on a GPU
 
 The bare loop runs forward/backward/AdamW on one fixed, pre-built batch already on the device
 (inputs, masking and lead shuffling drawn once); ecgssl's loop (as `ecgssl pretrain` runs it)
@@ -9,7 +10,9 @@ takes each batch from the streaming loader (read and preprocessed by its worker 
 moves it to the device and draws its masking/shuffling there every step. Goal: >= 0.95x.
 Two ratios: the loop on batches the loader made beforehand, and the loop with the loader's
 workers running beside it (on a CPU-only host they share the model's cores).
-Prints samples/s, the ratio and peak memory; with a GPU also the bf16 numbers.
+Prints samples/s, the ratios and peak memory; with a GPU also the bf16 numbers and the model
+FLOP utilisation (FLOPs of one training step, counted by torch.utils.flop_counter, times steps/s,
+over the GPU's dense bf16 peak: known for H100/H200/A100, else --peak-tflops).
 """
 
 from __future__ import annotations
@@ -30,17 +33,41 @@ from ecgssl.train.data import Plan, PretrainData, loader
 from ecgssl.train.loop import build, step_losses
 
 
-def corpus(tmp: Path) -> tuple[Path, Path]:
-    if Path("outputs/reports/_manifest.json").is_file() and Path("outputs/text_emb.parquet"
-                                                                  ).is_file():
+def corpus(tmp: Path, fs: int) -> tuple[Path, Path]:
+    """The sample's Challenge 2017 + 2020 records at `fs` Hz with generated reports (the
+    pipeline's own outputs/ when `make run` left them, at 100 Hz)."""
+    if fs == 100 and Path("outputs/reports/_manifest.json").is_file() and \
+            Path("outputs/text_emb.parquet").is_file():
         return Path("outputs/reports"), Path("outputs/text_emb.parquet")
+    tmp = tmp / f"fs{fs}"
     for s in ("cinc2017", "cinc2020"):
-        ingest(s, Path("data/sample") / s, tmp / s, IngestConfig(), progress=False)
+        ingest(s, Path("data/sample") / s, tmp / s, IngestConfig(fs=fs), progress=False)
     run_reports([tmp / "cinc2017", tmp / "cinc2020"], tmp / "reports",
                 ReportsConfig(mode="generated"), progress=False)
     run_embed_text(tmp / "reports", tmp / "emb.parquet", EmbedTextConfig(cache=None),
                    progress=False)
     return tmp / "reports", tmp / "emb.parquet"
+
+
+# Dense bf16 peak of the GPUs we know (TFLOP/s, SXM parts), for the model FLOP utilisation.
+PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0}
+
+
+def peak_tflops(device: torch.device, override: float | None) -> float | None:
+    if override or device.type != "cuda":
+        return override
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+
+
+def step_flops(model, batch: dict, aug: dict) -> float:
+    """FLOPs of one training step (forward and backward) on this batch."""
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as counter:
+        losses = model(batch, aug, {"mets": 1.0, "st": 1.0, "lead": 1.0})
+        losses["loss"].backward()
+    model.zero_grad(set_to_none=True)
+    return float(counter.get_total_flops())
 
 
 def timed_steps(fn, steps: int, device: torch.device) -> float:
@@ -56,8 +83,9 @@ def timed_steps(fn, steps: int, device: torch.device) -> float:
 
 
 def measure(ds: PretrainData, method: str, steps: int, device: torch.device, bf16: bool,
-            workers: int):
-    cfg = PretrainConfig(method=method, batch_size=64, split="train", loader_workers=workers)
+            workers: int, encoder: str = "resnet1d18"):
+    cfg = PretrainConfig(method=method, batch_size=64, split="train", loader_workers=workers,
+                         encoder=encoder)
     model, opt = build(cfg, ds.n_samples, ds.text.shape[1], device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     plan = Plan(cfg.batch_size, cfg.seed, cfg.shuffle_rows)
@@ -112,7 +140,9 @@ def measure(ds: PretrainData, method: str, steps: int, device: torch.device, bf1
     t_bare, t_loop, t_ours = took["bare"], took["loop"], took["ours"]
     peak = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    return 64 * steps / t_bare, 64 * steps / t_loop, 64 * steps / t_ours, peak
+    with autocast:
+        flops = step_flops(model, fixed["batch"], fixed["aug"])
+    return 64 * steps / t_bare, 64 * steps / t_loop, 64 * steps / t_ours, peak, flops
 
 
 def main() -> None:
@@ -120,26 +150,40 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--methods", nargs="+", default=["mets", "st", "mets+st"])
     ap.add_argument("--workers", type=int, default=2, help="loader worker processes")
-    ap.add_argument("--table", type=Path)
+    ap.add_argument("--encoders", nargs="+", default=["resnet1d18"],
+                    choices=["resnet1d18", "vit1d"])
+    ap.add_argument("--fs", nargs="+", type=int, default=[100], help="sampling rates (Hz)")
+    ap.add_argument("--peak-tflops", type=float, help="the GPU's dense bf16 peak, for MFU "
+                    "(known GPUs are looked up)")
+    ap.add_argument("--table", type=Path, help="a reports table (instead of the sample)")
     ap.add_argument("--text-emb", type=Path)
     args = ap.parse_args()
+    runs = [(torch.device("cpu"), False)]
+    if torch.cuda.is_available():
+        runs = [(torch.device("cuda"), False), (torch.device("cuda"), True)]
+    else:
+        print("no GPU here: CPU fp32 only (no bf16 rows, no MFU)")
     with tempfile.TemporaryDirectory() as tmp:
-        table, emb = (args.table, args.text_emb) if args.table else corpus(Path(tmp))
-        ds = PretrainData.load(table, emb, need_text=True)
-        runs = [(torch.device("cpu"), False)]
-        if torch.cuda.is_available():
-            runs = [(torch.device("cuda"), False), (torch.device("cuda"), True)]
-        print(f"resnet1d18, fs {ds.fs} Hz, batch 64, {args.steps} timed steps; "
-              f"{len(ds)} training rows, {args.workers} loader workers")
-        for device, bf16 in runs:
-            where = f"{device.type}{' bf16' if bf16 else ' fp32'}"
-            for method in args.methods:
-                bare, loop, ours, peak = measure(ds, method, args.steps, device, bf16,
-                                                 args.workers)
-                mem = "peak GPU memory" if device.type == "cuda" else "peak RSS"
-                print(f"{where:<10}{method:<9} bare {bare:7.1f} samples/s   ecgssl loop "
-                      f"{loop:7.1f} ({loop / bare:4.2f}x, goal >= 0.95x)   loop + live loader "
-                      f"{ours:7.1f} ({ours / bare:4.2f}x)   {mem} {peak:,.0f} MiB")
+        for fs in args.fs:
+            table, emb = (args.table, args.text_emb) if args.table else corpus(Path(tmp), fs)
+            ds = PretrainData.load(table, emb, need_text=True)
+            for encoder in args.encoders:
+                print(f"\n{encoder}, fs {ds.fs} Hz, batch 64, {args.steps} timed steps; "
+                      f"{len(ds)} training rows, {args.workers} loader workers")
+                for device, bf16 in runs:
+                    where = f"{device.type}{' bf16' if bf16 else ' fp32'}"
+                    peak_t = peak_tflops(device, args.peak_tflops) if bf16 else None
+                    for method in args.methods:
+                        bare, loop, ours, peak, flops = measure(
+                            ds, method, args.steps, device, bf16, args.workers, encoder)
+                        mem = "peak GPU memory" if device.type == "cuda" else "peak RSS"
+                        mfu = (f"   MFU {flops * ours / 64 / (peak_t * 1e12):5.1%}"
+                               if peak_t else "")
+                        print(f"{where:<10}{method:<9} bare {bare:7.1f} samples/s   ecgssl "
+                              f"loop {loop:7.1f} ({loop / bare:4.2f}x, goal >= 0.95x)   loop + "
+                              f"live loader {ours:7.1f} ({ours / bare:4.2f}x, goal >= 0.9x)   "
+                              f"{flops / 64 / 1e9:6.2f} GFLOP/sample{mfu}   {mem} "
+                              f"{peak:,.0f} MiB")
 
 
 if __name__ == "__main__":
