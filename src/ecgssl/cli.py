@@ -122,10 +122,10 @@ def ingest(
                                                       "[default: ingest.window_s]")] = None,
     workers: Annotated[Optional[int], typer.Option(
         help="Worker processes [default: ingest.workers or CPU count]")] = None,
-    metadata: Annotated[Optional[Path], typer.Option(
-        help="wfdb only: labels CSV with a `record` column (path relative to --input, no "
-        "extension) and optional labels (`;`-separated), patient_id, split, report_device, "
-        "age, sex.")] = None,
+    metadata: Annotated[Optional[str], typer.Option(
+        help="wfdb only: labels CSV (a file or an s3:// object) with a `record` column (path "
+        "relative to --input, no extension) and optional labels (`;`-separated), "
+        "patient_id, split, report_device, age, sex.")] = None,
     split: Annotated[Optional[SplitName], typer.Option(
         help="wfdb only: put every record in this split (e.g. test for an external test "
         "set) [default: the CSV's split, else a patient hash]")] = None,
@@ -152,13 +152,14 @@ def ingest(
 
     cfg = section("ingest", {"fs": fs, "window_s": window_s, "workers": workers}, params)
     from ecgssl.render import ingest_summary
-    options = {"metadata": str(metadata.resolve()) if metadata else None,
-               "split": split.value if split else None, "dataset": dataset}
     slice_ = parse_part(part)
     if slice_[1] > 1 and is_s3(output):
         raise EcgsslError("--part writes its slice beside the others' in one folder: give a "
                           "local or shared --output (the pipeline merges slices on S3 itself)")
     with staged() as io:
+        meta = io.input(metadata)            # an s3:// CSV is pulled (its content is keyed)
+        options = {"metadata": str(meta.resolve()) if meta else None,
+                   "split": split.value if split else None, "dataset": dataset}
         # A slice of an s3:// source fetches its own records' files, not the whole source.
         root, fingerprint, fetch = io.input_records(input) if slice_[1] > 1 else \
             (io.input(input), None, None)

@@ -177,6 +177,23 @@ def test_ingest_slices_of_an_s3_source_fetch_only_their_own_records(s3_env, tmp_
     assert sliced["shard_info"] == whole["shard_info"] and sliced["rows"] == whole["rows"]
 
 
+def test_a_labels_csv_on_s3_labels_an_s3_wfdb_folder(s3_env, tmp_path):
+    b = s3_env["BUCKET"]
+    for r in ("A00001", "A00002"):
+        for f in (ROOT / "data/sample/cinc2017").glob(f"{r}.*"):
+            boto3.client("s3").upload_file(str(f), b, f"mine/site1/{f.name}")
+    boto3.client("s3").put_object(Bucket=b, Key="meta/labels.csv",
+                                  Body=b"record,labels,split\nsite1/A00001,N,test\n"
+                                       b"site1/A00002,A;O,train\n")
+    ecgssl("ingest", "wfdb", "--input", f"s3://{b}/mine", "--metadata",
+           f"s3://{b}/meta/labels.csv", "--output", str(tmp_path / "t"), "--no-progress",
+           env={**s3_env, "ECGSSL_CACHE_DIR": str(tmp_path / "cache")})
+    m = json.loads((tmp_path / "t/_manifest.json").read_text())
+    assert m["records_ok"] == 2 and m["records_without_labels"] == 0
+    assert m["rows_per_split"].keys() == {"test", "train"}
+    assert m["label_counts"].keys() == {"N", "A", "O"}
+
+
 def test_dvc_remote_push_and_pull(s3_env, tmp_path):
     repo = tmp_path / "repo"
     shutil.copytree(ROOT / "data/sample/mitdb", repo / "data/mitdb")
