@@ -541,6 +541,9 @@ def _row_group_arrays(t: pa.Table, columns: list[str], rows: np.ndarray | None,
     else:
         signal = np.empty((t.num_rows, N_LEADS, 0), np.float32)
         mask = np.empty((t.num_rows, N_LEADS), bool)
+        if "lead_mask" in columns:      # the mask alone (small): no signal decoded
+            col = t.column("lead_mask").combine_chunks()
+            mask[:] = col.flatten().to_numpy(zero_copy_only=False).reshape(-1, N_LEADS)
     return ECGArrays(signal=signal, lead_mask=mask, meta=meta)
 
 

@@ -34,7 +34,7 @@ from ecgssl.evaluate.metrics import (
 )
 from ecgssl.evaluate.scores import FILE as SCORES_FILE
 from ecgssl.evaluate.scores import ModeScores, write_scores
-from ecgssl.evaluate.supervised import features, fit, label_subsets, save_classifier
+from ecgssl.evaluate.supervised import features_of, fit, label_subsets, save_classifier
 from ecgssl.evaluate.tasks import TaskData, add_user_tasks, get_task, load_task
 from ecgssl.evaluate.zeroshot import (
     class_embeddings,
@@ -171,7 +171,8 @@ def _evaluate(encoder_dir, table, task_name, modes, output, cfg, fractions, prom
     if task.x.shape[-1] != pcfg["n_samples"]:
         raise EcgsslError(f"{table} has windows of {task.x.shape[-1]} samples, the encoder was "
                           f"pretrained on {pcfg['n_samples']}; ingest at the same fs/window")
-    task.x = for_model(pcfg)(task.x, task.mask, task.fs)
+    # preprocessed per row group as the rows are read, never the whole table at once
+    task.x = task.x.with_transform(for_model(pcfg))
     fractions = sorted(fractions or cfg.label_fractions)
     metrics, pngs = {}, []
     test, train = task.part("test"), task.part("train")
@@ -202,7 +203,7 @@ def _evaluate(encoder_dir, table, task_name, modes, output, cfg, fractions, prom
             emb = class_embeddings(model, prompts, task.classes, text_encoder_for(pcfg),
                                    EmbeddingCache(cfg.cache))
             m, plot = score_model(task, lambda idx: zero_shot_scores(
-                model, task.x[idx], task.mask[idx], emb, task.multilabel), cfg, decide_on)
+                model, task.x.view(idx), task.mask[idx], emb, task.multilabel), cfg, decide_on)
             metrics.update({f"zeroshot/{task_name}/{k}": v for k, v in m.items()})
             scored["zeroshot"] = ModeScores(*items, *plot)
             pngs += _plots(out, "zeroshot", task, *plot)
@@ -210,7 +211,9 @@ def _evaluate(encoder_dir, table, task_name, modes, output, cfg, fractions, prom
             subsets = label_subsets(task.group[train], fractions, cfg.seed)
             curves = {"pretrained": [], "random init": []}
             nets = {False: model, True: load_pretrained(encoder_dir, random_init=True)[0]}
-            feats = {t: features(n, task) for t, n in nets.items()} if mode == "probe" else {}
+            # both arms' frozen features in one pass over the rows (each batch read once)
+            feats = dict(zip(nets, features_of(list(nets.values()), task))) \
+                if mode == "probe" else {}
             jobs = [(f, twin) for f in fractions for twin in (False, True)]
             for f, twin in progress_bar(jobs, desc=f"{mode} {task_name}", enabled=progress):
                 rows = train[subsets[f]]

@@ -58,10 +58,20 @@ def validation_folds(task: TaskData, train: np.ndarray, seed: int = 0
 def features(model, task: TaskData, batch: int = 256) -> torch.Tensor:
     """Frozen-encoder features (mean and max over time) of every row, once per model: the max
     keeps a single ectopic beat that the mean over ~30 positions dilutes."""
-    enc = model.encoder.eval()
-    return torch.cat([pooled(enc, torch.from_numpy(task.x[i:i + batch]),
-                             torch.from_numpy(task.mask[i:i + batch]))
-                      for i in range(0, len(task.x), batch)])
+    return features_of([model], task, batch)[0]
+
+
+@torch.no_grad()
+def features_of(models: list, task: TaskData, batch: int = 256) -> list[torch.Tensor]:
+    """`features` of several models in one pass over the rows, in order, batch by batch: each
+    batch is read (and preprocessed) once, and only the features grow with the table."""
+    encs = [m.encoder.eval() for m in models]
+    out: list[list[torch.Tensor]] = [[] for _ in encs]
+    for i in range(0, len(task.x), batch):
+        x, mask = torch.from_numpy(task.x[i:i + batch]), torch.from_numpy(task.mask[i:i + batch])
+        for o, enc in zip(out, encs):
+            o.append(pooled(enc, x, mask))
+    return [torch.cat(o) for o in out]
 
 
 def _val_auroc(task: TaskData, idx: np.ndarray, scores: np.ndarray) -> float:
@@ -185,7 +195,10 @@ def _loss(logits, y, multilabel):
         F.cross_entropy(logits, y)
 
 
-def _finetune_once(model, task: TaskData, train, val, lr: float, cfg) -> tuple[Fitted, float]:
+def _finetune_once(model, task: TaskData, train, val, lr: float, cfg,
+                   resident: tuple[np.ndarray, np.ndarray]) -> tuple[Fitted, float]:
+    """`resident`: (x of the `train` rows, each task row's place in it)."""
+    x_train, place = resident
     torch.manual_seed(cfg.seed)
     encoder = copy.deepcopy(model.encoder)
     head = nn.Linear(2 * encoder.dim, len(task.classes))
@@ -200,7 +213,7 @@ def _finetune_once(model, task: TaskData, train, val, lr: float, cfg) -> tuple[F
         encoder.train()
         for i in range(0, len(order), cfg.batch_size):
             idx = order[i:i + cfg.batch_size]
-            logits = head(pooled(encoder, torch.from_numpy(task.x[idx]),
+            logits = head(pooled(encoder, torch.from_numpy(x_train[place[idx]]),
                                  torch.from_numpy(task.mask[idx])))
             loss = _loss(logits, y[idx], task.multilabel)
             opt.zero_grad()
@@ -224,9 +237,15 @@ def fit_finetune(model, task: TaskData, train: np.ndarray, cfg) -> Fitted:
     """Each arm (pretrained or random) tries every learning rate of `finetune_lrs` with the
     same budget and keeps the one with the best val macro AUROC (first fold's val)."""
     fit_rows, val = validation_folds(task, train, cfg.seed)[0]
+    # Random minibatches of the training rows would read a row group per row from the table:
+    # these rows (a label fraction of the train split: 1, 10 or 100 %) are held in memory
+    # instead, read once in table order. Val and test rows stream (`Fitted.logits`).
+    place = np.full(len(task.y), -1, dtype=np.int64)
+    place[fit_rows] = np.arange(len(fit_rows))
+    resident = (task.x[fit_rows], place)
     best, best_auc = None, -float("inf")
     for lr in cfg.finetune_lrs:
-        fitted, auc = _finetune_once(model, task, fit_rows, val, lr, cfg)
+        fitted, auc = _finetune_once(model, task, fit_rows, val, lr, cfg, resident)
         if best is None or auc > best_auc:
             best, best_auc = fitted, auc
     best.choice["val_auroc"] = best_auc

@@ -22,8 +22,9 @@ from typing import Literal
 
 import numpy as np
 
-from ecgssl.data.table import ECGArrays, read_manifest, read_table
+from ecgssl.data.table import RowGroup, read_manifest, read_row_groups, row_groups
 from ecgssl.errors import EcgsslError
+from ecgssl.evaluate.rows import CACHE_BYTES, RowStore
 
 LabelMap = Callable[[Path], dict[str, str]]   # table folder -> {native label: class}
 
@@ -108,7 +109,7 @@ class TaskData:
     name: str
     classes: list[str]
     multilabel: bool
-    x: np.ndarray            # float32 [N, 12, T]
+    x: RowStore              # float32 [N, 12, T], read from the table(s) when sliced
     mask: np.ndarray         # bool [N, 12]
     y: np.ndarray            # multi-label: float32 [N, C]; multi-class: int64 [N]
     split: np.ndarray        # str [N]
@@ -152,20 +153,50 @@ def _targets(spec: TaskSpec, labels: list[list[str]], table: Path, min_positives
     return classes, keep, y
 
 
-def _rows(table: Path, spec: TaskSpec, name: str, what: str):
-    t: ECGArrays = read_table(table, columns=["ecg_id", "dataset", "record", "patient_id",
-                                              "split", "labels"], dataset=spec.dataset)
-    rows = np.flatnonzero(t.column("dataset") == spec.dataset)
-    if not len(rows):
+META = ["ecg_id", "dataset", "record", "patient_id", "split", "labels", "lead_mask"]
+
+
+@dataclass
+class _Rows:
+    """A table's rows of one dataset: metadata in memory, signal left in the row groups."""
+    table: Path | str
+    groups: list[RowGroup]
+    group: np.ndarray          # [n]: index into `groups` of each row
+    offset: np.ndarray         # [n]: its row within the group
+    meta: dict[str, np.ndarray]
+    mask: np.ndarray           # bool [n, 12]
+
+    def column(self, name: str) -> np.ndarray:
+        return self.meta[name]
+
+
+def _rows(table: Path | str, spec: TaskSpec, name: str, what: str):
+    """(the table's rows of the task's dataset, their positions 0..n-1): metadata and lead
+    masks read row group by row group, no signal decoded."""
+    n_samples = int(read_manifest(table)["n_samples"])
+    groups = row_groups(table)
+    cols: dict[str, list] = {c: [] for c in META if c != "lead_mask"}
+    group, offset, masks = [], [], []
+    for g, a in enumerate(read_row_groups(table, groups, META, n_samples)):
+        keep = np.flatnonzero(a.column("dataset") == spec.dataset)
+        for c in cols:
+            cols[c].append(a.column(c)[keep])
+        group.append(np.full(len(keep), g, np.int32))
+        offset.append(keep.astype(np.int32))
+        masks.append(a.lead_mask[keep])
+    if not sum(len(k) for k in offset):
         raise EcgsslError(f"{table} has no {spec.dataset} rows, so it cannot serve task {name}"
                           f"{what}")
-    return t, rows
+    t = _Rows(table, groups, np.concatenate(group), np.concatenate(offset),
+              {c: np.concatenate(v) for c, v in cols.items()}, np.concatenate(masks))
+    return t, np.arange(len(t.group))
 
 
 def load_task(name: str, table: str | Path, min_positives: int = 1,
-              test_table: str | Path | None = None) -> TaskData:
+              test_table: str | Path | None = None, cache_bytes: int = CACHE_BYTES) -> TaskData:
     """The task's rows of `table`; with `test_table`, its train/val rows from `table` and
-    every row of `test_table` (of the task's dataset) as the test rows."""
+    every row of `test_table` (of the task's dataset) as the test rows. The signal (`x`) is
+    read lazily from the tables, at most `cache_bytes` of decoded rows held at once."""
     spec = get_task(name)
     table = Path(table)
     t, rows = _rows(table, spec, name, "")
@@ -199,11 +230,17 @@ def load_task(name: str, table: str | Path, min_positives: int = 1,
         return np.concatenate([np.asarray(p.column(c), dtype=object)[r] for p, r, _ in parts]
                               )[keep]
     pid, rec = col("patient_id"), col("record")
-    if len(parts) == 1:
-        x, mask = t.signal[rows[keep]], t.lead_mask[rows[keep]]
-    else:
-        x = np.concatenate([p.signal[r] for p, r, _ in parts])[keep]
-        mask = np.concatenate([p.lead_mask[r] for p, r, _ in parts])[keep]
+    # The signal stays in the tables: a store of (table, row group, row) per task row, read
+    # (and preprocessed) batch by batch; the lead masks are small and stay in memory.
+    mask = np.concatenate([p.mask[r] for p, r, _ in parts])[keep]
+    manifest = read_manifest(table)
+    gbase = np.cumsum([0] + [len(p.groups) for p, _, _ in parts])
+    x = RowStore([p.table for p, _, _ in parts],
+                 [(i, g) for i, (p, _, _) in enumerate(parts) for g in p.groups],
+                 np.concatenate([p.group[r] + gbase[i] for i, (p, r, _) in enumerate(parts)]
+                                )[keep],
+                 np.concatenate([p.offset[r] for p, r, _ in parts])[keep],
+                 int(manifest["n_samples"]), int(manifest["fs"]), cache_bytes=cache_bytes)
     group = np.array([p if p else r for p, r in zip(pid, rec)], dtype=object)
     if test_table is not None:
         # The same patient or record name in both tables must not join a train group to a
@@ -211,4 +248,4 @@ def load_task(name: str, table: str | Path, min_positives: int = 1,
         group = np.array([("test:" if s == "test" else "") + str(g)
                           for g, s in zip(group, split)], dtype=object)
     return TaskData(name, classes, spec.multilabel, x, mask, y, split, group,
-                    col("ecg_id"), rec, int(read_manifest(table)["fs"]))
+                    col("ecg_id"), rec, x.fs)
