@@ -71,7 +71,13 @@ case "$source_url" in https://*) ;; *) source_url=https://github.com/ecgssl/ecgs
 
 args=(-f "$dockerfile" "${tags[@]/#/--tag=}"
       --build-arg "VERSION=$version" --build-arg "REVISION=$sha"
-      --build-arg "SOURCE=$source_url")
+      --build-arg "SOURCE=$source_url"
+      # Also as --label, set on the image itself: buildah's layer cache (--layers) reuses the
+      # Dockerfile's LABEL step though its ARG changed, so a commit that changes nothing in
+      # the image would keep the previous build's revision.
+      --label "org.opencontainers.image.version=$version"
+      --label "org.opencontainers.image.revision=$sha"
+      --label "org.opencontainers.image.source=$source_url")
 [ -n "$base" ] && args+=(--build-arg "BASE_IMAGE=$base")
 [ "$nocache" = 1 ] && args+=(--no-cache)
 
