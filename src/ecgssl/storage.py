@@ -413,22 +413,25 @@ _OURS = (_SYNC_RECORD, _MIRROR_RECORD, ".ecgssl.lock")
 
 
 def pull(uri: str, local: Path, exact: bool = False,
-         want: Callable[[str], bool] | None = None) -> Path:
+         want: Callable[[str], bool] | None = None,
+         remote: dict[str, tuple[int, int, str]] | None = None) -> Path:
     """Mirror s3://… (one object or a prefix) into `local`; only new or changed objects
     (by size, time or ETag) are fetched, and of a prefix only the keys `want` accepts. With
     `exact` (inputs), local files the prefix no longer has are removed, so a deleted object is
     never read again. Object keys that would land outside `local` ('..', absolute) are
-    refused. Returns the local path."""
+    refused. `remote`: the prefix's listing (`_object_listing`) when the caller has it, so
+    that pulls in parts list a large bucket once. Returns the local path."""
     fs, path = s3_filesystem(), _split(uri)
-    from pyarrow.fs import FileType
-    info = _retry(f"lookup of {redact(uri)}", fs.get_file_info, path)
-    if info.type == FileType.File:
-        mtime = int(info.mtime.timestamp() * 1e9) if info.mtime else 0
-        if not local.is_file() or local.stat().st_size != info.size or \
-                (mtime and local.stat().st_mtime_ns != mtime):
-            _download(fs, path, local, mtime)
-        return local
-    remote = _object_listing(path)
+    if remote is None:
+        from pyarrow.fs import FileType
+        info = _retry(f"lookup of {redact(uri)}", fs.get_file_info, path)
+        if info.type == FileType.File:
+            mtime = int(info.mtime.timestamp() * 1e9) if info.mtime else 0
+            if not local.is_file() or local.stat().st_size != info.size or \
+                    (mtime and local.stat().st_mtime_ns != mtime):
+                _download(fs, path, local, mtime)
+            return local
+        remote = _object_listing(path)
     if not remote:
         raise EcgsslError(f"{redact(uri)}: no such object or prefix")
     targets = {k: safe_join(local, k, redact(uri)) for k in remote}
@@ -518,14 +521,14 @@ class Paths:
             return Path(uri), None, None
         uri, local = str(uri), _staging(str(uri), "s3-in")
         remote = _object_listing(_split(uri))
-        if not remote:
-            raise EcgsslError(f"{redact(uri)}: no such object or prefix")
-        pull(uri, local, exact=True, want=lambda k: not k.endswith(PAYLOAD_SUFFIXES))
+        # one listing for both pulls and the fingerprint: they agree on what the source is
+        pull(uri, local, exact=True, want=lambda k: not k.endswith(PAYLOAD_SUFFIXES),
+             remote=remote)
 
         def fetch(records: list[str]) -> None:
             names = set(records)
             pull(uri, local, want=lambda k: k.endswith(PAYLOAD_SUFFIXES)
-                 and k.rsplit(".", 1)[0] in names)
+                 and k.rsplit(".", 1)[0] in names, remote=remote)
         return local, _fingerprint([(k, size, m) for k, (size, m, _) in remote.items()
                                     if k != _MIRROR_RECORD]), fetch
 
