@@ -105,9 +105,11 @@ class RowStore:
             return out
         g = self.group[idx]
         # one read per row group of the request, in group order (table order for a sorted
-        # slice); a group stays cached until it is the least recently used over the bound
-        for gid in np.unique(g):
-            sel = np.flatnonzero(g == gid)
+        # slice); a group stays cached until it is the least recently used over the bound.
+        # The request sorted by group once: a mask per group would cost groups x rows.
+        order = np.argsort(g, kind="stable")
+        gids, starts = np.unique(g[order], return_index=True)
+        for gid, sel in zip(gids, np.split(order, starts[1:])):
             out[sel] = self._group(int(gid))[self._pos[idx[sel]]]
         return out
 
