@@ -31,7 +31,7 @@ import wfdb
 
 from ecgssl.config import IngestConfig
 from ecgssl.data.ingest import ingest
-from ecgssl.data.table import read_table
+from ecgssl.data.table import MANIFEST, read_table
 
 BBB = {"109", "118"}                  # left / right bundle branch block throughout
 WIDE_OTHER = {"207", "214", "111", "212", "231"}   # other BBB records, if present
@@ -48,7 +48,7 @@ def _tables(data: Path, keep: Path | None, sources: tuple[str, ...]) -> dict:
     for s in sources:
         if not (data / s).is_dir():
             continue
-        if not (root / s / "manifest.json").is_file():
+        if not (root / s / MANIFEST).is_file():     # else ingest is a no-op anyway
             ingest(s, data / s, root / s, IngestConfig(workers=1), progress=False)
         out[s] = read_table(root / s)
     return out
