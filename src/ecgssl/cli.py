@@ -148,7 +148,7 @@ def ingest(
     """
     from ecgssl.config import section
     from ecgssl.data.ingest import ingest as run_ingest
-    from ecgssl.data.ingest import parse_part
+    from ecgssl.data.ingest import parse_part, staged_options
 
     cfg = section("ingest", {"fs": fs, "window_s": window_s, "workers": workers}, params)
     from ecgssl.render import ingest_summary
@@ -157,9 +157,9 @@ def ingest(
         raise EcgsslError("--part writes its slice beside the others' in one folder: give a "
                           "local or shared --output (the pipeline merges slices on S3 itself)")
     with staged() as io:
-        meta = io.input(metadata)            # an s3:// CSV is pulled (its content is keyed)
-        options = {"metadata": str(meta.resolve()) if meta else None,
-                   "split": split.value if split else None, "dataset": dataset}
+        options = staged_options(io, cfg.options_for(
+            source.value, metadata=metadata, split=split.value if split else None,
+            dataset=dataset))
         # A slice of an s3:// source fetches its own records' files, not the whole source.
         root, fingerprint, fetch = io.input_records(input) if slice_[1] > 1 else \
             (io.input(input), None, None)

@@ -27,7 +27,10 @@ DEFAULT_PARAMS = Path("params.yaml")
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # validate_default: a default is coerced as a value from params.yaml is (256 -> 256.0 for a
+    # float), so that a stage's cache key does not depend on whether the value was written out
+    # (the Kubeflow step's params JSON may omit it, `section()` re-validates).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_default=True)
 
 
 def one_of(registry_path: str):
@@ -61,6 +64,15 @@ class BaseConfig(Section):
     output_dir: str = "outputs"
 
 
+class SourceOptions(Section):
+    """A source's own options (the `wfdb` source's; what `ecgssl ingest wfdb --metadata
+    --split --dataset` set on the command line)."""
+    metadata: str | None = Field(None, description="labels CSV, a file or an s3:// object")
+    split: Literal["train", "val", "test"] | None = Field(
+        None, description="every record in this split (e.g. test for an external test set)")
+    dataset: str | None = Field(None, description="the rows' `dataset` value [default: wfdb]")
+
+
 class IngestConfig(Section):
     fs: int = Field(100, gt=0, description="target sampling rate (Hz) of the table")
     window_s: float = Field(10.0, gt=0, description="window length in seconds")
@@ -77,6 +89,15 @@ class IngestConfig(Section):
         256, gt=0, description="a record whose decoded signal (samples x leads x 4 bytes) is "
         "larger than this many MB is quarantined as too_large: reading one takes ~14x its size "
         "in memory")
+    source_options: dict[Annotated[str, one_of(SOURCES_REGISTRY)], SourceOptions] = Field(
+        {}, description="per source name: its options (the wfdb source's metadata CSV, split "
+        "and dataset), so that DVC and Kubeflow ingest it as `ecgssl ingest wfdb --metadata "
+        "...` does; command-line flags override them")
+
+    def options_for(self, source: str, **flags) -> dict:
+        """The options of `source`: this section's, with the non-None `flags` over them."""
+        given = self.source_options.get(source, SourceOptions()).model_dump()
+        return {**given, **{k: v for k, v in flags.items() if v is not None}}
 
 
 class ReportsConfig(Section):

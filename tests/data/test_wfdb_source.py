@@ -125,3 +125,42 @@ def test_wfdb_options_are_refused_for_other_sources_and_bad_csvs(folder, sample,
     p = cli("ingest", "wfdb", "--input", folder, "--metadata", bad, "--output",
             tmp_path / "o", "--no-progress")
     assert p.returncode == 2 and "bad.csv:2" in p.stderr and "holdout" in p.stderr
+
+
+def test_source_options_in_params_reach_the_cli_and_the_kubeflow_step(folder, tmp_path,
+                                                                         monkeypatch):
+    """ingest.source_options.wfdb does what --metadata/--split/--dataset do, for the CLI (so
+    DVC) and for the pipeline step alike; a flag still wins over the params."""
+    from ecgssl.config import params_from_dict
+    from ecgssl.errors import ConfigError
+    from ecgssl.pipeline import steps
+
+    csv = tmp_path / "labels.csv"
+    csv.write_text("record,labels,report_device\naf/site1/A00001,N,sinus rhythm\n")
+    params = {"ingest": {"workers": 1, "source_options": {"wfdb": {
+        "metadata": str(csv), "split": "test", "dataset": "external"}}},
+              "tracking": {"enabled": False}}
+    (tmp_path / "params.yaml").write_text(json.dumps(params))
+    out = tmp_path / "cli"
+    p = cli("ingest", "wfdb", "--input", folder, "--output", out, "--params",
+            tmp_path / "params.yaml", "--no-progress")
+    assert p.returncode == 0, p.stderr
+    t = read_table(out)
+    assert set(t.column("dataset")) == {"external"} and set(t.column("split")) == {"test"}
+    first = list(t.column("record")).index("af/site1/A00001")
+    assert t.column("report_device")[first] == "sinus rhythm"
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "wfdb").symlink_to(folder, target_is_directory=True)
+    m = steps.ingest("wfdb", str(tmp_path / "root"), str(tmp_path / "kfp"), json.dumps(params), "")
+    cli_manifest = json.loads((out / "_manifest.json").read_text())
+    assert m.raw["options_key"] == cli_manifest["options_key"]          # the very same table
+    assert m.raw["shard_info"] == cli_manifest["shard_info"]
+
+    p = cli("ingest", "wfdb", "--input", folder, "--output", tmp_path / "flag", "--params",
+            tmp_path / "params.yaml", "--dataset", "other", "--no-progress")
+    assert p.returncode == 0, p.stderr
+    assert set(read_table(tmp_path / "flag").column("dataset")) == {"other"}
+    with pytest.raises(ConfigError, match="nosuch"):
+        params_from_dict({"ingest": {"source_options": {"nosuch": {"dataset": "x"}}}})

@@ -261,6 +261,13 @@ def parse_part(text: str | None) -> tuple[int, int]:
     return k, n
 
 
+def staged_options(io, options: dict) -> dict:
+    """Source options (IngestConfig.options_for) with the metadata CSV as a local file: an
+    s3:// one is pulled (`io`: storage.staged()); the table's key hashes its content."""
+    meta = io.input(options.get("metadata"))
+    return {**options, "metadata": str(meta.resolve()) if meta else None}
+
+
 def ingest(source_name: str, input_dir: str | Path, output_dir: str | Path,
            cfg: IngestConfig, progress: bool = True, ctx: RunContext = OFF,
            part: tuple[int, int] = (0, 1), source_options: dict | None = None,

@@ -66,22 +66,25 @@ def finish(tracking: str, pipeline_run: str, status: str, params: str) -> str:
 
 def ingest(source: str, data_root: str, output: str, params: str, tracking: str):
     from ecgssl.data.ingest import ingest as run_ingest
+    from ecgssl.data.ingest import staged_options
     p = _params(params)
     with staged() as io:   # data_root may be an s3:// prefix
         return run_ingest(source, io.input(f"{data_root.rstrip('/')}/{source}"), output,
-                          p.ingest, progress=False, ctx=_ctx(tracking, p))
+                          p.ingest, progress=False, ctx=_ctx(tracking, p),
+                          source_options=staged_options(io, p.ingest.options_for(source)))
 
 
 def ingest_part(source: str, data_root: str, part: str, output: str, params: str,
                 tracking: str):
     """Slice `part` ("K/N") of a source into its own folder (a ParallelFor task's output)."""
     from ecgssl.data.ingest import ingest as run_ingest
-    from ecgssl.data.ingest import parse_part
+    from ecgssl.data.ingest import parse_part, staged_options
     p = _params(params)
     with staged() as io:   # from S3, the slice fetches its own records' files only
         root, fingerprint, fetch = io.input_records(f"{data_root.rstrip('/')}/{source}")
         return run_ingest(source, root, output, p.ingest, progress=False,
                           ctx=_ctx(tracking, p), part=parse_part(part),
+                          source_options=staged_options(io, p.ingest.options_for(source)),
                           fingerprint=fingerprint, fetch=fetch)
 
 

@@ -31,7 +31,8 @@ def get_source(name: str, fs: float, options: dict | None = None) -> Source:
     if given and not SOURCES[name]().options().keys() >= given.keys():
         from ecgssl.errors import EcgsslError
         raise EcgsslError(f"source {name} takes no option(s) {', '.join(sorted(given))} "
-                          "(--metadata, --split and --dataset are for `ecgssl ingest wfdb`)")
+                          "(only `ecgssl ingest wfdb` takes --metadata, --split and --dataset, "
+                          "and ingest.source_options only for wfdb)")
     return SOURCES[name](fs, **given)
 
 
