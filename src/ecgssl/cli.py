@@ -379,10 +379,12 @@ def evaluate(
     check_task(task, cfg)
     ctx = run_context(params, mlflow)
     with staged() as io:
-        r = run_evaluate(model_input(io, encoder, ctx), io.input(data), task,
+        # the tables stream (row groups read as needed, local or s3://), never mirrored
+        r = run_evaluate(model_input(io, encoder, ctx), io.stream(data), task,
                          [x.value for x in mode], io.output(output), cfg,
                          fractions=label_fraction, prompt_overrides=overrides,
-                         progress=progress, ctx=ctx, test_table=io.input(test_data))
+                         progress=progress, ctx=ctx,
+                         test_table=io.stream(test_data) if test_data else None)
     evaluate_table(r, output)
 
 

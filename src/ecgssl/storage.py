@@ -498,6 +498,16 @@ def _staging(uri: str, kind: str) -> Path:
     return _cache_root() / kind / _split(uri)
 
 
+def table_files(table: str | os.PathLike) -> Path:
+    """The folder of a table's small side files (manifest, PTB-XL's scp_statements.csv): the
+    table itself, or for an s3:// table a local mirror of every object but its Parquet shards,
+    which readers stream by row group instead (a streamed evaluation still reads label maps)."""
+    if not is_s3(table):
+        return Path(table)
+    return pull(str(table), _staging(str(table), "s3-in"), exact=True,
+                want=lambda k: not k.endswith(".parquet"))
+
+
 class Paths:
     """Local paths for a stage's arguments, local or s3://. Inputs are pulled at once; outputs
     are staged locally and pushed by `commit()` (the CLI calls it when the stage succeeded)."""

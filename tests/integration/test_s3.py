@@ -376,3 +376,42 @@ def test_an_s3_shard_whose_rows_differ_from_the_manifest_is_refused(s3_env, tabl
     boto3.client("s3").put_object(Bucket=b, Key="t/_manifest.json", Body=json.dumps(m))
     with pytest.raises(EcgsslError, match=f"t/{first}: .* rows where the manifest says"):
         row_groups(f"s3://{b}/t")
+
+
+def test_evaluation_streams_s3_tables_without_a_local_copy(s3_env, corpus, tables, tmp_path):
+    """`evaluate --data s3://… --test-data s3://…` reads the tables' row groups by byte ranges
+    (PTB-XL's label map and prompts from its side file): the same metrics as the local
+    folders, and no shard of any table in the local cache."""
+    from ecgssl.config import PretrainConfig
+    from ecgssl.evaluate.tasks import load_task
+    from ecgssl.evaluate.zeroshot import load_prompts
+    from ecgssl.train.loop import pretrain
+    b = s3_env["BUCKET"]
+    for name in ("cinc2017", "ptbxl"):
+        upload_tree(b, tables[name], f"tables/{name}")
+    enc = tmp_path / "encoder"
+    pretrain(corpus["table"], corpus["text_emb"], enc, PretrainConfig(
+        method="mets+st", width=16, batch_size=16, max_steps=2, warmup_steps=1,
+        loader_workers=0), progress=False)
+    params = tmp_path / "params.yaml"
+    params.write_text("evaluate:\n  bootstrap: 10\n  cache: null\n")
+    env = {**s3_env, "ECGSSL_PARAMS": str(params)}
+
+    def evaluate(table: str, out: str) -> dict[str, str]:
+        ecgssl("evaluate", "--encoder", str(enc), "--data", table, "--test-data", table,
+               "--task", "cinc2017-af", "--mode", "zeroshot", "--output", str(tmp_path / out),
+               "--no-mlflow", "--no-progress", env=env)
+        return {f: (tmp_path / out / f).read_text() for f in ("metrics.json", "test_data.json")}
+    got = evaluate(f"s3://{b}/tables/cinc2017", "s3")
+    want = evaluate(str(tables["cinc2017"]), "local")
+    assert got == want
+    m = json.loads(got["metrics.json"])
+    assert "zeroshot/cinc2017-af/macro_auroc" in m and m["data/cinc2017-af/test_rows"] > 0
+    # PTB-XL tasks read scp_statements.csv beside the table: fetched with the small files
+    ptbxl = f"s3://{b}/tables/ptbxl"
+    assert load_prompts("ptbxl-super", ptbxl) == load_prompts("ptbxl-super", tables["ptbxl"])
+    with pytest.raises(EcgsslError, match="no test rows"):     # label map read; sample has none
+        load_task("ptbxl-super", ptbxl)
+    cached = [p for p in Path(s3_env["ECGSSL_CACHE_DIR"]).rglob("*") if p.is_file()]
+    assert any(p.name == "scp_statements.csv" for p in cached)
+    assert not [p for p in cached if p.suffix == ".parquet"], cached

@@ -25,6 +25,7 @@ import numpy as np
 from ecgssl.data.table import RowGroup, read_manifest, read_row_groups, row_groups
 from ecgssl.errors import EcgsslError
 from ecgssl.evaluate.rows import CACHE_BYTES, RowStore
+from ecgssl.storage import is_s3, table_files
 
 LabelMap = Callable[[Path], dict[str, str]]   # table folder -> {native label: class}
 
@@ -128,7 +129,7 @@ def get_task(name: str) -> TaskSpec:
     return TASKS[name]
 
 
-def _targets(spec: TaskSpec, labels: list[list[str]], table: Path, min_positives: int,
+def _targets(spec: TaskSpec, labels: list[list[str]], table: Path | str, min_positives: int,
              split: np.ndarray | None = None):
     """(classes, kept row positions, y) from each row's native labels."""
     counted = [i for i in range(len(labels)) if split is None or split[i] == "train"] \
@@ -138,7 +139,7 @@ def _targets(spec: TaskSpec, labels: list[list[str]], table: Path, min_positives
             sorted({labels[i][0] for i in counted if labels[i]})
         keep = [i for i, labs in enumerate(labels) if labs and labs[0] in classes]
         return classes, keep, np.array([classes.index(labels[i][0]) for i in keep], np.int64)
-    mapping = spec.label_map(table) if spec.label_map else None
+    mapping = spec.label_map(table_files(table)) if spec.label_map else None
     mapped = [sorted({mapping[c] for c in labs if c in mapping} if mapping else set(labs))
               for labs in labels]
     counts = Counter(c for i in counted for c in mapped[i])
@@ -198,11 +199,12 @@ def load_task(name: str, table: str | Path, min_positives: int = 1,
     every row of `test_table` (of the task's dataset) as the test rows. The signal (`x`) is
     read lazily from the tables, at most `cache_bytes` of decoded rows held at once."""
     spec = get_task(name)
-    table = Path(table)
+    # an s3:// prefix stays one: its row groups are streamed, never mirrored
+    table = str(table) if is_s3(table) else Path(table)
     t, rows = _rows(table, spec, name, "")
     parts = [(t, rows, np.asarray(t.column("split"))[rows])]
     if test_table is not None:
-        test_table = Path(test_table)
+        test_table = str(test_table) if is_s3(test_table) else Path(test_table)
         n_main, n_test = (int(read_manifest(p)["n_samples"]) for p in (table, test_table))
         fs_main, fs_test = (int(read_manifest(p)["fs"]) for p in (table, test_table))
         if (n_main, fs_main) != (n_test, fs_test):

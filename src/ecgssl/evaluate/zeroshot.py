@@ -7,7 +7,6 @@ embeddings are averaged). `--prompt CLASS=TEXT` on the command line replaces a c
 from __future__ import annotations
 
 from importlib import resources
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -15,6 +14,7 @@ import torch.nn.functional as F
 import yaml
 
 from ecgssl.errors import EcgsslError
+from ecgssl.storage import table_files
 from ecgssl.text.cache import EmbeddingCache
 from ecgssl.text.encoder import TextEncoder
 
@@ -31,11 +31,12 @@ def load_prompts(task: str, table=None, classes: list[str] = ()) -> dict[str, li
     from ecgssl.evaluate.tasks import get_task
     from ecgssl.reports.codes import PHRASES, render
     prompts: dict[str, list[str]] = {}
-    if get_task(task).dataset == "ptbxl" and table is not None and \
-            (Path(table) / STATEMENTS).is_file():
+    folder = table_files(table) if get_task(task).dataset == "ptbxl" and table is not None \
+        else None                 # an s3:// table's side files, fetched without its shards
+    if folder is not None and (folder / STATEMENTS).is_file():
         prompts = {code: [render([code]) if code in PHRASES else
                           row["description"].lower() + "."]
-                   for code, row in read_statements(table).items() if row.get("description")}
+                   for code, row in read_statements(folder).items() if row.get("description")}
     f = resources.files("ecgssl.evaluate").joinpath("prompts", f"{task}.yaml")
     for cls, v in ((yaml.safe_load(f.read_text()) or {}).items() if f.is_file() else ()):
         if isinstance(v, dict):
