@@ -465,7 +465,7 @@ def predict(
 
     ctx = run_context(params)
     with staged() as io:
-        p = run_predict(model_input(io, model, ctx), io.input(data),
+        p = run_predict(model_input(io, model, ctx), io.stream(data),   # read by row group
                         io.output(output, pull_existing=False), label, level.value,
                         progress=progress, model_name=model)
     say(f"wrote {p.rows} {p.level} rows x {len(p.classes)} classes "

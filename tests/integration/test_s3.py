@@ -379,10 +379,13 @@ def test_an_s3_shard_whose_rows_differ_from_the_manifest_is_refused(s3_env, tabl
 
 
 def test_evaluation_streams_s3_tables_without_a_local_copy(s3_env, corpus, tables, tmp_path):
-    """`evaluate --data s3://… --test-data s3://…` reads the tables' row groups by byte ranges
-    (PTB-XL's label map and prompts from its side file): the same metrics as the local
-    folders, and no shard of any table in the local cache."""
+    """`evaluate --data s3://… --test-data s3://…` and `predict --data s3://…` read the tables'
+    row groups by byte ranges (PTB-XL's label map and prompts from its side file): the same
+    metrics and scores as the local folders, and no shard of any table in the local cache."""
+    import pyarrow.parquet as pq
+
     from ecgssl.config import PretrainConfig
+    from ecgssl.data.table import read_manifest
     from ecgssl.evaluate.tasks import load_task
     from ecgssl.evaluate.zeroshot import load_prompts
     from ecgssl.train.loop import pretrain
@@ -412,6 +415,16 @@ def test_evaluation_streams_s3_tables_without_a_local_copy(s3_env, corpus, table
     assert load_prompts("ptbxl-super", ptbxl) == load_prompts("ptbxl-super", tables["ptbxl"])
     with pytest.raises(EcgsslError, match="no test rows"):     # label map read; sample has none
         load_task("ptbxl-super", ptbxl)
+    # batch scoring streams the same way: the very scores of the local table
+
+    def predict(table: str, out: str):
+        ecgssl("predict", "--model", str(enc), "--data", table, "--label", "atrial fibrillation",
+               "--label", "sinus rhythm", "--output", str(tmp_path / out), "--no-progress",
+               env=env)
+        return pq.read_table(tmp_path / out).replace_schema_metadata(None)
+    scored = predict(f"s3://{b}/tables/cinc2017", "s3.parquet")
+    assert scored.num_rows == read_manifest(tables["cinc2017"])["rows"]
+    assert scored.equals(predict(str(tables["cinc2017"]), "local.parquet"))
     cached = [p for p in Path(s3_env["ECGSSL_CACHE_DIR"]).rglob("*") if p.is_file()]
     assert any(p.name == "scp_statements.csv" for p in cached)
     assert not [p for p in cached if p.suffix == ".parquet"], cached

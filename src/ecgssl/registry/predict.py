@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ecgssl.data.table import read_manifest, read_table
+from ecgssl.data.table import ARRAY_COLUMNS, read_manifest, read_row_group, row_groups
 from ecgssl.errors import EcgsslError
 from ecgssl.evaluate.metrics import mean_by
 from ecgssl.progress import bar as progress_bar
@@ -79,13 +79,22 @@ def run_predict(model_dir: str | Path, table: str | Path, output: str | Path,
     if n != model.cfg["n_samples"]:
         raise EcgsslError(f"{table} has {n}-sample windows, the model takes "
                           f"{model.cfg['n_samples']}; ingest at the model's fs and window_s")
-    t = read_table(table, columns=["ecg_id", "dataset", "record", "window"])
-    scores = np.zeros((len(t), len(classes)), dtype=np.float32)
-    for i in progress_bar(range(0, len(t), BATCH), desc="predict", enabled=progress,
-                          unit="batch"):
-        scores[i:i + BATCH] = model.scores(t.signal[i:i + BATCH], t.lead_mask[i:i + BATCH],
-                                           None if model.classes is not None else classes)
-    ids = {c: t.column(c) for c in ID_COLUMNS}
+    # Row group by row group (local or s3://): a table far larger than memory (MIMIC-IV-ECG)
+    # is scored holding one group's signal at a time.
+    groups = row_groups(table)
+    parts, metas = [], []
+    with progress_bar(total=sum(g.rows for g in groups), desc="predict", enabled=progress,
+                      unit="row") as bar:
+        for g in groups:
+            t = read_row_group(table, g, [*ID_COLUMNS, *ARRAY_COLUMNS], n_samples=n)
+            for i in range(0, len(t), BATCH):
+                parts.append(model.scores(t.signal[i:i + BATCH], t.lead_mask[i:i + BATCH],
+                                          None if model.classes is not None else classes))
+                bar.update(min(BATCH, len(t) - i))
+            metas.append(t.meta)
+    scores = np.concatenate(parts).astype(np.float32, copy=False)
+    meta = pa.concat_tables(metas)
+    ids = {c: meta.column(c).to_numpy(zero_copy_only=False) for c in ID_COLUMNS}
     if level == "record":
         # A record's score is the mean of its windows', as evaluation scores record labels.
         key = np.array([f"{d}\0{r}" for d, r in zip(ids["dataset"], ids["record"])])
