@@ -12,12 +12,15 @@ import pyarrow.parquet as pq
 
 from ecgssl.data.table import (
     SCHEMA_VERSION,
+    ShardWriter,
     arrays,
     conform,
     read_manifest,
     read_shard,
     read_table,
+    write_shard,
 )
+from ecgssl.storage import file_sha256
 
 
 def _signal_bytes(table: Path) -> tuple[int, int, int]:
@@ -90,3 +93,26 @@ def test_conform_packs_an_old_shard(tables, tmp_path):
     ref = pq.read_table(tables["mitdb"] / read_manifest(tables["mitdb"])["shards"][0])
     for got, want in zip(arrays([shard], m["n_samples"]), arrays([ref], m["n_samples"])):
         np.testing.assert_array_equal(got, want)
+
+
+def test_shard_writer_writes_the_bytes_write_shard_writes(tables, tmp_path):
+    # Ingest writes a shard row group by row group while it reads; the file, and so the
+    # manifest's sha256, must be the one written from all the rows at once, however they came.
+    for source in ("cinc2017", "cinc2020"):
+        m = read_manifest(tables[source])
+        t = pq.read_table(tables[source] / m["shards"][0])
+        t = pa.concat_tables([t] * 3).combine_chunks()        # > 1 row group of 256 rows
+        want = write_shard(t, tmp_path / "all.parquet")
+        for step in (1, 7, 100, 256, 300):
+            w = ShardWriter(tmp_path / f"{step}.parquet")
+            for lo in range(0, t.num_rows, step):
+                w.add(t.slice(lo, step))
+            assert w.close() == want
+            assert file_sha256(tmp_path / f"{step}.parquet") == want["sha256"]
+        w = ShardWriter(tmp_path / "dropped.parquet")
+        w.add(t)
+        w.abort()
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+            ["all.parquet", *(f"{s}.parquet" for s in (1, 7, 100, 256, 300))])
+        for p in tmp_path.iterdir():
+            p.unlink()

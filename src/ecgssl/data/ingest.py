@@ -23,6 +23,7 @@ import collections
 import datetime as dt
 import os
 import pickle
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -51,13 +52,14 @@ from ecgssl.data.sources.base import check_record_path
 from ecgssl.data.table import (
     MANIFEST,
     PARTS,
+    ROW_GROUP,
     SCHEMA_VERSION,
+    ShardWriter,
     TableJob,
     TableManifest,
     read_manifest,
     shard_name,
     to_arrow,
-    write_shard,
     writing,
 )
 from ecgssl.errors import EcgsslError, RecordError
@@ -214,26 +216,54 @@ def _work(task: Task) -> tuple[str, dict | None, dict | None]:
                                    "reason": f"{task.record}: {type(exc).__name__}: {exc}"}
 
 
-def _write_part(out: Path, part: int, key: str, results: list, size: int) -> dict:
-    ok = [rows for _, rows, _ in results if rows is not None]
-    quarantined = [q for _, rows, q in results if rows is None]
-    name = shard_name(part, key)
-    splits, labels = collections.Counter(), collections.Counter()
-    n_rows = 0
-    if ok:
-        for rows in ok:
-            splits.update(rows["split"])
+class _PartWriter:
+    """One part's shard and part record, fed the part's records in order (`add`) as they are
+    read: full row groups are written on the way, so that little is left to write once the
+    last record is in (the parent writes while the workers still read)."""
+
+    def __init__(self, out: Path, part: int, key: str, size: int):
+        self.out, self.part, self.key, self.size = out, part, key, size
+        self.name = shard_name(part, key)
+        self.shard: ShardWriter | None = None
+        self.pending, self.n_pending, self.n_ok = [], 0, 0
+        self.quarantined = []
+        self.splits, self.labels = collections.Counter(), collections.Counter()
+
+    def add(self, results: list) -> None:
+        for _, rows, q in results:
+            if rows is None:
+                self.quarantined.append(q)
+                continue
+            self.n_ok += 1
+            self.splits.update(rows["split"])
             for labs in rows["labels"]:
-                labels.update(labs)
-        table = rows_table(ok, size)
-        n_rows = table.num_rows
-        shard = write_shard(table, out / name)
-    info = {"key": key, "part": part, "shard": name if ok else None, "rows": n_rows,
-            "sha256": shard["sha256"] if ok else None,
-            "records_ok": len(ok), "records_quarantined": quarantined,
-            "rows_per_split": dict(splits), "label_counts": dict(labels)}
-    write_json(out / PARTS / f"part-{part:05d}.json", info)
-    return info
+                self.labels.update(labs)
+            self.pending.append(rows)
+            self.n_pending += len(rows["ecg_id"])
+        if self.n_pending >= ROW_GROUP:        # an Arrow table per row group, not per record
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.shard is None:
+            self.shard = ShardWriter(self.out / self.name)
+        self.shard.add(rows_table(self.pending, self.size))
+        self.pending, self.n_pending = [], 0
+
+    def close(self) -> dict:
+        if self.pending:
+            self._flush()
+        shard = self.shard.close() if self.shard is not None else None
+        info = {"key": self.key, "part": self.part, "shard": self.name if shard else None,
+                "rows": shard["rows"] if shard else 0,
+                "sha256": shard["sha256"] if shard else None,
+                "records_ok": self.n_ok, "records_quarantined": self.quarantined,
+                "rows_per_split": dict(self.splits), "label_counts": dict(self.labels)}
+        write_json(self.out / PARTS / f"part-{self.part:05d}.json", info)
+        return info
+
+    def abort(self) -> None:
+        if self.shard is not None:
+            self.shard.abort()
 
 
 def _done_part(out: Path, part: int, key: str) -> dict | None:
@@ -549,7 +579,13 @@ def _write_parts(source_name, root, out, cfg, key, chunks, infos, progress, desc
                 for t in chunks[i]:
                     results.append(_work(t))
                     bar.update(1)
-                written[i] = _write_part(out, i, key, results, size)
+                part = _PartWriter(out, i, key, size)   # at once: one Arrow table, no copies
+                try:
+                    part.add(results)
+                except BaseException:
+                    part.abort()
+                    raise
+                written[i] = part.close()
         else:
             written.update(_run_pool(source_name, root, out, cfg, key, chunks, todo, workers,
                                      bar, src_options))
@@ -640,6 +676,22 @@ class _Workers:
             except OSError:              # it has finished (or died: seen in `take`)
                 pass
 
+    def _receive(self, obj, w: int) -> bool:
+        """Handle what worker w's pipe says; False when it is closed (the worker is done)."""
+        try:
+            got = obj.recv()
+        except EOFError:
+            return False
+        if isinstance(got, str):
+            raise EcgsslError(f"an ingest worker stopped: {got}")
+        self.ready.add(got)
+        return True
+
+    def poll(self) -> None:
+        """Note the batches spooled so far, without waiting."""
+        for obj in mp_wait(self.conns, timeout=0):
+            self._receive(obj, self.conns.index(obj))
+
     def take(self, b: int) -> list:
         """Batch b's results, once the worker that claimed it has spooled them."""
         live = {c: w for w, c in enumerate(self.conns)} | \
@@ -654,14 +706,8 @@ class _Workers:
                     if self.procs[w].exitcode and held >= 0:    # killed amid a batch
                         raise _WorkerDied([t.record for t in self.batches[held]])
                     continue
-                try:
-                    got = obj.recv()
-                except EOFError:
-                    continue
-                if isinstance(got, str):
-                    raise EcgsslError(f"an ingest worker stopped: {got}")
-                self.ready.add(got)
-                live[obj] = w
+                if self._receive(obj, w):
+                    live[obj] = w
         self.ready.discard(b)
         return _unspool(os.path.join(self.spool, f"{b}.pkl"))
 
@@ -681,22 +727,24 @@ class _Workers:
 def _pool(source_name, root, out, cfg, key, parts, todo, workers, bar, chunk,
           src_options=None) -> dict:
     """Parts read by `workers` processes: the parent and `workers - 1` forked ones, in batches
-    of `chunk` records. Workers claim batches from the front; the parent takes the batches at
-    the end of the current part that no worker has started (instead of waiting idle: on 2
-    CPUs a third busy process only adds switching and copy-on-write faults). Workers return
-    packed rows (present leads only: a few KB per single-lead record, not 12 leads of float32).
-    Parts are written in order, each while the workers already read the next. Plain forked
-    processes and pipes, not a ProcessPoolExecutor: the batches are inherited, not pickled, and
-    no manager thread competes with the parent for the GIL (on a 200-record source the
-    executor's start-up alone was a fifth of the run). A worker that dies amid a batch fails
+    of `chunk` records (fewer at a part's end, see `_batches`). Every process claims batches
+    from the front; the parent, between its own, writes the part's row groups as the batches
+    come in (`_read_part`), so that the workers read while it writes and no part waits for a
+    whole shard's write at its end (on 2 CPUs a third busy process would only add switching
+    and copy-on-write faults). Workers return packed rows (present leads only: a few KB per
+    single-lead record, not 12 leads of float32). Parts are written in order, each while the
+    workers already read the next. Plain forked processes and pipes, not a
+    ProcessPoolExecutor: the batches are inherited, not pickled, and no manager thread
+    competes with the parent for the GIL (on a 200-record source the executor's start-up
+    alone was a fifth of the run). A worker that dies amid a batch fails
     the job naming the batch's records (a rerun finishes it); batches it had not started are
     read by the parent."""
     ctx = get_context("fork")
-    batches, first = [], {}
+    batches, first, ends = [], {}, {}
     for i in todo:
         first[i] = len(batches)
-        batches += [parts[i][lo:lo + chunk] for lo in range(0, len(parts[i]), chunk)]
-    ends = {i: first[i] + -(-len(parts[i]) // chunk) for i in todo}
+        batches += _batches(parts[i], chunk, workers)
+        ends[i] = len(batches)
     claims = (ctx.RawArray("b", len(batches)), ctx.Lock())
     _init_worker(source_name, str(root), cfg.model_dump(), claims=claims,
                  options=src_options)      # the parent reads too; forked workers inherit it
@@ -705,30 +753,68 @@ def _pool(source_name, root, out, cfg, key, parts, todo, workers, bar, chunk,
         return first[todo[pos]] if pos < len(todo) else len(batches)
 
     infos = {}
-    with tempfile.TemporaryDirectory(prefix="ecgssl-ingest-") as spool:
+    spool = tempfile.mkdtemp(prefix="ecgssl-ingest-")
+    try:
         pool = _Workers(ctx, workers - 1, batches, spool, limit(IN_FLIGHT_PARTS))
         try:
             for pos, i in enumerate(todo):
-                done = {}
-                for b in range(ends[i] - 1, first[i] - 1, -1):
-                    if not _claim(b, timeout=5):  # a worker has it: leave the rest to them
-                        break
-                    done[b] = [_work(t) for t in batches[b]]
-                    bar.update(len(batches[b]))
-                results = []
-                for b in range(first[i], ends[i]):
-                    if b not in done:    # not started by anyone (a worker died idle): here
-                        done[b] = [_work(t) for t in batches[b]] if _claim(b, timeout=5) \
-                            else pool.take(b)
-                        bar.update(len(batches[b]))
-                    results += done[b]
+                part = _PartWriter(out, i, key, n_samples(cfg))
+                try:
+                    _read_part(pool, part, batches, first[i], ends[i], bar)
+                except BaseException:
+                    part.abort()
+                    raise
                 pool.allow(limit(pos + 1 + IN_FLIGHT_PARTS))
-                infos[i] = _write_part(out, i, key, results, n_samples(cfg))
+                infos[i] = part.close()
         except BaseException:
             pool.kill()
             raise
         pool.close()
+    finally:
+        try:
+            os.rmdir(spool)              # emptied by `take` (rmtree costs ~1 ms more here)
+        except OSError:
+            shutil.rmtree(spool, ignore_errors=True)
     return infos
+
+
+def _batches(tasks: list[Task], chunk: int, workers: int) -> list[list[Task]]:
+    """A part's records in batches of `chunk`, then of fewer towards its end (about a
+    2*workers-th of what is left, at least 2): the processes finish the part at about the
+    same time instead of one idling through the other's last batch."""
+    out, lo, n = [], 0, len(tasks)
+    while lo < n:
+        k = min(chunk, max(2, -(-(n - lo) // (2 * workers))))
+        out.append(tasks[lo:lo + k])
+        lo += k
+    return out
+
+
+def _read_part(pool: _Workers, part: _PartWriter, batches: list[list[Task]], lo: int, hi: int,
+               bar) -> None:
+    """Batches lo..hi-1 (one part) into `part`, in order. The parent claims batches from the
+    front like the workers and, between its own, adds the next batch in order as soon as it
+    is read (by anyone): the part's row groups are written while the workers still read, and
+    little is left to write after the last batch. The first batch is left to a worker (just
+    forked, it takes it while the parent reads the second). A batch no worker started (one
+    died idle) is read here; one a worker claimed comes from the spool."""
+    mine = {}
+    order = iter([lo + 1, lo, *range(lo + 2, hi)] if hi - lo > 1 else [lo])
+    for b in range(lo, hi):
+        while b not in mine:
+            pool.poll()
+            if b in pool.ready:
+                mine[b] = pool.take(b)
+                break
+            for c in order:
+                if _claim(c, timeout=5):          # else a worker has it
+                    mine[c] = [_work(t) for t in batches[c]]
+                    break
+            else:                                 # nothing left to claim: wait for b
+                mine[b] = pool.take(b)
+        results = mine.pop(b)
+        part.add(results)
+        bar.update(len(results))
 
 
 def _manifest_base(source_name, root, cfg, size, key, fingerprint, options, tasks, excluded,
