@@ -11,9 +11,8 @@ import pytest
 
 def flip_a_bit_silently(shard: Path) -> None:
     """Flip one bit in the first row group's signal pages such that reading without page
-    checksums still succeeds but returns other values (any flip in the stored samples does; in
-    an lz4 page, one in a length field would fail decompression instead). Fails the test when
-    no such bit is found."""
+    checksums still succeeds but returns other values (most flips in lz4 literals do; one in
+    a length field fails decompression instead). Fails the test when no such bit is found."""
     orig = shard.read_bytes()
     col = pq.ParquetFile(shard).metadata.row_group(0).column(8)      # the signal column
     assert col.path_in_schema.startswith("signal")

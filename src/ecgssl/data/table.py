@@ -149,8 +149,6 @@ def shard_name(index: int, key: str) -> str:
 # pages come out 0.4 % larger): a 12-lead table with an uncompressed signal read 1.5x slower
 # (320 rows: 7.5-8.0 vs 4.5-5.3 ms with pyarrow's reader; the single-lead sample no faster).
 COMPRESSION = "lz4"
-
-
 ROW_GROUP = 256        # rows per Parquet row group of a shard
 WRITE_OPTIONS = {"compression": COMPRESSION, "use_dictionary": DICT_COLUMNS,
                  "write_page_checksum": True}
