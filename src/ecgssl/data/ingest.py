@@ -261,8 +261,12 @@ class _PartWriter:
         write_json(self.out / PARTS / f"part-{self.part:05d}.json", info)
         return info
 
-    def abort(self) -> None:
-        if self.shard is not None:
+    def __enter__(self) -> _PartWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        """On an error amid the part, its temp shard is dropped (a rerun redoes the part)."""
+        if exc_type is not None and self.shard is not None:
             self.shard.abort()
 
 
@@ -579,13 +583,9 @@ def _write_parts(source_name, root, out, cfg, key, chunks, infos, progress, desc
                 for t in chunks[i]:
                     results.append(_work(t))
                     bar.update(1)
-                part = _PartWriter(out, i, key, size)   # at once: one Arrow table, no copies
-                try:
+                with _PartWriter(out, i, key, size) as part:   # at once: one Arrow table
                     part.add(results)
-                except BaseException:
-                    part.abort()
-                    raise
-                written[i] = part.close()
+                    written[i] = part.close()
         else:
             written.update(_run_pool(source_name, root, out, cfg, key, chunks, todo, workers,
                                      bar, src_options))
@@ -758,14 +758,10 @@ def _pool(source_name, root, out, cfg, key, parts, todo, workers, bar, chunk,
         pool = _Workers(ctx, workers - 1, batches, spool, limit(IN_FLIGHT_PARTS))
         try:
             for pos, i in enumerate(todo):
-                part = _PartWriter(out, i, key, n_samples(cfg))
-                try:
+                with _PartWriter(out, i, key, n_samples(cfg)) as part:
                     _read_part(pool, part, batches, first[i], ends[i], bar)
-                except BaseException:
-                    part.abort()
-                    raise
-                pool.allow(limit(pos + 1 + IN_FLIGHT_PARTS))
-                infos[i] = part.close()
+                    pool.allow(limit(pos + 1 + IN_FLIGHT_PARTS))
+                    infos[i] = part.close()
         except BaseException:
             pool.kill()
             raise
