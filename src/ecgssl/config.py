@@ -207,6 +207,9 @@ class EvaluateConfig(Section):
                                  "least this many positive and negative test items")
     seed: int = 0
     cache: str | None = "outputs/cache/text_embeddings.parquet"
+    row_cache_mb: float = Field(1024, gt=0, description="decoded, preprocessed table rows held "
+                                "in memory at once (MB); a table above it is re-read per pass, "
+                                "row group by row group")
     tasks: dict[str, UserTask] = Field({}, description="user-defined tasks by name, usable "
                                        "wherever a built-in task name is")
 

@@ -171,3 +171,30 @@ def test_own_records_user_task_external_test_set_and_predict(encoder, sample, tm
             "--output", preds, "--level", "record", "--no-progress")
     df = pd.read_parquet(preds)
     assert list(df.columns[:3]) == ["dataset", "record", "windows"] and len(df) == 40
+
+
+def test_a_row_cache_below_the_table_streams_to_the_same_metrics(encoder, tables, tmp_path):
+    # evaluate.row_cache_mb bounds the decoded rows held at once: a table above it is re-read
+    # per pass, row group by row group, and scores exactly as when it all fits.
+    import mlflow
+
+    from ecgssl.tracking import RunContext, metric_key
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    ctx = RunContext(enabled=True, tracking_uri=uri, experiment="rows")
+    row_mb = 12 * 1000 * 4 / 2**20                       # one 12-lead 10 s 100 Hz row
+    bounded = FAST.model_copy(update={"row_cache_mb": 300 * row_mb})
+    small = stage.run_evaluate(encoder, tables["mitdb"], "mitdb-aami", ["zeroshot", "probe"],
+                               tmp_path / "small", bounded, fractions=[100], progress=False,
+                               ctx=ctx)
+    whole = stage.run_evaluate(encoder, tables["mitdb"], "mitdb-aami", ["zeroshot", "probe"],
+                               tmp_path / "whole", FAST, fractions=[100], progress=False,
+                               ctx=ctx)
+    assert small.metrics == pytest.approx(whole.metrics, nan_ok=True)
+    runs = {r.data.params["evaluate.row_cache_mb"]: r.data.metrics for r in
+            mlflow.MlflowClient(uri).search_runs(
+                [mlflow.MlflowClient(uri).get_experiment_by_name("rows").experiment_id])}
+    held = {k: m[metric_key("io/rows_held_peak")] for k, m in runs.items()}
+    read = {k: m[metric_key("io/rows_read")] for k, m in runs.items()}
+    n = whole.metrics["data/mitdb-aami/test_rows"]
+    assert held[str(bounded.row_cache_mb)] <= 300 < held["1024.0"]
+    assert read[str(bounded.row_cache_mb)] > read["1024.0"] >= n      # re-read per pass

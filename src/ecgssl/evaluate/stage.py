@@ -14,7 +14,7 @@ validation rows only; the test split is scored once per model.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -166,7 +166,8 @@ def _evaluate(encoder_dir, table, task_name, modes, output, cfg, fractions, prom
     bad = [m for m in modes if m not in MODES]
     if bad:
         raise EcgsslError(f"unknown mode(s) {bad}; choose from {', '.join(MODES)}")
-    task = load_task(task_name, table, test_table=test_table)
+    task = load_task(task_name, table, test_table=test_table,
+                     cache_bytes=int(cfg.row_cache_mb * 2**20))
     model, pcfg = load_pretrained(encoder_dir)
     if task.x.shape[-1] != pcfg["n_samples"]:
         raise EcgsslError(f"{table} has windows of {task.x.shape[-1]} samples, the encoder was "
@@ -252,6 +253,9 @@ def _evaluate(encoder_dir, table, task_name, modes, output, cfg, fractions, prom
         run.set_tags({f"test_data.{task_name}": fingerprint,
                       **{f"table.{k}": v for k, v in tables.items()}})
         run.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)})
+        # Whether the rows fit evaluate.row_cache_mb or were re-read per pass (a big table):
+        # in the run, not in metrics.json, which holds what the model scored.
+        run.log_metrics({f"io/{k}": v for k, v in asdict(task.x.stats).items()})
         for p in pngs:
             run.log_artifact(p, "plots")
     return EvalResult(task_name, str(out), fingerprint, metrics)
