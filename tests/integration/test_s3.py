@@ -343,6 +343,20 @@ def test_a_rank_reads_only_the_row_groups_of_its_steps_from_s3(s3_env, corpus):
         got, want = remote.batch(s, plan, reader), local.batch(s, plan)
         assert all(bool((got[k] == want[k]).all()) for k in want)
     assert 0 < reader.groups_read < len(remote.groups) / 2
+    # `loader: memory` on s3://: the spawned workers fill their own readers (no pickled copy
+    # of the table each), with the batches the local folder gives
+    import pickle
+
+    from ecgssl.train.data import StepBatches, loader
+    whole = Plan(16, seed=0, shuffle_rows=64)
+    sent = {spawned: len(pickle.dumps(StepBatches(remote, whole, 0, 3, 2, True, spawned)))
+            for spawned in (False, True)}
+    assert sent[True] * 10 < sent[False]           # what each spawned worker is sent
+    got = list(loader(remote, whole, 0, 3, workers=2, memory=True))
+    want = list(loader(local, whole, 0, 3, workers=0))
+    assert [s for s, _ in got] == [s for s, _ in want] == [0, 1, 2]
+    for (_, a), (_, w) in zip(got, want):
+        assert all(bool((a[k] == w[k]).all()) for k in w)
 
 
 def test_a_flipped_bit_in_an_s3_shard_is_an_error_naming_it(s3_env, tables, tmp_path):

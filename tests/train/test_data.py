@@ -102,6 +102,24 @@ def test_resumed_loader_yields_exactly_the_batches_of_the_uninterrupted_one(smal
             assert torch.equal(a[k], b[k]) and torch.equal(a[k], c[k]), (s, k)
 
 
+def test_an_in_memory_reader_not_preloaded_keeps_each_group_it_reads(small_groups):
+    # What a spawned loader worker (an s3:// table) holds with `loader: memory`: the row groups
+    # of its own part of the steps, read once and kept over epochs; not the whole table.
+    data = small_groups[1]
+    plan = Plan(16, 0, 64)
+    per = data.steps_per_epoch(16)
+    lazy, eager = RowReader(data, memory=True, preload=False), RowReader(data, memory=True)
+    assert lazy.groups_read == 0 and eager.groups_read == len(np.unique(data.group))
+    part = np.arange(4)                      # one loader worker's share of each step
+    for s in range(3):
+        got, want = data.batch(s, plan, lazy, part), data.batch(s, plan, eager, part)
+        assert all(torch.equal(got[k], want[k]) for k in want)
+    assert 0 < lazy.groups_read < eager.groups_read
+    for s in range(per, per + 3):            # the next epoch: new groups read, none again
+        data.batch(s, plan, lazy, part)
+    assert lazy.groups_read == len(lazy.cache) < eager.groups_read   # each read once, kept
+
+
 def test_resume_refuses_a_checkpoint_that_read_the_data_in_another_order(corpus, tmp_path):
     small = dict(width=16, batch_size=16, lr=3e-3, warmup_steps=2, checkpoint_every=2,
                  loader_workers=0, method="st")

@@ -181,16 +181,17 @@ class PretrainData:
 class RowReader:
     """Raw rows by training-row number. A row group is read when a row of it is first asked
     for; the reader keeps only the rows of it that are still to come (`plan`), and drops the
-    group once they have been served. `memory=True` reads every row group up front and keeps
-    them (small tables: the same path, no reads per step)."""
+    group once they have been served. `memory=True` keeps every row group it reads (small
+    tables: the same path, no reads after the first epoch), all of them read up front unless
+    `preload=False`: then each is read when first asked for."""
 
-    def __init__(self, data: PretrainData, memory: bool = False):
+    def __init__(self, data: PretrainData, memory: bool = False, preload: bool = True):
         self.data, self.memory = data, memory
         self.cache: dict[int, list] = {}       # group -> [offsets, signal, mask, rows left]
         self.need: dict[int, np.ndarray] = {}
         self.groups_read = 0
         self.rows_held_peak = 0
-        if memory:
+        if memory and preload:
             for g in np.unique(data.group):
                 self._load(int(g), np.sort(data.offset[data.group == g]), left=-1)
 
@@ -244,16 +245,20 @@ class StepBatches(IterableDataset):
     in step order."""
 
     def __init__(self, data: PretrainData, plan: Plan, start: int, stop: int, parts: int = 1,
-                 memory: bool = False):
+                 memory: bool = False, spawned: bool = False):
         self.data, self.plan, self.start, self.stop, self.parts = data, plan, start, stop, parts
-        # An in-memory reader is filled here, once, and shared with forked workers.
-        self.shared = RowReader(data, memory=True) if memory else None
+        self.memory = memory
+        # An in-memory reader is filled here, once, and shared with forked workers. Spawned
+        # workers would each get a pickled copy of all of it: each fills its own instead,
+        # with only the row groups its part of the steps reads.
+        self.shared = RowReader(data, memory=True) if memory and not spawned else None
 
     def __iter__(self):
         info = get_worker_info()
         w = info.id if info is not None else 0
         per = self.data.steps_per_epoch(self.plan.batch_size)
-        reader, epoch = self.shared or RowReader(self.data), None
+        reader = self.shared or RowReader(self.data, memory=self.memory, preload=False)
+        epoch = None
         part = np.array_split(np.arange(self.plan.batch_size // self.plan.world_size),
                               self.parts)[w]
 
@@ -276,7 +281,8 @@ def loader(data: PretrainData, plan: Plan, start: int, stop: int, workers: int =
     # Workers of an s3:// table start fresh (spawn), not forked from a process whose S3 client
     # (made reading the index) the AWS SDK does not support in a child; each opens its own.
     context = "spawn" if workers and is_s3(data.table) else None
-    items = iter(DataLoader(StepBatches(data, plan, start, stop, n, memory), batch_size=None,
+    items = iter(DataLoader(StepBatches(data, plan, start, stop, n, memory, bool(context)),
+                            batch_size=None,
                             num_workers=workers, pin_memory=device.type == "cuda",
                             prefetch_factor=4 if workers else None,
                             multiprocessing_context=context))
