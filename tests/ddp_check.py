@@ -3,7 +3,9 @@ launched ranks, and check a DDP step against the same step in one process."""
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,20 @@ import torch
 from ecgssl.config import PretrainConfig
 from ecgssl.train.data import Plan, PretrainData
 from ecgssl.train.loop import build, step_losses
+
+WORKER = Path(__file__).parent / "train" / "ddp_worker.py"
+TORCHRUN = Path(sys.executable).parent / "torchrun"
+
+
+def torchrun_node(node_rank: int, port: int, args: list[str], log: Path) -> subprocess.Popen:
+    """One "node" of two on 127.0.0.1 running tests/train/ddp_worker.py: its own torchrun
+    agent, meeting the other at the c10d endpoint."""
+    return subprocess.Popen(
+        [str(TORCHRUN), "--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d",
+         "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", f"ecgssl-test-{port}",
+         "--node-rank", str(node_rank), "--max-restarts", "0", str(WORKER), *args],
+        stdout=open(log, "w"), stderr=subprocess.STDOUT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 def wait_all(procs: list[subprocess.Popen], logs: list[Path], timeout: float = 300) -> str:

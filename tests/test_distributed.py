@@ -3,22 +3,15 @@ take the same step as one process, to the float (losses and gradients)."""
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-from ddp_check import assert_same_step_as_one_process, wait_all
+from ddp_check import assert_same_step_as_one_process, torchrun_node, wait_all
 
 from ecgssl.distributed import init_from_env, local_rank
 from ecgssl.errors import EcgsslError
 from ecgssl.storage import Paths
-
-WORKER = Path(__file__).parent / "train" / "ddp_worker.py"
-TORCHRUN = Path(sys.executable).parent / "torchrun"
 
 
 def free_port() -> int:
@@ -27,22 +20,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _node(node_rank: int, port: int, args: list[str], log: Path) -> subprocess.Popen:
-    """One "node": its own torchrun agent, meeting the other at the c10d endpoint."""
-    return subprocess.Popen(
-        [str(TORCHRUN), "--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d",
-         "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", f"ecgssl-test-{port}",
-         "--node-rank", str(node_rank), "--max-restarts", "0", str(WORKER), *args],
-        stdout=open(log, "w"), stderr=subprocess.STDOUT,
-        env={**os.environ, "OMP_NUM_THREADS": "1"})
-
-
 def test_two_nodes_with_c10d_rendezvous_equal_one_process(corpus, tmp_path):
     method = "mets+st"
     out = tmp_path / "ddp.pt"
     args = [str(corpus["table"]), str(corpus["text_emb"]), str(out), method]
     port = free_port()
-    nodes = [_node(i, port, args, tmp_path / f"node{i}.log") for i in (0, 1)]
+    nodes = [torchrun_node(i, port, args, tmp_path / f"node{i}.log") for i in (0, 1)]
     wait_all(nodes, [tmp_path / f"node{i}.log" for i in (0, 1)])
     ddp = torch.load(out, weights_only=True)
     # Two nodes, not two processes on one: each rank is local rank 0 of its own node.

@@ -359,6 +359,25 @@ def test_a_rank_reads_only_the_row_groups_of_its_steps_from_s3(s3_env, corpus):
         assert all(bool((a[k] == w[k]).all()) for k in w)
 
 
+def test_two_nodes_train_from_an_s3_table_as_one_process_does_locally(s3_env, corpus,
+                                                                         tmp_path):
+    """Multi-node DDP as a Kubeflow TrainJob runs it, straight from object storage: two
+    torchrun "nodes" (c10d) each read their rank's rows of the s3:// table, and their step
+    equals one process's step on the local folder (losses and gradients)."""
+    import torch
+    from ddp_check import assert_same_step_as_one_process, torchrun_node, wait_all
+    b = s3_env["BUCKET"]
+    upload_tree(b, corpus["table"], "tables/corpus")
+    out = tmp_path / "ddp.pt"
+    args = [f"s3://{b}/tables/corpus", str(corpus["text_emb"]), str(out), "mets+st"]
+    port = free_port()
+    logs = [tmp_path / f"node{i}.log" for i in (0, 1)]
+    wait_all([torchrun_node(i, port, args, log) for i, log in zip((0, 1), logs)], logs)
+    ddp = torch.load(out, weights_only=True)
+    assert sorted(r["GROUP_RANK"] for r in ddp["layout"]) == [0, 1]
+    assert_same_step_as_one_process(ddp, corpus["table"], corpus["text_emb"], "mets+st")
+
+
 def test_a_flipped_bit_in_an_s3_shard_is_an_error_naming_it(s3_env, tables, tmp_path):
     """Streaming from S3 keeps the table's page checksums: a silently flipped bit in a shard
     (plain Parquet reading returns other values) is a clear error naming the object."""
