@@ -508,6 +508,27 @@ def table_files(table: str | os.PathLike) -> Path:
                 want=lambda k: not k.endswith(".parquet"))
 
 
+def _named_by_headers(local: Path, records: list[str]) -> set[str]:
+    """The files the records' (local) headers name: a header may name a signal file other
+    than `<record>.dat`."""
+    from wfdb.io.header import parse_header_content, rx_signal
+    files = set()
+    for rec in records:
+        if rec.startswith("/") or ".." in rec.split("/"):
+            continue                    # refused when read (check_record_path)
+        try:
+            text = (local / f"{rec}.hea").read_text(encoding="ascii", errors="ignore")
+            lines = parse_header_content(text)[0]
+        except (OSError, ValueError):
+            continue
+        folder = rec.rpartition("/")[0]
+        for line in lines[1:]:
+            m = rx_signal.match(line)
+            if m and m["file_name"]:
+                files.add(f"{folder}/{m['file_name']}" if folder else m["file_name"])
+    return files
+
+
 class Paths:
     """Local paths for a stage's arguments, local or s3://. Inputs are pulled at once; outputs
     are staged locally and pushed by `commit()` (the CLI calls it when the stage succeeded)."""
@@ -536,9 +557,9 @@ class Paths:
              remote=remote)
 
         def fetch(records: list[str]) -> None:
-            names = set(records)
+            names, files = set(records), _named_by_headers(local, records)
             pull(uri, local, want=lambda k: k.endswith(PAYLOAD_SUFFIXES)
-                 and k.rsplit(".", 1)[0] in names, remote=remote)
+                 and (k.rsplit(".", 1)[0] in names or k in files), remote=remote)
         return local, _fingerprint([(k, size, m) for k, (size, m, _) in remote.items()
                                     if k != _MIRROR_RECORD]), fetch
 

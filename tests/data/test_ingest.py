@@ -314,3 +314,19 @@ def test_part_option_is_checked(tmp_path, sample):
     for bad in ("4/4", "-1/2", "1", "a/b", "0/0"):
         with pytest.raises(EcgsslError, match="--part takes K/N"):
             parse_part(bad)
+
+
+def test_a_record_listed_twice_is_ingested_once(tmp_path, sample):
+    # A RECORDS file naming a record twice (two lists pasted together, or `sub/` plus
+    # `sub/rec`) made two copies of its rows: ecg_id is the table's unique key.
+    src = tmp_path / "cinc2017"
+    (src / "sub").mkdir(parents=True)
+    for r in ("A00001", "A00002"):
+        for f in sample.glob(f"cinc2017/{r}.*"):
+            (src / "sub" / f.name).symlink_to(f)
+    (src / "RECORDS").write_text("sub/A00001\nsub/A00002\nsub/A00001\nsub/\n")
+    ingest("cinc2017", src, tmp_path / "out", IngestConfig(workers=1), progress=False)
+    m = read_manifest(tmp_path / "out")
+    ids = read_table(tmp_path / "out", columns=["ecg_id"]).column("ecg_id")
+    assert m["records_total"] == m["records_ok"] == 2
+    assert len(ids) == len(set(ids)) == m["rows"]

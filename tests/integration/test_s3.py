@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import boto3
+import numpy as np
 import pytest
 import yaml
 from corrupt import flip_a_bit_silently
@@ -176,6 +177,26 @@ def test_ingest_slices_of_an_s3_source_fetch_only_their_own_records(s3_env, tmp_
     whole = json.loads((tmp_path / "whole/_manifest.json").read_text())
     assert sliced["options_key"] == whole["options_key"]
     assert sliced["shard_info"] == whole["shard_info"] and sliced["rows"] == whole["rows"]
+
+
+def test_a_slice_fetches_the_signal_files_its_headers_name(s3_env, tmp_path):
+    """A header may name a signal file other than `<record>.dat` (here `signals.dat`): a
+    slice fetched only `<record>.*`, so such a record was read locally but quarantined from
+    S3 (`signal file missing`)."""
+    from ecgssl.data.sources.base import read_wfdb
+    from ecgssl.storage import Paths
+    b, src = s3_env["BUCKET"], ROOT / "data/sample/ptbxl/records100/00000/00001_lr"
+    local = tmp_path / "in"
+    (local / "site").mkdir(parents=True)
+    shutil.copyfile(f"{src}.dat", local / "site/signals.dat")
+    (local / "site/rec.hea").write_text(src.with_suffix(".hea").read_text()
+                                        .replace("00001_lr.dat", "signals.dat")
+                                        .replace("00001_lr", "rec"))
+    upload_tree(b, local, "raw/mine")
+    root, _, fetch = Paths().input_records(f"s3://{b}/raw/mine")
+    fetch(["site/rec"])
+    np.testing.assert_array_equal(read_wfdb(root, "site/rec")[0],
+                                  read_wfdb(local, "site/rec")[0])
 
 
 def test_a_labels_csv_on_s3_labels_an_s3_wfdb_folder(s3_env, tmp_path):

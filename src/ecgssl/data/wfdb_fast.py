@@ -67,8 +67,9 @@ class Header:
 def read_header(path: Path) -> Header:
     # plain strings on this path (and in read_digital): pathlib's joins cost ~7 us each,
     # a tenth of reading a short record
-    with open(f"{path}.hea", encoding="ascii", errors="ignore") as fh:
-        text = fh.read()
+    with open(f"{path}.hea", "rb") as fh:
+        raw = fh.read()
+    text = raw.decode("ascii", errors="ignore")     # as wfdb reads it
     lines, comments = parse_header_content(text)
     rec = rx_record.match(lines[0]) if lines else None
     if rec is None or rec["n_seg"] or not rec["sig_len"]:
@@ -91,9 +92,28 @@ def read_header(path: Path) -> Header:
     return Header(fs=float(rec["fs"] or 250), sig_len=int(rec["sig_len"]),
                   file_name=s0["file_name"], fmt=s0["fmt"],
                   byte_offset=int(s0["byte_offset"] or 0), adc_gain=gain, baseline=base,
-                  units=[s["units"] or "mV" for s in sigs], sig_name=[s["sig_name"] for s in sigs],
+                  units=units_as_written(raw, [s["units"] or "mV" for s in sigs]),
+                  sig_name=[s["sig_name"] for s in sigs],
                   comments=[c.strip(" \t#") for c in comments],
                   checksum=[int(s["checksum"]) if s["checksum"] else None for s in sigs])
+
+
+def units_as_written(raw: bytes, units: list[str]) -> list[str]:
+    """`units` as the ASCII read of header `raw` gives them (wfdb's read, and ours), with those
+    that hold non-ASCII letters as written: that read drops the bytes, so a lead in "µV" read
+    as "V" and came out 10^6 times too large."""
+    if raw.isascii():
+        return units
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")
+    out = list(units)
+    for i, line in enumerate(parse_header_content(text)[0][1:1 + len(units)]):
+        s = rx_signal.match(line)
+        if s and not s["units"].isascii():
+            out[i] = s["units"]
+    return out
 
 
 def check_file_name(name: str, path: Path) -> None:
@@ -140,7 +160,14 @@ def read_record(path: Path, h: Header | None = None) -> tuple[np.ndarray, Header
     if bad is not None:
         raise BadRecord(f"signal {h.sig_name[bad]} of {path.name} does not match its header "
                         f"checksum {h.checksum[bad]} (corrupt {h.file_name}?)", "checksum")
-    sig = (d.astype(np.float32) - h.baseline[:, None].astype(np.float32)) / \
-        h.adc_gain[:, None].astype(np.float32)
+    gain32 = h.adc_gain.astype(np.float32)
+    if np.array_equal(gain32, h.adc_gain):
+        # a gain float32 holds exactly (200, 1000, ...): float32 arithmetic rounds once, to
+        # the very float32 wfdb gets from its float64 division
+        sig = (d.astype(np.float32) - h.baseline[:, None].astype(np.float32)) / gain32[:, None]
+    else:
+        # a gain like 0.3 or 37.7 would be rounded to float32 first, then the quotient: 1 ulp
+        # off wfdb (and the fallback path) on a third of the samples. Divide as wfdb does.
+        sig = ((d - h.baseline[:, None]) / h.adc_gain[:, None]).astype(np.float32)
     sig[d == INVALID[h.fmt]] = np.nan
     return sig, h

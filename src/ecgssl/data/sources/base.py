@@ -112,9 +112,11 @@ def list_records(root: Path, where: dict[str, str] | None = None) -> list[str]:
             name = line if unsafe_name(line) else prefix + line
             names.append(name)
             if where is not None:
-                where[name] = f"{rel} line {n}"
+                where.setdefault(name, f"{rel} line {n}")
         return names
-    return expand(root)
+    # a record listed twice (two lists pasted together, `sub/` and `sub/rec`) is read once:
+    # its rows twice would break ecg_id's uniqueness
+    return list(dict.fromkeys(expand(root)))
 
 
 def unsafe_name(name: str) -> str | None:
@@ -190,16 +192,27 @@ def _check_size(record: str, sig_len: int | None, n_sig: int | None,
                           f"over ingest.max_record_mb = {max_mb:g}", "too_large")
 
 
-_UNIT_TO_MV = {"mv": 1.0, "uv": 1e-3, "µv": 1e-3, "v": 1e3}
+_UNIT_TO_MV = {"mv": 1.0, "uv": 1e-3, "µv": 1e-3, "μv": 1e-3, "v": 1e3}   # micro sign, Greek mu
 
 
 def _read_with_wfdb(root: Path, record: str, max_mb: float | None = None):
     try:
         header = wfdb.rdheader(str(root / record))
+        if not isinstance(header, wfdb.Record):
+            # Read as one, its samples would come twice wherever its segments (headers of
+            # their own) are listed too, as every header is without a RECORDS file.
+            raise RecordError(f"{record}: a multi-segment record ({len(header.seg_name or [])}"
+                              " segments) is not read as one; its segments are records of "
+                              "their own: list those", "bad_header")
         for f in set(header.file_name or []):
             wfdb_fast.check_file_name(f, root / record)
         _check_size(record, header.sig_len, header.n_sig, max_mb)
-        rec = wfdb.rdrecord(str(root / record), return_res=32)
+        # the digital samples first, for the checksums the fast path checks too, then wfdb's
+        # own conversion (what rdrecord(return_res=32) returns, to the bit)
+        rec = wfdb.rdrecord(str(root / record), return_res=32, physical=False)
+        if rec.d_signal is not None and rec.d_signal.shape[0] == rec.sig_len:
+            _check_checksums(record, rec)
+            rec.dac(expanded=False, return_res=32, inplace=True)
     except wfdb_fast.BadRecord as exc:
         raise RecordError(f"{record}: {exc}", exc.kind) from None
     except RecordError:
@@ -208,11 +221,26 @@ def _read_with_wfdb(root: Path, record: str, max_mb: float | None = None):
         raise _diagnose(root, record, exc) from None
     sig = rec.p_signal
     if sig is None or sig.shape[0] != rec.sig_len or not rec.sig_len:
-        got = 0 if sig is None else sig.shape[0]
+        held = sig if sig is not None else rec.d_signal
+        got = 0 if held is None else held.shape[0]
         raise RecordError(f"truncated signal file for {record}: header says {rec.sig_len} "
                           f"samples, file holds {got}", "truncated")
-    return (np.ascontiguousarray(sig.T), list(rec.sig_name), list(rec.units or []),
+    with open(wfdb_fast.header_path(root / record), "rb") as fh:
+        units = wfdb_fast.units_as_written(fh.read(), list(rec.units or []))
+    return (np.ascontiguousarray(sig.T), list(rec.sig_name), units,
             list(rec.comments or []), float(rec.fs))
+
+
+def _check_checksums(record: str, rec: wfdb.Record) -> None:
+    """RecordError("checksum") as the fast path raises it, for a record wfdb read (digital).
+    Not for multi-frequency or skewed signals: their stored samples are not what was read."""
+    if any((s or 1) != 1 for s in rec.samps_per_frame or []) or any(rec.skew or []):
+        return
+    bad = wfdb_fast.checksum_mismatch(rec.d_signal.T, list(rec.checksum or []))
+    if bad is not None:
+        raise RecordError(f"{record}: signal {rec.sig_name[bad]} does not match its header "
+                          f"checksum {rec.checksum[bad]} (corrupt {rec.file_name[bad]}?)",
+                          "checksum")
 
 
 def _diagnose(root: Path, record: str, exc: Exception) -> RecordError:
