@@ -198,3 +198,79 @@ def test_a_row_cache_below_the_table_streams_to_the_same_metrics(encoder, tables
     n = whole.metrics["data/mitdb-aami/test_rows"]
     assert held[str(bounded.row_cache_mb)] <= 300 < held["1024.0"]
     assert read[str(bounded.row_cache_mb)] > read["1024.0"] >= n      # re-read per pass
+
+
+# --- review findings: results carried over between evaluations ------------------------------
+
+def _cinc2017_subset(sample, tmp_path, n: int):
+    """A second cinc2017 table: the first `n` sample records, ingested on their own (other
+    test rows, other shards)."""
+    import shutil
+
+    from ecgssl.config import IngestConfig
+    from ecgssl.data.ingest import ingest
+    src = tmp_path / "cinc2017-subset"
+    src.mkdir()
+    ref = (sample / "cinc2017/REFERENCE.csv").read_text().split()[:n]
+    for line in ref:
+        rec = line.split(",")[0]
+        for f in (sample / "cinc2017").glob(f"{rec}.*"):
+            shutil.copyfile(f, src / f.name)
+    (src / "REFERENCE.csv").write_text("\n".join(ref) + "\n")
+    (src / "RECORDS").write_text("".join(line.split(",")[0] + "\n" for line in ref))
+    ingest("cinc2017", src, tmp_path / "table-subset", IngestConfig(workers=1), progress=False)
+    return tmp_path / "table-subset"
+
+
+def test_metrics_of_other_test_data_do_not_carry_over(encoder, tables, sample, tmp_path):
+    # Same encoder, same output folder, another test table: the probe metrics measured on the
+    # first table's test split must not stay in metrics.json beside a test_data.json that
+    # names the second table's test rows (register would tag them with the wrong test data).
+    out = tmp_path / "eval"
+    first = stage.run_evaluate(encoder, tables["cinc2017"], "cinc2017-af", ["probe"], out,
+                               FAST, fractions=[100], progress=False)
+    # another mode on the same tables carries over (one folder, every mode of one encoder)
+    stage.run_evaluate(encoder, tables["cinc2017"], "cinc2017-af", ["zeroshot"], out, FAST,
+                       progress=False)
+    saved = json.loads((out / "metrics.json").read_text())
+    assert "probe/cinc2017-af/macro_auroc" in saved and "zeroshot/cinc2017-af/macro_auroc" in saved
+    other = _cinc2017_subset(sample, tmp_path, 160)
+    second = stage.run_evaluate(encoder, tables["cinc2017"], "cinc2017-af", ["zeroshot"], out,
+                                FAST, fractions=[100], progress=False, test_table=other)
+    assert first.test_fingerprint != second.test_fingerprint
+    saved = json.loads((out / "metrics.json").read_text())
+    td = json.loads((out / "test_data.json").read_text())
+    assert td["cinc2017-af"] == second.test_fingerprint
+    assert "probe/cinc2017-af/macro_auroc" not in saved
+    assert not (out / "classifier-probe").exists()
+
+
+def test_zeroshot_of_an_st_encoder_is_a_clear_error(corpus, tables, tmp_path):
+    st = tmp_path / "st"
+    pretrain(corpus["table"], None, st, PretrainConfig(
+        method="st", width=16, batch_size=16, max_steps=1, warmup_steps=1), progress=False)
+    with pytest.raises(EcgsslError, match="METS-pretrained"):
+        stage.run_evaluate(st, tables["cinc2017"], "cinc2017-af", ["zeroshot"], tmp_path / "e",
+                           FAST, progress=False)
+
+
+def test_metrics_of_a_task_whose_test_rows_changed_do_not_carry_over(encoder, tables, tmp_path,
+                                                                      monkeypatch):
+    # Same encoder and table, but the user task's classes changed (so did its test rows):
+    # the earlier probe of the task measured other rows and must not stay.
+    from ecgssl.config import UserTask
+    from ecgssl.evaluate import tasks
+    monkeypatch.setattr(tasks, "TASKS", dict(tasks.TASKS))
+
+    def cfg(classes):
+        return FAST.model_copy(update={"tasks": {"my-af": UserTask(
+            dataset="cinc2017", classes=classes, multilabel=False)}})
+    out = tmp_path / "eval"
+    a = stage.run_evaluate(encoder, tables["cinc2017"], "my-af", ["probe"], out,
+                           cfg(["N", "A"]), fractions=[100], progress=False)
+    b = stage.run_evaluate(encoder, tables["cinc2017"], "my-af", ["zeroshot"], out,
+                           cfg(["N", "A", "O"]), progress=False)
+    assert a.test_fingerprint != b.test_fingerprint
+    saved = json.loads((out / "metrics.json").read_text())
+    assert "zeroshot/my-af/macro_auroc" in saved
+    assert "probe/my-af/macro_auroc" not in saved and not (out / "classifier-probe").exists()

@@ -89,3 +89,18 @@ def test_user_tasks_from_params_are_tasks_everywhere(tables, monkeypatch):
 def test_bad_user_tasks_are_refused_with_the_key_named(raw, message):
     with pytest.raises(ConfigError, match=message):
         params_from_dict(raw)
+
+
+def test_an_external_test_table_does_not_add_classes(tables, table_copy):
+    # "every class present" of a built-in task is read from the data the model is trained and
+    # validated on: a code that only the external test table (--test-data) has is not a class
+    # (no train positive: it cannot be learned, and the label space would follow test labels).
+    import pyarrow as pa
+    unseen = "999999999"
+    other = table_copy(tables["cinc2020"], "labels", lambda t: pa.array(
+        [[*labs, unseen] for labs in t.column("labels").to_pylist()],
+        t.schema.field("labels").type))
+    own = load_task("cinc2020-dx", tables["cinc2020"])
+    t = load_task("cinc2020-dx", tables["cinc2020"], test_table=other)
+    assert unseen not in t.classes
+    assert set(t.classes) <= set(own.classes) and len(t.part("test"))

@@ -74,3 +74,15 @@ def test_draws_for_a_global_batch_give_each_rank_its_slice():
         assert torch.equal(random_lead_subsets(mask[rows], 0.5, torch.Generator().manual_seed(6),
                                                rows, 8), sub[rows])
     assert (whole["mask"].sum(1) == mask.sum(1)).all()    # a permutation of present leads
+
+
+def test_reconstruction_loss_of_a_bf16_prediction_divides_by_the_exact_count():
+    # Under bf16 autocast the decoder's output is bf16; the count of masked samples must not
+    # be rounded to bf16's 8 bits (257 -> 256), or every step's loss is off by up to 0.4 %.
+    pred = torch.zeros(1, 12, 300, dtype=torch.bfloat16)
+    target = torch.ones(1, 12, 300)
+    time_mask = torch.zeros(1, 300, dtype=torch.bool)
+    time_mask[0, :257] = True
+    lead_mask = torch.zeros(1, 12, dtype=torch.bool)
+    lead_mask[0, 0] = True
+    assert reconstruction_loss(pred, target, time_mask, lead_mask).item() == 1.0

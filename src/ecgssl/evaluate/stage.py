@@ -14,6 +14,7 @@ validation rows only; the test split is scored once per model.
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -150,8 +151,14 @@ def run_evaluate(encoder_dir: str | Path, table: str | Path, task_name: str, mod
     and val from `table`; test_data.json records both tables' fingerprints."""
     add_user_tasks(cfg.tasks)
     encoder_sha = encoder_hash(encoder_dir)
-    same = lambda old: encoder_sha is not None and (old / "test_data.json").is_file() and \
-        read_json(old / "test_data.json").get(ENCODER_HASH) == encoder_sha   # noqa: E731
+    tables = table_fingerprints(table, test_table)
+
+    def same(old: Path) -> bool:
+        # the same encoder on the same tables: other modes' results of another --data or
+        # --test-data would sit beside a test_data.json naming this run's test rows
+        td = read_json(old / "test_data.json") if (old / "test_data.json").is_file() else {}
+        return encoder_sha is not None and td.get(ENCODER_HASH) == encoder_sha and \
+            td.get(TABLES) == tables
     with staged_folder(output, OWNED, ("metrics.json", "test_data.json", "scores.parquet"),
                        keep=same) as stage:
         r = _evaluate(encoder_dir, table, task_name, modes, stage, cfg, fractions,
@@ -169,6 +176,9 @@ def _evaluate(encoder_dir, table, task_name, modes, output, cfg, fractions, prom
     task = load_task(task_name, table, test_table=test_table,
                      cache_bytes=int(cfg.row_cache_mb * 2**20))
     model, pcfg = load_pretrained(encoder_dir)
+    if "zeroshot" in modes and model.mets is None:
+        raise EcgsslError(f"zero-shot needs a METS-pretrained encoder (method mets or mets+st); "
+                          f"{encoder_dir} was pretrained with method {pcfg.get('method')!r}")
     if task.x.shape[-1] != pcfg["n_samples"]:
         raise EcgsslError(f"{table} has windows of {task.x.shape[-1]} samples, the encoder was "
                           f"pretrained on {pcfg['n_samples']}; ingest at the same fs/window")
@@ -181,8 +191,7 @@ def _evaluate(encoder_dir, table, task_name, modes, output, cfg, fractions, prom
     # keeps no val split (train rows are never test rows).
     decide_on = task.part("val") if len(task.part("val")) else train
     fingerprint = test_fingerprint(task)
-    tables = {"data": table_fingerprint(table),
-              **({"test_data": table_fingerprint(test_table)} if test_table else {})}
+    tables = table_fingerprints(table, test_table)
     items = Levels(task, get_task(task_name).level == "record").items(test)
     scored: dict[str, ModeScores] = {}      # per-item test scores of the headline models
     lineage_tags, pretrain_params = lineage(ctx, encoder_sha, pcfg)
@@ -240,10 +249,21 @@ def _evaluate(encoder_dir, table, task_name, modes, output, cfg, fractions, prom
         metrics[f"data/{task_name}/test_rows"] = int(len(test))
         metrics[f"data/{task_name}/test_records"] = int(len(set(task.record[test])))
         old = read_json(out / "metrics.json") if (out / "metrics.json").is_file() else {}
+        old_td = read_json(out / "test_data.json") if (out / "test_data.json").is_file() else {}
+        if old_td.get(task_name, fingerprint) != fingerprint:
+            # this task's test rows changed (e.g. a user task's classes): its earlier
+            # results measured other rows
+            old = {k: v for k, v in old.items() if k.split("/")[1:2] != [task_name]}
+            for d in out.glob("classifier-*"):
+                if d.name.removeprefix("classifier-") not in modes and \
+                        (d / "classifier.json").is_file() and \
+                        read_json(d / "classifier.json").get("task") == task_name:
+                    shutil.rmtree(d)
         write_json(out / "metrics.json", {**old, **metrics})
         # Which test data these numbers are for: promotion only compares equal fingerprints.
-        write_json(out / "test_data.json", {task_name: fingerprint, ENCODER_HASH: encoder_sha,
-                                            TABLES: tables})
+        # Other tasks' entries stay with their metrics (kept only for the same encoder/tables).
+        write_json(out / "test_data.json", {**old_td, task_name: fingerprint,
+                                            ENCODER_HASH: encoder_sha, TABLES: tables})
         if scored:       # what `promote` pairs challenger and champion on
             y_test = next(iter(scored.values())).y
             write_scores(out / SCORES_FILE, task_name, task.classes, task.multilabel,
@@ -259,6 +279,12 @@ def _evaluate(encoder_dir, table, task_name, modes, output, cfg, fractions, prom
         for p in pngs:
             run.log_artifact(p, "plots")
     return EvalResult(task_name, str(out), fingerprint, metrics)
+
+
+def table_fingerprints(table: str | Path, test_table: str | Path | None = None) -> dict:
+    """test_data.json's `tables`: the fingerprints of the tables an evaluation read."""
+    return {"data": table_fingerprint(table),
+            **({"test_data": table_fingerprint(test_table)} if test_table else {})}
 
 
 def table_fingerprint(table: str | Path) -> str:

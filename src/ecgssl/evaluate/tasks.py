@@ -130,10 +130,13 @@ def get_task(name: str) -> TaskSpec:
 
 
 def _targets(spec: TaskSpec, labels: list[list[str]], table: Path | str, min_positives: int,
-             split: np.ndarray | None = None):
-    """(classes, kept row positions, y) from each row's native labels."""
+             split: np.ndarray | None = None, external_test: bool = False):
+    """(classes, kept row positions, y) from each row's native labels. With an external test
+    table (`external_test`: every "test" row is its), classes are counted without its rows:
+    the label space never follows labels that only the test data has."""
     counted = [i for i in range(len(labels)) if split is None or split[i] == "train"] \
-        if spec.classes_from == "train" else range(len(labels))
+        if spec.classes_from == "train" else \
+        [i for i in range(len(labels)) if not external_test or split[i] != "test"]
     if not spec.multilabel:
         classes = list(spec.classes) if spec.classes else \
             sorted({labels[i][0] for i in counted if labels[i]})
@@ -218,7 +221,8 @@ def load_task(name: str, table: str | Path, min_positives: int = 1,
                  (tt, trows, np.full(len(trows), "test", dtype=object))]
     labels = [list(p.column("labels")[i]) for p, r, _ in parts for i in r]
     split_all = np.concatenate([s for _, _, s in parts]).astype(object)
-    classes, keep, y = _targets(spec, labels, table, min_positives, split_all)
+    classes, keep, y = _targets(spec, labels, table, min_positives, split_all,
+                                external_test=test_table is not None)
     keep = np.asarray(keep, dtype=np.int64)
     split = split_all[keep]
     if not (split == "test").any():

@@ -85,7 +85,8 @@ class STHead(nn.Module):
 
 def reconstruction_loss(pred, target, time_mask, lead_mask, dist: DistState = SINGLE):
     """MSE over masked time samples of present leads only (mean over the global batch)."""
-    w = (time_mask[:, None, :] & lead_mask[:, :, None]).to(pred.dtype)
+    # fp32 weights even for a bf16 prediction: their sum is the count, exact only in fp32
+    w = (time_mask[:, None, :] & lead_mask[:, :, None]).float()
     return global_mean(((pred - target) ** 2 * w).sum(), w.sum(), dist)
 
 
