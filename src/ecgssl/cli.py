@@ -123,9 +123,11 @@ def ingest(
     workers: Annotated[Optional[int], typer.Option(
         help="Worker processes [default: ingest.workers or CPU count]")] = None,
     metadata: Annotated[Optional[str], typer.Option(
-        help="wfdb only: labels CSV (a file or an s3:// object) with a `record` column (path "
+        help="wfdb: labels CSV (a file or an s3:// object) with a `record` column (path "
         "relative to --input, no extension) and optional labels (`;`-separated), "
-        "patient_id, split, report_device, age, sex.")] = None,
+        "patient_id, split, report_device, age, sex. cinc2020: PTB-XL's "
+        "ptbxl_database.csv, so that its HR records (PTB-XL's ECGs) keep PTB-XL's patients "
+        "and folds (else they are hash-split, with a warning).")] = None,
     split: Annotated[Optional[SplitName], typer.Option(
         help="wfdb only: put every record in this split (e.g. test for an external test "
         "set) [default: the CSV's split, else a patient hash]")] = None,

@@ -65,9 +65,11 @@ class BaseConfig(Section):
 
 
 class SourceOptions(Section):
-    """A source's own options (the `wfdb` source's; what `ecgssl ingest wfdb --metadata
-    --split --dataset` set on the command line)."""
-    metadata: str | None = Field(None, description="labels CSV, a file or an s3:// object")
+    """A source's own options (what `ecgssl ingest SOURCE --metadata --split --dataset` set on
+    the command line): the `wfdb` source takes all three, `cinc2020` only `metadata`."""
+    metadata: str | None = Field(None, description="wfdb: the labels CSV; cinc2020: PTB-XL's "
+                                 "ptbxl_database.csv, to split its HR records (PTB-XL's ECGs) "
+                                 "by PTB-XL's folds. A file or an s3:// object")
     split: Literal["train", "val", "test"] | None = Field(
         None, description="every record in this split (e.g. test for an external test set)")
     dataset: str | None = Field(None, description="the rows' `dataset` value [default: wfdb]")
@@ -91,8 +93,8 @@ class IngestConfig(Section):
         "in memory")
     source_options: dict[Annotated[str, one_of(SOURCES_REGISTRY)], SourceOptions] = Field(
         {}, description="per source name: its options (the wfdb source's metadata CSV, split "
-        "and dataset), so that DVC and Kubeflow ingest it as `ecgssl ingest wfdb --metadata "
-        "...` does; command-line flags override them")
+        "and dataset; cinc2020's PTB-XL database), so that DVC and Kubeflow ingest it as "
+        "`ecgssl ingest SOURCE --metadata ...` does; command-line flags override them")
 
     def options_for(self, source: str, **flags) -> dict:
         """The options of `source`: this section's, with the non-None `flags` over them."""

@@ -115,7 +115,7 @@ def test_split_option_forces_one_split_and_no_csv_works(folder, tmp_path):
 def test_wfdb_options_are_refused_for_other_sources_and_bad_csvs(folder, sample, tmp_path):
     p = cli("ingest", "cinc2017", "--input", sample / "cinc2017", "--metadata",
             tmp_path / "x.csv", "--output", tmp_path / "o", "--no-progress")
-    assert p.returncode == 2 and "ingest wfdb" in p.stderr
+    assert p.returncode == 2 and "cinc2017 takes no option(s) metadata" in p.stderr
     bad = tmp_path / "bad.csv"
     bad.write_text("name,labels\nA00001,N\n")
     p = cli("ingest", "wfdb", "--input", folder, "--metadata", bad, "--output",

@@ -346,9 +346,9 @@ def ingest(source_name: str, input_dir: str | Path, output_dir: str | Path,
         base |= {"source_options": src_options, "dataset": source.name}
     if getattr(source, "report", None):
         base |= {"metadata": {**source.report, "warnings": warnings},
-                 # the two counts also at the top, beside records_quarantined
-                 "records_without_labels": source.report["records_without_labels"],
-                 "rows_without_record": source.report["rows_without_record"]}
+                 # the wfdb source's two counts also at the top, beside records_quarantined
+                 **{k: source.report[k] for k in ("records_without_labels",
+                                                  "rows_without_record") if k in source.report}}
     k, n = part
     if n == 1:
         with writing(out, "ingest", key) as job:

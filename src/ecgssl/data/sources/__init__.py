@@ -28,11 +28,13 @@ def get_source(name: str, fs: float, options: dict | None = None) -> Source:
     if name not in SOURCES:
         raise ValueError(f"unknown source {name!r}; choose one of {', '.join(SOURCES)}")
     given = {k: v for k, v in (options or {}).items() if v is not None}
-    if given and not SOURCES[name]().options().keys() >= given.keys():
+    unknown = sorted(set(given) - set(SOURCES[name].option_names))
+    if unknown:
         from ecgssl.errors import EcgsslError
-        raise EcgsslError(f"source {name} takes no option(s) {', '.join(sorted(given))} "
-                          "(only `ecgssl ingest wfdb` takes --metadata, --split and --dataset, "
-                          "and ingest.source_options only for wfdb)")
+        takes = {n: c.option_names for n, c in SOURCES.items() if c.option_names}
+        raise EcgsslError(f"source {name} takes no option(s) {', '.join(unknown)}; options "
+                          "(flags or ingest.source_options) are " + "; ".join(
+                              f"{n}: {', '.join(o)}" for n, o in takes.items()))
     return SOURCES[name](fs, **given)
 
 

@@ -50,6 +50,7 @@ class Source:
     n_leads: int | None = None       # leads every record must have; None = any
     split_rule: str = "train/val/test 80/10/10 by a stable hash of the patient (or record)"
     max_record_mb: float | None = None   # set by ingest (ingest.max_record_mb); passed to read_wfdb
+    option_names: tuple[str, ...] = ()   # constructor options it takes (ingest.source_options)
 
     def __init__(self, fs: float = 100):
         self.fs = fs

@@ -105,6 +105,7 @@ def parse_labels(text: str | None) -> list[str]:
 class WfdbSource(Source):
     name = "wfdb"
     n_leads = None
+    option_names = ("metadata", "split", "dataset")
     split_rule = ("--split for every record, else the metadata CSV's split column, else "
                   "train/val/test 80/10/10 by a stable hash of the patient (or record)")
 
