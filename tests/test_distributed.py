@@ -3,7 +3,10 @@ take the same step as one process, to the float (losses and gradients)."""
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -75,3 +78,32 @@ def test_only_global_rank_0_uploads_an_s3_output(tmp_path, monkeypatch):
                 paths.commit()
         else:
             paths.commit()
+
+
+_AGREE = """
+import os, sys, torch
+from ecgssl.distributed import init_from_env, same_on_every_rank
+from ecgssl.errors import EcgsslError
+state = init_from_env(torch.device("cpu"))
+same_on_every_rank(4, "the same value", state)               # agreed: nothing happens
+try:
+    same_on_every_rank(int(os.environ["RANK"]) * 2, "the step to resume from", state)
+except EcgsslError as exc:
+    print("refused:", exc)
+"""
+
+
+def test_ranks_that_would_resume_from_different_steps_are_refused(tmp_path):
+    # As two nodes with node-local --output folders would: rank 0 found a checkpoint at step
+    # 2, rank 1 none. Both refuse, naming what each saw, over a real gloo group.
+    port = free_port()
+    procs = [subprocess.Popen(
+        [sys.executable, "-c", _AGREE], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, env={**os.environ, "RANK": str(r), "WORLD_SIZE": "2", "LOCAL_RANK": "0",
+                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+        for r in (0, 1)]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, out
+        assert "refused: the ranks disagree on the step to resume from (rank 0: 0, " \
+               "rank 1: 2)" in out and "s3://" in out, out

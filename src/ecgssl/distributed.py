@@ -105,3 +105,21 @@ def mean_over_ranks(values: dict[str, torch.Tensor], state: DistState = SINGLE
         dist.all_reduce(t)
         t /= state.world_size
     return dict(zip(values, t.tolist()))
+
+
+def same_on_every_rank(value: int, what: str, state: DistState = SINGLE,
+                       device: torch.device = torch.device("cpu")) -> None:
+    """EcgsslError on every rank unless all ranks hold the same `value` (one all_gather, at
+    start-up): e.g. the step a run resumes from, which each node reads from its own view of
+    --output. Nodes that saw different checkpoints would train from different steps while
+    DDP syncs rank 0's weights into all of them, and no later check would notice."""
+    if not state.active:
+        return
+    got = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(state.world_size)]
+    dist.all_gather(got, torch.tensor([value], dtype=torch.long, device=device))
+    seen = [int(t.item()) for t in got]
+    if len(set(seen)) > 1:
+        each = ", ".join(f"rank {r}: {v}" for r, v in enumerate(seen))
+        raise EcgsslError(f"the ranks disagree on {what} ({each}). Every node must see the "
+                          "same --output: a shared volume or an s3:// prefix, not a folder "
+                          "local to each node")

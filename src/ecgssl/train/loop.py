@@ -27,7 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ecgssl.config import PretrainConfig
 from ecgssl.data.preprocess import VERSION as PREPROCESS_VERSION
 from ecgssl.data.table import read_manifest
-from ecgssl.distributed import SINGLE, DistState, init_from_env
+from ecgssl.distributed import SINGLE, DistState, init_from_env, same_on_every_rank
 from ecgssl.errors import EcgsslError
 from ecgssl.models.pretrain import PretrainModel, random_lead_subsets, st_inputs
 from ecgssl.progress import bar as progress_bar
@@ -143,6 +143,7 @@ def pretrain(data: str | Path, text_emb: str | Path | None, output: str | Path,
             raise EcgsslError(f"{ckpt} read the data as {saved}, this run as {position}: "
                               "resume with the same table, seed, batch_size and shuffle_rows, "
                               "or start afresh without --resume")
+    same_on_every_rank(start, "the step to resume from", dist, device)
     net = DistributedDataParallel(model) if world > 1 else model
     forward = torch.compile(net) if cfg.compile else net
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
