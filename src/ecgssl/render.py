@@ -41,9 +41,12 @@ def ingest_summary(m: TableManifest, output: str) -> None:
     t.add_row("quarantined", f"{len(m.records_quarantined)}" + (f" ({kinds})" if kinds else ""))
     t.add_row("excluded by rule", str(len(m.records_excluded)))
     meta = m.raw.get("metadata")
-    if meta:
+    if meta and "records_without_labels" in meta:          # the wfdb source's labels CSV
         t.add_row("metadata", f"{meta['rows']} rows; {meta['records_without_labels']} records "
                   f"without labels; {meta['rows_without_record']} rows without a record")
+    elif meta and "ptbxl_records_by_fold" in meta:          # cinc2020's PTB-XL database
+        t.add_row("PTB-XL's ECGs (HR)", f"{meta['ptbxl_records_by_fold']} split by PTB-XL's "
+                  f"folds; {meta['ptbxl_records_hash_split']} by a record hash")
     t.add_row("rows per split", ", ".join(f"{k} {v}" for k, v in m.rows_per_split.items()))
     t.add_row("fs / window", f"{m.fs} Hz / {m.window_s:g} s")
     rate = m.records_total / m.elapsed_s if m.elapsed_s else float("nan")

@@ -64,6 +64,17 @@ def test_hr_records_take_ptbxls_folds_and_patients(sample, tmp_path):
     assert again.raw["options_key"] != m["options_key"] and _splits(out)["HR00001"][0] == "val"
 
 
+def test_the_cli_takes_ptbxls_database_for_cinc2020(sample, tmp_path):
+    out = tmp_path / "t"
+    p = subprocess.run([sys.executable, "-m", "ecgssl.cli", "ingest", "cinc2020", "--input",
+                        str(sample / "cinc2020"), "--output", str(out), "--metadata",
+                        str(sample / "ptbxl/ptbxl_database.csv"), "--no-progress"],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert "3 split by PTB-XL's folds" in p.stderr, p.stderr
+    assert "2 HR record(s)" in p.stderr and _splits(out)["HR00001"] == ("train", "15709")
+
+
 def test_options_a_source_does_not_take_are_refused(sample, tmp_path):
     with pytest.raises(EcgsslError, match="cinc2017 takes no option.*metadata.*cinc2020: "
                                           "metadata"):
