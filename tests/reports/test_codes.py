@@ -98,3 +98,29 @@ def test_ventricular_ectopy_is_not_stated_when_the_dominant_beats_disagree():
     assert "PVC" not in decide(m) and "NOISY" in decide(m)
     m.template_corr = ECTOPY_MIN_CORR + 0.1
     assert "PVC" in decide(m)
+
+
+def test_regularity_is_not_claimed_where_it_was_not_measured(tables):
+    """mitdb/119#129 (ventricular bigeminy): every RR touches a V beat, so the regularity of
+    the rhythm is not measured (and AF not decided); the report must not call it regular."""
+    from ecgssl.reports.measure import measure
+    t = read_table(tables["mitdb"])
+    i = t.meta.column("ecg_id").to_pylist().index("mitdb/119#129")
+    m = measure(t.signal[i], t.lead_mask[i], 100)
+    assert np.isnan(m.rr_irregularity) and not set(decide(m)) & {"SR", "STACH", "SBRAD", "AFIB"}
+    text = render(decide(m), m)
+    assert "P waves not identified" in text and "regular" not in text.lower(), text
+
+
+def test_no_ectopic_pattern_without_the_ectopy_it_is_made_of(tables):
+    """mitdb/105 (noisy): where the PVCs are withheld because the dominant beats disagree
+    (ECTOPY_MIN_CORR), a bigeminal/trigeminal pattern of those same beats must not be stated
+    on its own ('Sinus rhythm. Bigeminal pattern.')."""
+    t = read_table(tables["mitdb"])
+    for s, mask, ecg_id in zip(t.signal, t.lead_mask, t.meta.column("ecg_id").to_pylist()):
+        codes = set(generate(s, mask, 100).codes)
+        assert not codes & {"BIGU", "TRIGU"} or codes & {"PVC", "PAC"}, (ecg_id, codes)
+    m = good(n_pvc=3, bigeminy=True, quality="noisy", template_corr=0.3)
+    assert decide(m) == ("NOISY", "SR")
+    m.template_corr = 0.95
+    assert decide(m) == ("NOISY", "SR", "PVC", "BIGU")

@@ -43,17 +43,23 @@ def test_both_mode_joins_tables_and_appends_measurements(tables, tmp_path):
     assert again.up_to_date
 
 
-def test_generated_reports_never_read_labels(tables, tmp_path, table_copy):
-    relabelled = table_copy(tables["cinc2020"], "labels", lambda t: pa.array(
-        [["164889003"]] * t.num_rows, t.schema.field("labels").type))
-    assert read_table(relabelled).column("labels")[0].tolist() == ["164889003"]
-    cfg = ReportsConfig(mode="generated", workers=1)
-    run_reports([tables["cinc2020"]], tmp_path / "a", cfg, progress=False)
-    run_reports([relabelled], tmp_path / "b", cfg, progress=False)
+@pytest.mark.parametrize("mode", ["generated", "both"])
+def test_generated_reports_never_read_labels(tables, tmp_path, table_copy, mode):
+    """Every path that fills `report`/`report_codes` (signal measurements, and in `both` mode
+    the device-report translation of PTB-XL) gives the same output when the labels differ."""
+    names = ("ptbxl", "cinc2020")
+    relabelled = [table_copy(tables[n], "labels", lambda t: pa.array(
+        [["164889003"]] * t.num_rows, t.schema.field("labels").type)) for n in names]
+    assert read_table(relabelled[1]).column("labels")[0].tolist() == ["164889003"]
+    cfg = ReportsConfig(mode=mode, workers=1)
+    run_reports([tables[n] for n in names], tmp_path / "a", cfg, progress=False)
+    run_reports(relabelled, tmp_path / "b", cfg, progress=False)
     a, b = read_table(tmp_path / "a"), read_table(tmp_path / "b")
     assert list(a.column("report")) == list(b.column("report"))
-    assert [list(c) for c in a.column("report_codes")] == \
-        [list(c) for c in b.column("report_codes")]
+    if mode == "both":                                              # the device text too
+        assert a.column("report")[0].startswith("sinus rhythm. low limb lead voltage.")
+    assert [None if c is None else list(c) for c in a.column("report_codes")] == \
+        [None if c is None else list(c) for c in b.column("report_codes")]
     assert a.meta.column("labels").to_pylist() != b.meta.column("labels").to_pylist()
 
 
@@ -65,3 +71,36 @@ def test_tables_of_different_rates_are_refused(tables, tmp_path, sample):
                     progress=False)
     with pytest.raises(EcgsslError, match="not a complete ECG table"):
         run_reports([tmp_path], tmp_path / "r", ReportsConfig(), progress=False)
+
+
+def test_a_changed_word_list_or_translation_code_makes_new_reports(tables, tmp_path,
+                                                                  monkeypatch):
+    """The reports key covers everything the translation reads: an English word added to
+    english_words.txt changes device reports (text that is all English passes through), so
+    a rerun must not serve the old table as up to date."""
+    import shutil
+    from importlib import resources
+
+    from ecgssl.reports import translate as tr
+    pkg = tmp_path / "pkg"
+    shutil.copytree(resources.files("ecgssl.reports"), pkg)
+    files = resources.files
+    monkeypatch.setattr(resources, "files",
+                        lambda name: pkg if name == "ecgssl.reports" else files(name))
+    tr.lexicon.cache_clear()
+    tr.english_words.cache_clear()
+    try:
+        cfg = ReportsConfig(mode="device")
+        run_reports([tables["ptbxl"]], tmp_path / "r", cfg, progress=False)
+        with open(pkg / "english_words.txt", "a") as fh:
+            fh.write("\nzwerchfellhochstand\n")
+        tr.english_words.cache_clear()
+        assert not run_reports([tables["ptbxl"]], tmp_path / "r", cfg,
+                               progress=False).up_to_date
+        (pkg / "translate.py").write_text((pkg / "translate.py").read_text() + "\n# changed\n")
+        assert not run_reports([tables["ptbxl"]], tmp_path / "r", cfg,
+                               progress=False).up_to_date
+    finally:
+        monkeypatch.undo()
+        tr.lexicon.cache_clear()
+        tr.english_words.cache_clear()

@@ -73,3 +73,17 @@ def test_translate_cli_reads_stdin():
     lines = p.stdout.splitlines()
     assert lines == ["sinus rhythm. normal ecg.", "sinus rhythm. foo", "0.8000"]  # 4 of 5 words
     assert "foo (1)" in p.stderr
+
+
+def test_the_validators_annotation_is_not_report_text(sample):
+    """29 real reports in the sample end in "Edit: <SCP codes with likelihoods>, ...": the
+    cardiologist's labels (scp_codes), not the device's words; they must not reach `report`."""
+    with open(sample / "ptbxl" / "ptbxl_database.csv", newline="", encoding="utf-8") as fh:
+        reports = [r["report"] for r in csv.DictReader(fh) if "Edit:" in r["report"]]
+    assert len(reports) == 29
+    assert translate("sinus rhythm. normal ecg. Edit: NORM 100, schlechte Qualität V2,V3,V5") \
+        == "sinus rhythm. normal ecg."
+    for r in reports:
+        text = translate(r)
+        assert "edit" not in text and "100" not in text, (r, text)
+        assert text == translate(r[:r.index("Edit:")])

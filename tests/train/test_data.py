@@ -130,3 +130,33 @@ def test_resume_refuses_a_checkpoint_that_read_the_data_in_another_order(corpus,
     with pytest.raises(EcgsslError, match="read the data as .* resume with the same"):
         pretrain(corpus["table"], None, tmp_path, PretrainConfig(
             max_steps=4, shuffle_rows=64, **small), resume=True, progress=False)
+
+
+def test_rows_with_device_text_are_compared_by_their_text_not_their_codes(tables, tmp_path,
+                                                                         table_copy):
+    """Rows of equal report_codes are never each other's negatives, but only where the codes
+    are the whole report: in `both` mode two PTB-XL ECGs whose device reports differ (here
+    the same signal, another real device report) say different things even where their
+    generated statements (the codes) agree."""
+    import pyarrow as pa
+
+    from ecgssl.config import ReportsConfig
+    from ecgssl.data.table import read_table
+    from ecgssl.reports.stage import run_reports
+    other = table_copy(tables["ptbxl"], "report_device", lambda t: pa.array(
+        ["sinusrhythmus a-v block i linkstyp linksschenkelblock"] * t.num_rows,
+        t.schema.field("report_device").type))
+    run_reports([tables["ptbxl"], other, tables["cinc2020"]], tmp_path / "r",
+                ReportsConfig(mode="both", workers=1), progress=False)
+    t = read_table(tmp_path / "r", columns=["report", "report_codes", "split"])
+    codes = [tuple(c) for c in t.column("report_codes")]
+    assert codes[0] == codes[1] and t.column("report")[0] != t.column("report")[1]
+    assert set(t.column("split")[:2]) == {"train"}
+    data = PretrainData.load(tmp_path / "r", None, need_text=False)
+    assert len(data) == list(t.column("split")).count("train")   # table order: PTB-XL first
+    assert data.text_id[0] != data.text_id[1]
+    # generated-only rows (Challenge 2020) of equal codes still count as the same report
+    train = [c for c, s in zip(codes, t.column("split")) if s == "train"]
+    twins = [(i, j) for i in range(2, len(train)) for j in range(i + 1, len(train))
+             if train[i] == train[j]]
+    assert twins and all(data.text_id[i] == data.text_id[j] for i, j in twins)

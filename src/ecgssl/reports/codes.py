@@ -95,10 +95,13 @@ def decide(m) -> tuple[str, ...]:
         codes.append("PVC")
     if m.n_pac and not m.af:
         codes.append("PAC")
-    if m.bigeminy:
-        codes.append("BIGU")
-    elif m.trigeminy:
-        codes.append("TRIGU")
+    # A pattern of ectopic beats only beside the ectopy it is made of: where the PVCs are
+    # withheld (the dominant beats disagree), their bigeminal pattern is doubtful too.
+    if {"PVC", "PAC"} & set(codes):
+        if m.bigeminy:
+            codes.append("BIGU")
+        elif m.trigeminy:
+            codes.append("TRIGU")
     if not clean:
         return tuple(codes)
     if m.p_wave and not m.af and m.pr_ms > LONG_PR_MS:
@@ -163,6 +166,11 @@ def render(codes: Iterable[str], measurements=None) -> str:
         hr = m.heart_rate
         rate = ("tachycardia" if hr > TACHY_BPM else "bradycardia" if hr < BRADY_BPM else
                 "rhythm")
+        # "Regular" only where the RR regularity was measured: with too few intervals free of
+        # ventricular beats (bigeminy, runs) it is unknown, and no AF decision was made.
+        measured = not _nan(getattr(m, "rr_irregularity", math.nan))
+        said = f"regular {rate}" if measured else \
+            {"rhythm": "rhythm not classified"}.get(rate, rate)
         i = 1 if parts and parts[0] == PHRASES["NOISY"] else 0
-        parts.insert(i, f"regular {rate}, P waves not identified")
+        parts.insert(i, f"{said}, P waves not identified")
     return " ".join(p[0].upper() + p[1:] + "." for p in parts)

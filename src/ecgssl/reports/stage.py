@@ -81,8 +81,10 @@ def _reports_key(inputs: list[Path], manifests: list[dict], cfg: ReportsConfig) 
     from importlib import resources
     lexicon = resources.files("ecgssl.reports").joinpath("lexicon.tsv").read_bytes()
     # The generator's own code is part of the key: changed statements make new reports.
+    # So are the translation's code and its word list (English passes through untranslated).
     generator = [resources.files("ecgssl.reports").joinpath(f).read_bytes().decode()
-                 for f in ("measure.py", "codes.py", "generate.py")]
+                 for f in ("measure.py", "codes.py", "generate.py", "translate.py",
+                           "english_words.txt")]
     return stable_hash({"inputs": [m.get("options_key") for m in manifests],
                         "paths": [str(p) for p in inputs], "mode": cfg.mode,
                         "version": __version__, "lexicon": stable_hash(lexicon.decode()),

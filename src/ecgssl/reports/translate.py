@@ -22,6 +22,10 @@ from importlib import resources
 
 _TOKEN = re.compile(r"[^\W\d_]+|\d+(?:[.,]\d+)?|[^\w\s]")
 _FOLD = str.maketrans({"ä": "ae", "ö": "oe", "ü": "ue", "ß": "ss", "å": "a", "é": "e"})
+# PTB-XL's validating cardiologist appended an "Edit: <SCP codes with likelihoods>, <remarks>"
+# to some reports (84 of the 4,577 we have, e.g. "Edit: ASMI 100, CRBBB"): that is the
+# `scp_codes` label itself, not what the device wrote, and must not reach the report text.
+_ANNOTATION = re.compile(r"\s*\bedit:.*\Z", re.IGNORECASE | re.DOTALL)
 
 
 def normalise(token: str) -> str:
@@ -69,7 +73,8 @@ class Translation:
 
 def translate_report(text: str | None) -> Translation:
     """Translate one report and account for every word token."""
-    if not text or not text.strip():
+    text = _ANNOTATION.sub("", text or "")
+    if not text.strip():
         return Translation(text="")
     matches = list(_TOKEN.finditer(text))
     norms = [normalise(m.group()) for m in matches]

@@ -87,10 +87,11 @@ class PretrainData:
             index, vecs, meta = read_embeddings(text_emb)
         group, offset, hashes, same = [], [], [], []
         # metadata columns only: no signal is decoded (from s3://, nor fetched)
-        for g, t in enumerate(read_row_groups(table, groups, ["split", "report", "report_codes"],
-                                              n_samples)):
+        for g, t in enumerate(read_row_groups(
+                table, groups, ["split", "report", "report_codes", "report_device"], n_samples)):
             keep = np.flatnonzero(t.column("split") == split)
             reports, codes = t.column("report"), t.column("report_codes")
+            device = t.column("report_device")
             for i in keep:
                 r = reports[i]
                 h = text_hash(r) if isinstance(r, str) and r else None
@@ -100,9 +101,14 @@ class PretrainData:
                 offset.append(i)
                 hashes.append(h)
                 # Which reports count as saying the same thing (never each other's
-                # negatives): equal statement codes where the report has them, else equal text.
+                # negatives): equal statement codes where they are the whole report, else
+                # equal text. A report with device text (`both` mode: PTB-XL, MIMIC) says
+                # more than its generated codes: two of them with the codes ['SR'] and
+                # different device reports are each other's negatives.
                 c = codes[i]
-                same.append(text_hash(" ".join(sorted(c))) if c is not None and len(c) else h)
+                generated_only = not (isinstance(device[i], str) and device[i].strip())
+                same.append(text_hash(" ".join(sorted(c)))
+                            if generated_only and c is not None and len(c) else h)
         if not group:
             if need_text and any(np.sum(read_row_group(table, rg, ["split"], n_samples=n_samples
                                                        ).column("split") == split)
