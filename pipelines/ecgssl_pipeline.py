@@ -107,10 +107,12 @@ def build_pipeline(k: KfpConfig, defaults: PipelineConfig, params_json: str):
                                    model_name=model_name, params=params,
                                    tracking_uri=tracking_uri, parent_run_id=start.output),
                         cache=False)
-            gate = _task(c.gate(model_name=model_name, params=params,
-                                tracking_uri=tracking_uri).after(reg), cache=False)
+            # The gate and promote judge the version this run registered (reg.output), not
+            # whatever @challenger is by then: another run may have registered since.
+            gate = _task(c.gate(model_name=model_name, model_uri=reg.output, params=params,
+                                tracking_uri=tracking_uri), cache=False)
             with dsl.If(gate.output == True, name="gate-passed"):  # noqa: E712
-                _task(c.promote(model_name=model_name, params=params,
+                _task(c.promote(model_name=model_name, model_uri=reg.output, params=params,
                                 tracking_uri=tracking_uri), cache=False)
 
     return ecgssl_pipeline

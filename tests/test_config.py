@@ -43,3 +43,24 @@ def test_bad_params_are_rejected_with_the_key_named(tmp_path, text, message):
 def test_missing_params_file(tmp_path):
     with pytest.raises(ConfigError, match="params file not found"):
         load_params(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("name", ["af+flutter", "af(paroxysmal)", "mimic~af", "a//b"])
+def test_a_user_task_name_mlflow_would_reject_is_refused_naming_it(tmp_path, name):
+    """A task's name becomes MLflow param keys (evaluate.tasks.<name>.*) and metric keys
+    (<mode>/<name>/...): one MLflow rejects would fail every tracked evaluate, and the
+    `ecgssl pipeline repro` parent run, long after the params were loaded."""
+    f = tmp_path / "params.yaml"
+    f.write_text(f"evaluate:\n  tasks:\n    '{name}': {{dataset: cinc2017}}\n")
+    with pytest.raises(ConfigError, match="task name"):
+        load_params(f)
+
+
+def test_user_task_names_that_pass_are_valid_mlflow_keys(tmp_path):
+    from mlflow.utils.validation import _validate_metric_name, _validate_param_name
+    name = "mimic-af_v2.1"
+    f = tmp_path / "params.yaml"
+    f.write_text(f"evaluate:\n  tasks:\n    {name}: {{dataset: cinc2017}}\n")
+    assert name in load_params(f).evaluate.tasks
+    _validate_param_name(f"evaluate.tasks.{name}.dataset")
+    _validate_metric_name(f"zeroshot/{name}/macro_auroc")

@@ -93,3 +93,18 @@ def test_dvc_exp_run_stages_share_one_parent_tagged_with_the_experiment(tmp_path
     assert ingest.data.tags["dvc.baseline_rev"] == "abc123"
     assert [d.dataset.digest for d in ingest.inputs.dataset_inputs] == ["fp123"]
     assert "label_counts.json" in [a.path for a in client.list_artifacts(ingest.info.run_id)]
+
+
+def test_a_failing_dvc_exp_stage_does_not_leave_the_experiment_parent_running(tmp_path):
+    """The experiment's parent ends with its latest stage, also when that stage fails."""
+    import pytest
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {"MLFLOW_TRACKING_URI": uri, "DVC_EXP_NAME": "sad-owl"}
+    ctx = RunContext.at_front_door(TrackingConfig(experiment="t"), env=env)
+    with pytest.raises(RuntimeError), start_run(ctx, "pretrain", {"stage": "pretrain"},
+                                                 system_metrics=False):
+        raise RuntimeError("out of memory")
+    client = mlflow.MlflowClient(uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    status = {r.data.tags.get("stage"): r.info.status for r in runs}
+    assert status == {"pipeline": "FAILED", "pretrain": "FAILED"}, status

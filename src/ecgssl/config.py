@@ -7,6 +7,7 @@ the defaults below apply. Unknown keys and wrong types are rejected with the key
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -222,9 +223,12 @@ class EvaluateConfig(Section):
         clash = sorted(n for n in v if n in BUILTIN_TASKS)
         if clash:
             raise ValueError(f"{', '.join(clash)}: built-in task name(s); pick another name")
-        bad = sorted(n for n in v if not n or "/" in n or n != n.strip())
+        # A task's name goes into MLflow keys (params evaluate.tasks.<name>.*, metrics
+        # <mode>/<name>/...), which take letters, digits, '_', '-' and '.' only.
+        bad = sorted(n for n in v if not re.fullmatch(r"[A-Za-z0-9_.-]+", n) or n in (".", ".."))
         if bad:
-            raise ValueError(f"task names must be non-empty, without '/' or spaces: {bad}")
+            raise ValueError(f"task names may use letters, digits, '_', '-' and '.' only (they "
+                             f"become MLflow metric and param keys): {bad}")
         return v
 
 

@@ -463,10 +463,17 @@ def pull(uri: str, local: Path, exact: bool = False,
     return local
 
 
-def push(local: Path, uri: str, last: tuple[str, ...] = ("_manifest.json", "state.pt")) -> int:
+# The files whose presence says a folder is whole: a table's manifest, a checkpoint's state.pt,
+# a run's or model's config.json (every reader of an encoder or classifier requires it) and an
+# evaluation's or run's metrics.json (what register reads).
+COMMIT_FILES = ("_manifest.json", "state.pt", "config.json", "metrics.json")
+
+
+def push(local: Path, uri: str, last: tuple[str, ...] = COMMIT_FILES) -> int:
     """Upload a staged file or folder to s3://…: changed files only, `last` names after all
-    others (the commit point of a table, and of a checkpoint: a checkpoint folder holding its
-    state.pt is whole; an outdated remote manifest is deleted first), and
+    others (the commit points, COMMIT_FILES; an outdated remote copy of one is deleted first,
+    so that while new weights upload a reader sees the old folder or none, never new
+    config.json beside old weights), and
     remote files that the local folder no longer has are deleted at the end. Returns the
     number of files uploaded."""
     fs, path = s3_filesystem(), _split(uri)

@@ -273,13 +273,18 @@ def start_run(ctx: RunContext, run_name: str, tags: dict | None = None,
             parent).info.experiment_id)
     else:
         mlflow.set_experiment(ctx.experiment)
-    with mlflow.start_run(run_name=f"{run_name} {short_id()}",
-                          tags={**base_tags, **(tags or {})},
-                          log_system_metrics=system_metrics) as run:
-        yield MlflowRun(mlflow, run)
-    if parent and ctx.dvc_exp and not ctx.parent_run_id:
-        # nobody else ends an experiment's parent: it ends with its latest stage
-        mlflow.MlflowClient().set_terminated(parent, "FINISHED")
+    status = "FAILED"
+    try:
+        with mlflow.start_run(run_name=f"{run_name} {short_id()}",
+                              tags={**base_tags, **(tags or {})},
+                              log_system_metrics=system_metrics) as run:
+            yield MlflowRun(mlflow, run)
+        status = "FINISHED"
+    finally:
+        if parent and ctx.dvc_exp and not ctx.parent_run_id:
+            # nobody else ends an experiment's parent: it ends with its latest stage, as that
+            # stage ended (a failed stage must not leave it RUNNING forever)
+            mlflow.MlflowClient().set_terminated(parent, status)
 
 
 def _open_exp_parent(ctx: RunContext) -> str:

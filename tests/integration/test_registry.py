@@ -463,3 +463,54 @@ def test_model_uris_predict_and_the_served_classifier(evaluated, tables, mlflow_
     local.head_info = raw
     if abs(t - 1) > 1e-3:                           # the served numbers are the calibrated ones
         assert not np.allclose(list(preds[0].values()), local.predict(None, x).iloc[0])
+
+
+# --- review: the registry as a platform engineer meets it ---------------------------------------
+
+def test_challenger_moves_only_to_a_version_that_is_fully_registered(evaluated, mlflow_server,
+                                                                      monkeypatch):
+    """A server hiccup while tagging a new version (a KFP retry follows) must not leave
+    @challenger on a version without its test-data tags and card: the gate would then refuse
+    it as 'different test data', or compare it blind."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    name, ctx = "ecgssl-half-registered", RunContext(enabled=True, tracking_uri=mlflow_server)
+    client = mlflow.MlflowClient(mlflow_server)
+    v1 = register(evaluated / "enc", name, ctx, metrics_files=[evaluated / "eval/metrics.json"])
+    original = mlflow.MlflowClient.set_model_version_tag
+
+    def flaky(self, *args, **kwargs):
+        raise mlflow.exceptions.MlflowException("503 Service Unavailable")
+    monkeypatch.setattr(mlflow.MlflowClient, "set_model_version_tag", flaky)
+    with pytest.raises(mlflow.exceptions.MlflowException):
+        register(evaluated / "enc", name, ctx, metrics_files=[evaluated / "eval/metrics.json"])
+    monkeypatch.setattr(mlflow.MlflowClient, "set_model_version_tag", original)
+    chal = client.get_model_version_by_alias(name, "challenger")
+    assert chal.version == v1.version and "test_data.cinc2017-af" in chal.tags
+
+
+def test_the_gate_and_promote_decide_about_the_version_this_run_registered(
+        evaluated, mlflow_server, monkeypatch, tmp_path):
+    """Two pipeline runs of one model (a schedule and a manual submit): run A registers v2,
+    run B registers a better v3; A's gate must judge A's v2 (not whatever @challenger is now)
+    and never promote B's model in A's name. A retried promote that already moved the
+    champion succeeds."""
+    from ecgssl.pipeline import steps
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    name, ctx = "ecgssl-two-runs", RunContext(enabled=True, tracking_uri=mlflow_server)
+    client = mlflow.MlflowClient(mlflow_server)
+    register(evaluated / "enc", name, ctx, metrics_files=[evaluated / "eval/metrics.json"])
+    assert promote(name, GATE, ctx).promoted                               # v1 champion
+    params = json.dumps({"promote": {"metric": GATE, "min_delta": 0.005, "bootstrap": 200}})
+    a = register(evaluated / "enc", name, ctx,                             # run A: no better
+                 metrics_files=[evaluated / "eval/metrics.json"])
+    b = register(evaluated / "enc", name, ctx,                             # run B: better
+                 metrics_files=[_metrics_with(evaluated, tmp_path / "best", 0.05)])
+    assert steps.gate(name, params, mlflow_server, model_uri=a.model_uri) is False
+    champ = client.get_model_version_by_alias(name, "champion").version
+    assert champ not in (a.version, b.version)
+    # B's own gate and promote; then B's promote task is retried (its pod died after the move)
+    assert steps.gate(name, params, mlflow_server, model_uri=b.model_uri) is True
+    steps.promote(name, params, mlflow_server, model_uri=b.model_uri)
+    d = steps.promote(name, params, mlflow_server, model_uri=b.model_uri)
+    assert client.get_model_version_by_alias(name, "champion").version == b.version
+    assert "already" in d.reason

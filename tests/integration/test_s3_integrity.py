@@ -98,3 +98,50 @@ def test_an_absolute_key_is_refused(s3_env, tmp_path):
     boto3.client("s3").put_object(Bucket=b, Key="q//etc/passwd-copy", Body=b"x")
     with pytest.raises(EcgsslError, match="refusing object key"):
         pull(f"s3://{b}/q", tmp_path / "m")
+
+
+def test_a_reader_never_sees_a_half_pushed_run_folder(s3_env, tmp_path):
+    """A rerun pushes new weights over an old run: while the weights upload, a reader (an
+    evaluate on another pod, a TrainJob launcher) must see the old run or no run (no
+    config.json), never the new config.json beside the old weights."""
+    import json
+    import threading
+
+    from ecgssl.storage import push
+    b, s3 = s3_env["BUCKET"], boto3.client("s3")
+    run, uri = tmp_path / "run", f"s3://{s3_env['BUCKET']}/runs/pretrain"
+    run.mkdir()
+    (run / "encoder.safetensors").write_bytes(b"\0" * 1000)
+    (run / "config.json").write_text(json.dumps({"weights_bytes": 1000}))
+    (run / "metrics.json").write_text(json.dumps({"weights_bytes": 1000}))
+    push(run, uri)
+    new = 48 << 20
+    (run / "encoder.safetensors").write_bytes(os.urandom(new))
+    (run / "config.json").write_text(json.dumps({"weights_bytes": new}))
+    (run / "metrics.json").write_text(json.dumps({"weights_bytes": new}))
+    seen, done = [], threading.Event()
+
+    def weights() -> int:
+        return s3.head_object(Bucket=b, Key="runs/pretrain/encoder.safetensors")[
+            "ContentLength"]
+
+    def reader():
+        while not done.is_set():
+            before = weights()
+            try:
+                cfg = json.loads(s3.get_object(Bucket=b, Key="runs/pretrain/config.json")[
+                    "Body"].read())["weights_bytes"]
+            except s3.exceptions.NoSuchKey:
+                cfg = None                       # no run right now: a reader says so
+            if before == weights():
+                seen.append((cfg, before))
+    t = threading.Thread(target=reader)
+    t.start()
+    try:
+        push(run, uri)
+    finally:
+        done.set()
+        t.join()
+    mixed = [(c, w) for c, w in seen if c is not None and c != w]
+    assert len(seen) > 3 and not mixed, (len(seen), mixed[:3])
+    assert weights() == new

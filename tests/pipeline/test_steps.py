@@ -49,3 +49,18 @@ def test_tracking_off_makes_no_mlflow_call(tmp_path, monkeypatch):
     log_stage(steps._ctx("", Params.model_validate(json.loads(off))), "reports", {}, {"rows": 1})
     assert steps.finish("", "x", "SUCCEEDED", off) == "FINISHED"
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_retried_start_task_opens_no_second_parent_run(tmp_path, monkeypatch):
+    """KFP retries a start_run task whose pod died after the parent run was created: the
+    retry must carry on with that parent, or the exit handler closes one of two parents
+    and the other (with half the children) stays RUNNING forever."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv(PIPELINE_RUN_ENV, "run-789")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    first = steps.start(uri, "placeholder", _params())
+    assert steps.start(uri, "placeholder", _params()) == first          # the retry
+    steps.finish(uri, "placeholder", "SUCCEEDED", _params())
+    client = mlflow.MlflowClient(uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert [(r.info.run_id, r.info.status) for r in runs] == [(first, "FINISHED")]

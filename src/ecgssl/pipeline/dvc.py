@@ -85,7 +85,12 @@ def _log_headline(ctx: RunContext, outputs: Path) -> None:
 
     from ecgssl.pipeline.summary import key_metrics
     now = int(time.time() * 1000)
-    rows = {metric_key(k): v for _, k, v in key_metrics(outputs)} if outputs.is_dir() else {}
+    # Only the files dvc.yaml's stages write: outputs/ also holds other runs' results (e.g.
+    # `pipeline run-local`'s tasks under outputs/kfp/), whose numbers share these keys.
+    ours = lambda f: f == "pretrain/metrics.json" or (         # noqa: E731
+        f.startswith("eval/") and f.count("/") == 2)
+    rows = {metric_key(k): v for f, k, v in key_metrics(outputs)
+            if ours(Path(f).as_posix())} if outputs.is_dir() else {}
     if rows:
         connect(ctx).MlflowClient().log_batch(
             ctx.parent_run_id, metrics=[Metric(k, v, now, 0) for k, v in rows.items()])

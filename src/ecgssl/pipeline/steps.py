@@ -23,6 +23,7 @@ from ecgssl.tracking import (
     PIPELINE_RUN_ENV,
     RunContext,
     end_pipeline_run,
+    parent_run_id,
     start_pipeline_run,
 )
 
@@ -50,6 +51,11 @@ def start(tracking: str, pipeline_run: str, params: str) -> str:
     ctx = _ctx(tracking, p, pipeline_run=pipeline_run)
     if not ctx.enabled:
         return ""
+    # A retried start task (its pod died after creating the run) carries on with that run: a
+    # second parent would split the children and never be closed by the exit handler.
+    existing = parent_run_id(ctx)
+    if existing:
+        return existing
     return start_pipeline_run(ctx, ctx.pipeline_run, {
         "params.hash": stable_hash(p.model_dump())[:16], "runner": "kubeflow"}).parent_run_id
 
@@ -156,20 +162,35 @@ def register(encoder: str, evaluations: list[str], name: str, tracking: str,
                         None, files)
 
 
-def gate(name: str, params: str, tracking: str) -> bool:
-    """Would the new @challenger replace @champion? (decides only; `promote` acts)."""
+def _registered_version(name: str, model_uri: str) -> str | None:
+    """The version in `register`'s models:/NAME/VERSION ("" or None: judge @challenger)."""
+    if not model_uri:
+        return None
+    prefix = f"models:/{name}/"
+    version = model_uri[len(prefix):] if model_uri.startswith(prefix) else ""
+    if not version.isdigit():
+        raise EcgsslError(f"model_uri {model_uri!r} is not {prefix}<version> (the URI `register` "
+                          "returned for this model name)")
+    return version
+
+
+def gate(name: str, params: str, tracking: str, model_uri: str = "") -> bool:
+    """Would the version this run registered (`model_uri`) replace @champion? (decides only;
+    `promote` acts). About that version only: @challenger may have moved to another run's."""
     from ecgssl.registry.register import promote as run_promote
     p = _params(params)
     return run_promote(name, p.promote.metric, _ctx(tracking, p), p.promote.min_delta,
-                       dry_run=True, n_boot=p.promote.bootstrap, seed=p.promote.seed).promoted
+                       dry_run=True, n_boot=p.promote.bootstrap, seed=p.promote.seed,
+                       version=_registered_version(name, model_uri)).promoted
 
 
-def promote(name: str, params: str, tracking: str):
+def promote(name: str, params: str, tracking: str, model_uri: str = ""):
     from ecgssl.registry.register import promote as run_promote
     p = _params(params)
+    version = _registered_version(name, model_uri)
     d = run_promote(name, p.promote.metric, _ctx(tracking, p), p.promote.min_delta,
-                    n_boot=p.promote.bootstrap, seed=p.promote.seed)
-    if not d.promoted:
+                    n_boot=p.promote.bootstrap, seed=p.promote.seed, version=version)
+    if not d.promoted and not (version and d.champion == version):   # a retry after the move
         raise EcgsslError(f"{name}: the gate passed but promotion was refused: {d.reason}")
     return d
 

@@ -148,12 +148,15 @@ def register(encoder: str | Path, name: str, ctx: RunContext,
             await_registration_for=60)
     client = mlflow.MlflowClient()
     version = str(info.registered_model_version)
-    client.set_registered_model_alias(name, CHALLENGER, version)
+    # @challenger moves last, once the version carries its test-data tags and card: a
+    # failure before (a retry follows) leaves the alias on the last complete version, never
+    # on one the gate would misjudge for lack of tags.
     for k, v in {**tags, **lineage_tags}.items():
         client.set_model_version_tag(name, version, k, v)
     client.update_model_version(name, version, description=version_card(
         tags["kind"], config, metrics, test_data, lineage_tags))
     client.update_registered_model(name, description=MODEL_DESCRIPTION[tags["kind"]])
+    client.set_registered_model_alias(name, CHALLENGER, version)
     return Registration(name, version, f"models:/{name}/{version}", info.run_id, len(metrics))
 
 
@@ -181,8 +184,11 @@ def _version_metric(client, version, key: str) -> float | None:
 
 def promote(name: str, metric: str, ctx: RunContext, min_delta: float = 0.005,
             force: bool = False, dry_run: bool = False, n_boot: int = 1000,
-            seed: int = 0) -> Decision:
+            seed: int = 0, version: str | None = None) -> Decision:
     """Decide, and unless `dry_run`, move @champion and tag both versions with the decision.
+
+    `version`: the version the caller registered (a pipeline run's own); the decision is
+    about it only, and refused when @challenger has since moved to another registration.
 
     The move is a compare-and-move: promotes of one model name on this machine take turns
     (a lock file), both aliases are read again right before the move and the promotion is
@@ -198,7 +204,7 @@ def promote(name: str, metric: str, ctx: RunContext, min_delta: float = 0.005,
         raise EcgsslError(f"another `ecgssl promote` of {name} has held {lock.lock_file} for 5 "
                           "minutes; refusing to decide beside it") from None
     try:
-        return _promote(name, metric, ctx, min_delta, force, dry_run, n_boot, seed)
+        return _promote(name, metric, ctx, min_delta, force, dry_run, n_boot, seed, version)
     finally:
         lock.release()
 
@@ -211,7 +217,8 @@ def _alias(client, name: str, alias: str):
         return None
 
 
-def _promote(name, metric, ctx, min_delta, force, dry_run, n_boot=1000, seed=0) -> Decision:
+def _promote(name, metric, ctx, min_delta, force, dry_run, n_boot=1000, seed=0,
+             version=None) -> Decision:
     mlflow = connect(ctx)
     client = mlflow.MlflowClient()
     chal = _alias(client, name, CHALLENGER)
@@ -219,8 +226,20 @@ def _promote(name, metric, ctx, min_delta, force, dry_run, n_boot=1000, seed=0) 
         raise EcgsslError(f"model {name!r} has no @{CHALLENGER} version; run `ecgssl register` "
                           f"first (tracking URI {redact(ctx.tracking_uri)})")
     champ = _alias(client, name, CHAMPION)
-    d = replace(_decide(client, chal, champ, metric, min_delta, force, n_boot, seed),
-                metric=metric)
+    if version is not None and champ is not None and str(champ.version) == str(version):
+        # Already promoted (a retried promote task): nothing to decide or record again.
+        return Decision(False, f"v{version} already is the champion", str(version),
+                        str(version), None, None, metric=metric)
+    if version is not None and str(chal.version) != str(version):
+        # Another registration (a concurrent pipeline run) took @challenger: judging it here
+        # would promote (or refuse) someone else's model in this run's name.
+        d = Decision(False, f"@{CHALLENGER} is v{chal.version}, not v{version} (the version "
+                     "this run registered): a newer registration took it; not promoted",
+                     str(version), str(champ.version) if champ else None, None, None,
+                     metric=metric)
+    else:
+        d = replace(_decide(client, chal, champ, metric, min_delta, force, n_boot, seed),
+                    metric=metric)
     if dry_run:
         return d
     if d.promoted:
