@@ -4,6 +4,7 @@
     python bench/science.py --data ../shared/data --schedule long # a GPU machine
     python bench/science.py --data data/sample --steps 20         # a smoke run of the wiring
     python bench/science.py --data ../shared/data --finetune      # + fine-tuning (slow on CPU)
+    python bench/science.py --data ../shared/data --seed 1 --out outputs/science-seed1
 
 ingest (Challenge 2017, MIT-BIH, Challenge 2020) -> reports (generated) -> embed-text ->
 pretrain (METS+ST) -> evaluate cinc2017-af and mitdb-aami: zero-shot, linear probe at 1/10/100 %
@@ -158,6 +159,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("outputs/science"))
     ap.add_argument("--schedule", choices=sorted(SCHEDULES), default="cpu")
     ap.add_argument("--steps", type=int, help="override the schedule's pretraining steps")
+    ap.add_argument("--seed", type=int, default=0, help="pretraining seed: rerun with others "
+                    "to see how far a number moves with the training trajectory alone")
     ap.add_argument("--finetune", action=argparse.BooleanOptionalAction, default=None,
                     help="fine-tune at 100 %% labels [default: only with --schedule long: on 2 "
                     "CPU cores it alone takes longer than the 45-minute budget]")
@@ -165,6 +168,7 @@ def main() -> None:
     schedule = dict(SCHEDULES[args.schedule])
     if args.steps:
         schedule["max_steps"] = args.steps
+    schedule["seed"] = args.seed
     t0 = time.perf_counter()
     finetune = args.finetune if args.finetune is not None else args.schedule == "long"
     r = run(args.data.resolve(), args.out.resolve(), schedule, finetune)
