@@ -14,13 +14,12 @@ without it, ingest warns how many HR records were hash-split.
 
 from __future__ import annotations
 
-import csv
 import math
 import re
 from pathlib import Path
 
 from ecgssl.data.sources.base import Recording, Source, Task, hash_split, list_records, read_wfdb
-from ecgssl.data.sources.ptbxl import fold_split
+from ecgssl.data.sources.ptbxl import fold_split, read_database
 from ecgssl.errors import EcgsslError
 
 _COMMENT = re.compile(r"^\s*#?\s*(\w+)\s*:\s*(.*)$")
@@ -34,20 +33,14 @@ def read_ptbxl_folds(path: str | Path) -> dict[int, tuple[str, int]]:
     if not path.is_file():
         raise EcgsslError(f"cinc2020 metadata (PTB-XL's ptbxl_database.csv) not found: {path}")
     out = {}
-    with open(path, newline="", encoding="utf-8", errors="replace") as fh:
-        reader = csv.DictReader(fh)
-        missing = {"ecg_id", "patient_id", "strat_fold"} - set(reader.fieldnames or [])
-        if missing:
-            raise EcgsslError(f"{path}: not PTB-XL's ptbxl_database.csv (no column(s) "
-                              f"{', '.join(sorted(missing))})")
-        for line, row in enumerate(reader, 2):
-            try:
-                ecg, patient, fold = (int(float(row[k])) for k in
-                                      ("ecg_id", "patient_id", "strat_fold"))
-            except (TypeError, ValueError):
-                raise EcgsslError(f"{path}:{line}: ecg_id, patient_id and strat_fold must be "
-                                  "numbers") from None
-            out[ecg] = (str(patient), fold)
+    for line, row in enumerate(read_database(path, ("ecg_id", "patient_id", "strat_fold")), 2):
+        try:
+            ecg, patient, fold = (int(float(row[k])) for k in ("ecg_id", "patient_id",
+                                                               "strat_fold"))
+        except (TypeError, ValueError):
+            raise EcgsslError(f"{path}:{line}: ecg_id, patient_id and strat_fold must be "
+                              "numbers") from None
+        out[ecg] = (str(patient), fold)
     return out
 
 

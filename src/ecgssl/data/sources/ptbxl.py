@@ -37,6 +37,19 @@ def read_statements(folder: str | Path) -> dict[str, dict[str, str]]:
                 for row in reader if row and row[0]}
 
 
+def read_database(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
+    """The rows of a ptbxl_database.csv; EcgsslError naming it when a `required` column is
+    missing. A stray non-UTF-8 byte in one report must not sink the whole database: it
+    becomes U+FFFD in that report, and the row is used as usual."""
+    with open(path, newline="", encoding="utf-8", errors="replace") as fh:
+        reader = csv.DictReader(fh)
+        missing = [c for c in required if c not in (reader.fieldnames or [])]
+        if missing:
+            raise EcgsslError(f"{path}: not PTB-XL's ptbxl_database.csv, missing required "
+                              f"columns: {', '.join(missing)}")
+        return list(reader)
+
+
 def fold_split(fold: int) -> str:
     return "test" if fold == 10 else "val" if fold == 9 else "train"
 
@@ -53,14 +66,7 @@ class PtbxlSource(Source):
     def plan(self, root: Path) -> tuple[list[Task], list[dict]]:
         db = require_file(root, DATABASE)
         require_file(root, STATEMENTS)
-        # A stray non-UTF-8 byte in one report must not sink the whole database: it becomes
-        # U+FFFD in that report, and the row is used as usual.
-        with open(db, newline="", encoding="utf-8", errors="replace") as fh:
-            reader = csv.DictReader(fh)
-            missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
-            if missing:
-                raise EcgsslError(f"{db}: missing required columns: {', '.join(missing)}")
-            rows = list(reader)
+        rows = read_database(db, REQUIRED)
         tasks = []
         for i, row in enumerate(rows, start=2):
             rec = (row.get(self.file_column) or "").strip()
