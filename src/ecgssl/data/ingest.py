@@ -58,6 +58,7 @@ from ecgssl.data.table import (
     TableJob,
     TableManifest,
     read_manifest,
+    schema,
     shard_name,
     to_arrow,
     writing,
@@ -129,24 +130,32 @@ def record_rows(source: Source, root: Path, cfg: IngestConfig, task: Task) -> di
             labels.append(sorted(set(codes[inside].tolist())))
     else:
         labels = [list(rec.labels)] * len(kept)
-    n = len(kept)
     dataset = source.name
+    # the record's own fields once (rows_table repeats them per window), the windows' as lists
     return {
-        "ecg_id": [f"{dataset}/{task.record}#{w}" for w in kept],
-        "dataset": [dataset] * n, "record": [task.record] * n,
-        "patient_id": [rec.patient_id] * n, "split": [rec.split] * n,
-        "strat_fold": [rec.strat_fold] * n, "fs": [cfg.fs] * n, "window": kept,
+        "ecg_id": [f"{dataset}/{task.record}#{w}" for w in kept], "window": kept,
         "signal": signal, "lead_mask": mask, "labels": labels,
-        "report_device": [rec.report_device] * n, "report": [None] * n,
-        "report_codes": [None] * n,
-        "age": [rec.age] * n, "sex": [rec.sex] * n,
+        "dataset": dataset, "record": task.record, "patient_id": rec.patient_id,
+        "split": rec.split, "strat_fold": rec.strat_fold, "fs": cfg.fs,
+        "report_device": rec.report_device, "report": None, "report_codes": None,
+        "age": rec.age, "sex": rec.sex,
     }
 
 
+PER_WINDOW = ("ecg_id", "window", "labels", "signal", "lead_mask")
+
+
 def rows_table(results: list[dict], size: int) -> pa.Table:
-    """Many records' rows as one Arrow table, built column by column (no per-record batch)."""
-    cols = {k: [v for r in results for v in r[k]] for k in results[0]
+    """Many records' rows as one Arrow table, built column by column (no per-record batch):
+    a record's own fields become one Arrow value each, repeated over its windows by `take`."""
+    sch = schema(size)
+    counts = [len(r["window"]) for r in results]
+    repeat = pa.array(np.repeat(np.arange(len(results)), counts))
+    cols = {k: [v for r in results for v in r[k]] for k in PER_WINDOW
             if k not in ("signal", "lead_mask")}
+    for k in results[0]:
+        if k not in PER_WINDOW:
+            cols[k] = pa.array([r[k] for r in results], type=sch.field(k).type).take(repeat)
     cols["signal"] = np.concatenate([r["signal"] for r in results])
     cols["lead_mask"] = np.concatenate([r["lead_mask"] for r in results])
     return pa.Table.from_batches([to_arrow(cols, size)])
@@ -235,11 +244,11 @@ class _PartWriter:
                 self.quarantined.append(q)
                 continue
             self.n_ok += 1
-            self.splits.update(rows["split"])
-            for labs in rows["labels"]:
-                self.labels.update(labs)
+            n = len(rows["window"])
+            self.splits[rows["split"]] += n
+            self.labels.update(lab for labs in rows["labels"] for lab in labs)
             self.pending.append(rows)
-            self.n_pending += len(rows["ecg_id"])
+            self.n_pending += n
         if self.n_pending >= ROW_GROUP:        # an Arrow table per row group, not per record
             self._flush()
 

@@ -115,7 +115,7 @@ def _samples(chunk: pa.Array) -> np.ndarray:
     return np.frombuffer(data_buf, dtype=SAMPLE, count=(hi - lo) // 4, offset=lo)
 
 
-def to_arrow(cols: dict[str, list | np.ndarray], n_samples: int) -> pa.RecordBatch:
+def to_arrow(cols: dict[str, list | np.ndarray | pa.Array], n_samples: int) -> pa.RecordBatch:
     """Columns -> a record batch. `lead_mask` is [N, 12] bool; `signal` is either [N, 12, T]
     float32 (absent leads are dropped here) or already packed, [P, T] (see `pack`)."""
     sch = schema(n_samples)
@@ -129,6 +129,8 @@ def to_arrow(cols: dict[str, list | np.ndarray], n_samples: int) -> pa.RecordBat
         elif f.name == "lead_mask":
             arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(mask.reshape(-1)),
                                                             N_LEADS))
+        elif isinstance(cols[f.name], pa.Array) and cols[f.name].type == f.type:
+            arrays.append(cols[f.name])
         else:
             arrays.append(pa.array(cols[f.name], type=f.type))
     return pa.RecordBatch.from_arrays(arrays, schema=sch)
