@@ -488,6 +488,11 @@ def promote(
     record: Annotated[Optional[str], typer.Option(
         help="Also write the decision (versions, delta, CI, reason) to this JSON file.")
     ] = None,
+    registration: Annotated[Optional[str], typer.Option(
+        help="The JSON `ecgssl register --record` wrote: decide about that version only, and "
+        "refuse when @challenger has since moved to another registration (a scheduled "
+        "retrain beside a manual one). Without it, @challenger is judged, whoever "
+        "registered it.")] = None,
     params: ParamsOpt = None,
 ):
     """Move @champion to @challenger when the challenger's gain on the gate metric is
@@ -495,11 +500,16 @@ def promote(
     scored. Exit status: 0 promoted, 3 not promoted (kept the champion), 2 error."""
     from ecgssl.config import section
     from ecgssl.registry.register import promote as run_promote
+    from ecgssl.registry.register import registered_version
     from ecgssl.render import promote_decision
 
     cfg = section("promote", {"metric": metric, "min_delta": min_delta}, params)
+    version = None
+    if registration:
+        with staged() as io:
+            version = registered_version(io.input(registration), name)
     d = run_promote(name, cfg.metric, run_context(params), cfg.min_delta, force,
-                    n_boot=cfg.bootstrap, seed=cfg.seed)
+                    n_boot=cfg.bootstrap, seed=cfg.seed, version=version)
     promote_decision(d, name, cfg.metric)
     if record:
         from ecgssl.storage import write_json

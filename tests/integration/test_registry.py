@@ -514,3 +514,35 @@ def test_the_gate_and_promote_decide_about_the_version_this_run_registered(
     d = steps.promote(name, params, mlflow_server, model_uri=b.model_uri)
     assert client.get_model_version_by_alias(name, "champion").version == b.version
     assert "already" in d.reason
+
+
+def test_promote_with_a_registration_judges_that_version_only(evaluated, mlflow_server,
+                                                               monkeypatch, tmp_path):
+    """`promote --registration` (the DVC register stage's call): run A's record names A's
+    version; once run B's better registration took @challenger, A's promote refuses (exit 3)
+    instead of promoting B's model in A's name, and B's own promote wins."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server}
+    name, ctx = "ecgssl-cli-registration", RunContext(enabled=True, tracking_uri=mlflow_server)
+    client = mlflow.MlflowClient(mlflow_server)
+    v1 = register(evaluated / "enc", name, ctx, metrics_files=[evaluated / "eval/metrics.json"])
+    assert promote(name, GATE, ctx).promoted
+    records = {}
+    for run, metrics in (("a", evaluated / "eval/metrics.json"),
+                         ("b", _metrics_with(evaluated, tmp_path / "best", 0.05))):
+        r = register(evaluated / "enc", name, ctx, metrics_files=[metrics])
+        records[run] = tmp_path / f"{run}.json"
+        records[run].write_text(json.dumps(r.to_dict()))      # what `register --record` writes
+    p = cli("promote", "--name", name, "--metric", GATE, "--registration", records["a"],
+            env=env)
+    assert p.returncode == 3 and "not v" in p.stderr, p.stderr
+    assert client.get_model_version_by_alias(name, "champion").version == v1.version
+    p = cli("promote", "--name", name, "--metric", GATE, "--registration", records["b"],
+            env=env)
+    assert p.returncode == 0, p.stderr
+    assert client.get_model_version_by_alias(name, "champion").version == \
+        json.loads(records["b"].read_text())["version"]
+    # a record of another model is a clear error (exit 2), not a decision about this one
+    p = cli("promote", "--name", "ecgssl-other", "--metric", GATE, "--registration",
+            records["b"], env=env)
+    assert p.returncode == 2 and "not a version of 'ecgssl-other'" in p.stderr, p.stderr

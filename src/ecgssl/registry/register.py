@@ -182,6 +182,21 @@ def _version_metric(client, version, key: str) -> float | None:
     return float(v) if v is not None else None
 
 
+def registered_version(record: str | Path, name: str) -> str:
+    """The version in a registration record (`ecgssl register --record`) of model `name`."""
+    from ecgssl.storage import read_json
+    try:
+        r = read_json(record)
+        got, version = r["name"], str(r["version"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise EcgsslError(f"{record} is not a registration record written by `ecgssl register "
+                          f"--record` ({type(exc).__name__}: {exc})") from None
+    if got != name or not version.isdigit():
+        raise EcgsslError(f"{record} records version {version!r} of model {got!r}, not a "
+                          f"version of {name!r}")
+    return version
+
+
 def promote(name: str, metric: str, ctx: RunContext, min_delta: float = 0.005,
             force: bool = False, dry_run: bool = False, n_boot: int = 1000,
             seed: int = 0, version: str | None = None) -> Decision:
