@@ -344,10 +344,11 @@ def evaluate(
     data: Annotated[str, typer.Option(help="ECG table holding the task's dataset.")],
     task: Annotated[str, typer.Option(metavar="TASK", help="Downstream task (its dataset "
                                       "must be in --data): " + TASK_CHOICES)],
-    mode: Annotated[list[EvalMode], typer.Option(help="zeroshot, probe or finetune; repeat for "
-                                                 "several")],
     output: Annotated[str, typer.Option("--output", "-o", help="Folder (or s3:// prefix) for "
                                         "metrics.json and plots.")],
+    mode: Annotated[Optional[list[EvalMode]], typer.Option(
+        help="zeroshot, probe or finetune; repeat for several [default: pipeline.eval_modes, "
+        "and finetune when pipeline.finetune]")] = None,
     label_fraction: Annotated[Optional[list[float]], typer.Option(
         "--label-fraction", help="Percent of train patients with labels; repeat "
         "[default: evaluate.label_fractions = 1, 10, 100]")] = None,
@@ -379,11 +380,16 @@ def evaluate(
         overrides[cls.strip()] = text.strip()
     cfg = section("evaluate", {}, params)
     check_task(task, cfg)
+    if mode:
+        modes = list(dict.fromkeys(x.value for x in mode))
+    else:                                 # what the pipeline runs (the DVC evaluate stage)
+        pipe = section("pipeline", {}, params)
+        modes = list(dict.fromkeys([*pipe.eval_modes, *(["finetune"] if pipe.finetune else [])]))
     ctx = run_context(params, mlflow)
     with staged() as io:
         # the tables stream (row groups read as needed, local or s3://), never mirrored
         r = run_evaluate(model_input(io, encoder, ctx), io.stream(data), task,
-                         [x.value for x in mode], io.output(output), cfg,
+                         modes, io.output(output), cfg,
                          fractions=label_fraction, prompt_overrides=overrides,
                          progress=progress, ctx=ctx,
                          test_table=io.stream(test_data) if test_data else None)

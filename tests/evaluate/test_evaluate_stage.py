@@ -274,3 +274,24 @@ def test_metrics_of_a_task_whose_test_rows_changed_do_not_carry_over(encoder, ta
     saved = json.loads((out / "metrics.json").read_text())
     assert "zeroshot/my-af/macro_auroc" in saved
     assert "probe/my-af/macro_auroc" not in saved and not (out / "classifier-probe").exists()
+
+
+def test_without_mode_the_cli_runs_the_pipelines_eval_modes(encoder, tables, tmp_path):
+    """The DVC evaluate stage passes no --mode: pipeline.eval_modes (plus finetune when
+    pipeline.finetune) decide, as they do for the Kubeflow pipeline."""
+    from typer.testing import CliRunner
+
+    from ecgssl.cli import app
+    params = tmp_path / "params.yaml"
+    params.write_text("evaluate:\n  probe_c: [0.1]\n  bootstrap: 10\n  cache: null\n"
+                      "  finetune_epochs: 1\n  finetune_lrs: [0.001]\n"
+                      "pipeline:\n  eval_modes: [zeroshot]\n  finetune: true\n"
+                      "tracking:\n  enabled: false\n")
+    out = tmp_path / "eval"
+    r = CliRunner().invoke(app, ["evaluate", "--encoder", str(encoder), "--data",
+                                 str(tables["cinc2017"]), "--task", "cinc2017-af",
+                                 "--label-fraction", "100", "--output", str(out),
+                                 "--params", str(params), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    modes = {k.split("/")[0] for k in json.loads((out / "metrics.json").read_text())}
+    assert {"zeroshot", "finetune"} <= modes and "probe" not in modes, modes
