@@ -46,3 +46,19 @@ def test_temperature_starts_at_0_07_and_is_clamped():
         head.logit_scale.fill_(10.0)
     _, _, scale = head(torch.randn(2, 16), torch.randn(2, 8))
     assert abs(scale.item() - 100.0) < 1e-4 and abs(head.temperature - 0.01) < 1e-8
+
+
+def test_logits_stay_fp32_under_bf16_autocast():
+    # The training step runs under bf16 autocast, which casts every matmul to bf16 whatever
+    # its inputs' dtype: at scale 100 the logits would be rounded by up to ~0.4, and
+    # neighbouring cosines merged. The loss must be the fp32 one.
+    g = torch.Generator().manual_seed(0)
+    z = torch.nn.functional.normalize(torch.randn(64, 32, generator=g), dim=-1)
+    t = torch.nn.functional.normalize(torch.randn(64, 32, generator=g), dim=-1)
+    scale = torch.tensor(100.0)
+    ids = torch.arange(64)
+    fp32 = info_nce(z, t, scale, ids)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = info_nce(z, t, scale, ids)
+    assert mixed.dtype == torch.float32
+    assert abs(mixed.item() - fp32.item()) < 1e-4, (mixed.item(), fp32.item())

@@ -160,3 +160,44 @@ def test_rows_with_device_text_are_compared_by_their_text_not_their_codes(tables
     twins = [(i, j) for i in range(2, len(train)) for j in range(i + 1, len(train))
              if train[i] == train[j]]
     assert twins and all(data.text_id[i] == data.text_id[j] for i, j in twins)
+
+
+def test_reports_missing_from_the_embeddings_are_an_error_not_dropped_rows(corpus,
+                                                                            table_copy):
+    """Embeddings of another (older) reports table: a row whose report is not embedded must
+    stop the run, naming the files, not silently leave the row out of pretraining."""
+    import pyarrow as pa
+
+    def reworded(t):
+        reports = t.column("report").to_pylist()
+        first = next(i for i, (r, s) in enumerate(zip(reports, t.column("split").to_pylist()))
+                     if r and s == "train")
+        reports[first] = reports[first] + " Reworded after embed-text ran."
+        return pa.array(reports, t.schema.field("report").type)
+    stale = table_copy(corpus["table"], "report", reworded)
+    assert len(PretrainData.load(stale, None, need_text=False)) == \
+        len(PretrainData.load(corpus["table"], None, need_text=False))
+    with pytest.raises(EcgsslError, match=r"not in .*text_emb.*embed-text"):
+        PretrainData.load(stale, corpus["text_emb"], need_text=True)
+
+
+def test_rows_left_over_by_whole_batches_are_not_always_the_same(corpus, tmp_path):
+    """An epoch leaves out the len % batch_size rows that make no whole batch. In a table of
+    one row group (a small table) the read order is the same every epoch: left out at its end,
+    the same rows would never be trained on, however many epochs."""
+    import pyarrow as pa
+    m = read_manifest(corpus["table"])
+    one = tmp_path / "one-group"
+    one.mkdir()
+    pq.write_table(pa.concat_tables([pq.read_table(corpus["table"] / s) for s in m["shards"]]),
+                   one / "all.parquet", row_group_size=1 << 20)
+    (one / "_manifest.json").write_text(json.dumps({**m, "shards": ["all.parquet"]}))
+    data = PretrainData.load(one, corpus["text_emb"], need_text=True)
+    assert len(data.groups) == 1 and len(data) % 16
+    per = data.steps_per_epoch(16)
+    plan = Plan(16, 0, 64)
+    for e in range(10):
+        epoch = np.concatenate([data.global_rows(s, plan) for s in range(e * per, (e + 1) * per)])
+        assert len(np.unique(epoch)) == len(epoch) == per * 16          # each row once at most
+    seen = np.unique([data.global_rows(s, plan) for s in range(10 * per)])
+    assert len(seen) == len(data), f"{len(data) - len(seen)} rows never trained on"

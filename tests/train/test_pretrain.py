@@ -152,3 +152,30 @@ def test_unreachable_tracking_server_is_a_clear_error(corpus, tmp_path, monkeypa
         pretrain(corpus["table"], corpus["text_emb"], tmp_path / "run", cfg, progress=False,
                  ctx=ctx)
     assert time.time() - t0 < 30
+
+
+def test_a_fresh_run_does_not_resume_into_an_earlier_runs_checkpoints(corpus, tmp_path):
+    """A run started afresh (no --resume) in a folder holding a longer earlier run's
+    checkpoints: its own checkpoints must not be pruned as 'older' than the stale ones, nor a
+    later --resume continue the earlier run's weights."""
+    from ecgssl.train import checkpoint
+    small = {**SMALL, "method": "st", "loader_workers": 0}
+    pretrain(corpus["table"], None, tmp_path, PretrainConfig(max_steps=8, **small),
+             progress=False)
+    pretrain(corpus["table"], None, tmp_path, PretrainConfig(max_steps=4, **{**small,
+             "lr": 1e-3}), progress=False)          # afresh: another lr, 4 steps
+    assert checkpoint.latest(tmp_path) == tmp_path / "checkpoints/step-0000004"
+    r = pretrain(corpus["table"], None, tmp_path, PretrainConfig(max_steps=8, **{
+        **small, "lr": 1e-3}), resume=True, progress=False)
+    assert r.resumed_at == 4
+
+
+def test_resume_refuses_a_checkpoint_past_the_runs_last_step(corpus, tmp_path):
+    """Resuming an 8-step checkpoint with max_steps 4 must not write the step-8 weights as a
+    4-step run (metrics.json would say steps 4)."""
+    small = {**SMALL, "method": "st", "loader_workers": 0}
+    pretrain(corpus["table"], None, tmp_path, PretrainConfig(max_steps=8, **small),
+             progress=False)
+    with pytest.raises(EcgsslError, match="step 8, past this run's last step 4"):
+        pretrain(corpus["table"], None, tmp_path, PretrainConfig(max_steps=4, **small),
+                 resume=True, progress=False)

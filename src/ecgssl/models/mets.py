@@ -50,14 +50,16 @@ def info_nce(z_e: torch.Tensor, z_t: torch.Tensor, scale: torch.Tensor,
     against all columns; averaging over ranks gives the single-process loss.
     """
     # Logits in fp32 even under bf16 autocast: at scale 100 bf16's 8 mantissa bits round
-    # neighbouring cosines together.
-    z_e, z_t, scale = z_e.float(), z_t.float(), scale.float()
-    all_e, all_t = gather_with_grad(z_e, dist), gather_with_grad(z_t, dist)
-    all_ids = gather_with_grad(text_ids, dist)
-    rows = torch.arange(z_e.shape[0], device=z_e.device) + dist.rank * z_e.shape[0]
-    same = text_ids[:, None] == all_ids[None, :]
-    same[torch.arange(len(rows)), rows] = False                 # keep the positive itself
-    logits_e = (scale * z_e @ all_t.T).masked_fill(same, float("-inf"))
-    logits_t = (scale * z_t @ all_e.T).masked_fill(same, float("-inf"))
-    return 0.5 * (F.cross_entropy(logits_e, rows) + F.cross_entropy(logits_t, rows))
+    # neighbouring cosines together. Casting the inputs is not enough: autocast runs every
+    # matmul in bf16 whatever its inputs, so it is switched off here.
+    with torch.autocast(z_e.device.type, enabled=False):
+        z_e, z_t, scale = z_e.float(), z_t.float(), scale.float()
+        all_e, all_t = gather_with_grad(z_e, dist), gather_with_grad(z_t, dist)
+        all_ids = gather_with_grad(text_ids, dist)
+        rows = torch.arange(z_e.shape[0], device=z_e.device) + dist.rank * z_e.shape[0]
+        same = text_ids[:, None] == all_ids[None, :]
+        same[torch.arange(len(rows), device=rows.device), rows] = False   # keep the positive
+        logits_e = (scale * z_e @ all_t.T).masked_fill(same, float("-inf"))
+        logits_t = (scale * z_t @ all_e.T).masked_fill(same, float("-inf"))
+        return 0.5 * (F.cross_entropy(logits_e, rows) + F.cross_entropy(logits_t, rows))
 

@@ -37,6 +37,13 @@ def save(folder: Path, step: int, model, optimizer, scheduler, extra: dict) -> P
     return final
 
 
+def clear(folder: Path) -> None:
+    """Drop a folder's checkpoints, for a run that starts afresh there: an earlier run's would
+    outlive the new run's (pruning keeps the highest steps) and a later --resume would continue
+    the earlier run."""
+    shutil.rmtree(folder / "checkpoints", ignore_errors=True)
+
+
 def latest(folder: Path) -> Path | None:
     """The newest whole checkpoint. Written here, a checkpoint appears by one rename; pulled
     from S3 after a push that was cut short, one may lack its state.pt (pushed last)."""

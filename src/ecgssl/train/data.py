@@ -86,6 +86,7 @@ class PretrainData:
                 raise EcgsslError("METS needs --text-emb (the output of `ecgssl embed-text`)")
             index, vecs, meta = read_embeddings(text_emb)
         group, offset, hashes, same = [], [], [], []
+        unembedded = []        # reports embed-text would have embedded, but text_emb lacks
         # metadata columns only: no signal is decoded (from s3://, nor fetched)
         for g, t in enumerate(read_row_groups(
                 table, groups, ["split", "report", "report_codes", "report_device"], n_samples)):
@@ -96,6 +97,8 @@ class PretrainData:
                 r = reports[i]
                 h = text_hash(r) if isinstance(r, str) and r else None
                 if need_text and (h is None or h not in index):
+                    if h is not None and r.strip():   # embed-text embeds every non-blank one
+                        unembedded.append(r)
                     continue
                 group.append(g)
                 offset.append(i)
@@ -109,6 +112,11 @@ class PretrainData:
                 generated_only = not (isinstance(device[i], str) and device[i].strip())
                 same.append(text_hash(" ".join(sorted(c)))
                             if generated_only and c is not None and len(c) else h)
+        if unembedded and group:
+            raise EcgsslError(
+                f"{len(unembedded)} {split} rows of {table} have reports not in {text_emb} "
+                f"(e.g. {unembedded[0][:80]!r}): the embeddings are of another version of the "
+                "table; rerun `ecgssl embed-text` on this table")
         if not group:
             if need_text and any(np.sum(read_row_group(table, rg, ["split"], n_samples=n_samples
                                                        ).column("split") == split)
@@ -152,7 +160,15 @@ class PretrainData:
             rng = np.random.default_rng([plan.seed, epoch])
             rank = np.empty(len(self.groups), np.int64)
             rank[rng.permutation(len(self.groups))] = np.arange(len(self.groups))
-            read = np.lexsort((self.offset, rank[self.group]))[:steps * b]  # tail: next epoch
+            order = np.lexsort((self.offset, rank[self.group]))
+            # The r = len % b rows that make no whole batch are left out of this epoch: the run
+            # of r rows that ends r * epoch rows before the end of the read order (wrapping
+            # round), not always its end, which in a table of one row group (a small table) is
+            # the same rows every epoch, never trained on. Epoch 0 leaves out the end.
+            n, r = len(order), len(order) - steps * b
+            keep = np.ones(n, bool)
+            keep[(n - r * (epoch + 1) + np.arange(r)) % n] = False
+            read = order[keep]
             per_window = max(1, plan.shuffle_rows // b)                      # steps
             out = np.empty((steps, b), np.int64)
             for w0 in range(0, steps, per_window):

@@ -144,11 +144,17 @@ def pretrain(data: str | Path, text_emb: str | Path | None, output: str | Path,
                               "resume with the same table, seed, batch_size and shuffle_rows, "
                               "or start afresh without --resume")
     same_on_every_rank(start, "the step to resume from", dist, device)
+    if start > total:      # else the later weights would be written as this shorter run's
+        raise EcgsslError(f"{ckpt} is at step {start}, past this run's last step {total}: "
+                          "raise pretrain.max_steps (or epochs), or start afresh without "
+                          "--resume")
     net = DistributedDataParallel(model) if world > 1 else model
     forward = torch.compile(net) if cfg.compile else net
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
     if me == 0:
         out.mkdir(parents=True, exist_ok=True)
+        if ckpt is None:
+            checkpoint.clear(out)
     config = {**cfg.model_dump(), "n_samples": ds.n_samples, "fs": ds.fs, "text_dim": text_dim,
               "text_model": ds.text_meta.get("model_identity"),
               "text_model_name": ds.text_meta.get("model"),
