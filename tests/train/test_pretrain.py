@@ -83,6 +83,21 @@ def test_resume_refuses_a_checkpoint_of_another_encoder(corpus, tmp_path):
             method="st", max_steps=4, **{**SMALL, "width": 32}), resume=True, progress=False)
 
 
+def test_resume_refuses_a_checkpoint_of_another_table_with_as_many_rows(corpus, tmp_path):
+    """A table made again another way (reports regenerated) has the same train rows: resuming
+    into its checkpoints would continue on other data as if nothing changed."""
+    import shutil
+    other = tmp_path / "other-table"
+    shutil.copytree(corpus["table"], other)
+    m = json.loads((other / "_manifest.json").read_text())
+    (other / "_manifest.json").write_text(json.dumps({**m, "options_key": "0" * 64}))
+    pretrain(corpus["table"], None, tmp_path / "run", PretrainConfig(
+        method="st", max_steps=4, **SMALL), progress=False)
+    with pytest.raises(EcgsslError, match="read the data as"):
+        pretrain(other, None, tmp_path / "run", PretrainConfig(
+            method="st", max_steps=8, **SMALL), resume=True, progress=False)
+
+
 def test_non_finite_loss_stops_with_a_clear_message(corpus, tmp_path, table_copy):
     def huge(t):   # 3e38 mV: finite in float32, but the first convolution overflows
         signal, mask = arrays([t], 1000)

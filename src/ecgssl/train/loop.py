@@ -130,16 +130,21 @@ def pretrain(data: str | Path, text_emb: str | Path | None, output: str | Path,
     total = cfg.max_steps or cfg.epochs * ds.steps_per_epoch(cfg.batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.warmup_steps, total))
     plan = Plan(cfg.batch_size, cfg.seed, cfg.shuffle_rows, me, world)
+    manifest = read_manifest(data)
     # The data position: with it, step s's batch is a function of the step alone.
+    # "table": the options key of the table's manifest (its input and how it was made), so
+    # that another table with as many rows (reports regenerated, an output prefix reused by a
+    # later pipeline run) is not resumed into.
     position = {"seed": cfg.seed, "batch_size": cfg.batch_size,
-                "shuffle_rows": cfg.shuffle_rows, "rows": len(ds), "split": cfg.split}
+                "shuffle_rows": cfg.shuffle_rows, "rows": len(ds), "split": cfg.split,
+                "table": manifest.get("options_key")}
     start, history = 0, []
     ckpt = checkpoint.latest(out) if resume else None
     if ckpt is not None:
         state = checkpoint.load(ckpt, model, opt, sched)
         start, history = state["step"], state["history"]
         saved = state.get("data", position)
-        if saved != position:
+        if saved != {k: position[k] for k in saved}:    # checkpoints before "table": the rest
             raise EcgsslError(f"{ckpt} read the data as {saved}, this run as {position}: "
                               "resume with the same table, seed, batch_size and shuffle_rows, "
                               "or start afresh without --resume")
@@ -161,7 +166,7 @@ def pretrain(data: str | Path, text_emb: str | Path | None, output: str | Path,
               "text_pooling": ds.text_meta.get("pooling"), "train_rows": len(ds),
               "world_size": world, "encoder_dim": model.encoder.dim,
               "preprocess": PREPROCESS_VERSION,
-              "data_fingerprint": read_manifest(data).get("input_fingerprint")}
+              "data_fingerprint": manifest.get("input_fingerprint")}
     tags = {"stage": "pretrain", "method": cfg.method, "data": str(data)}
     batches = loader(ds, plan, start, total, cfg.loader_workers, device,
                      memory=cfg.loader == "memory")
