@@ -135,7 +135,8 @@ def scenario(source: str, input_dir: Path, repeat: int, fs: int, reps: int) -> N
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--source", help="one source instead of the default scenarios")
     ap.add_argument("--input", type=Path, help="its input folder")
     ap.add_argument("--repeat", type=int, default=1)

@@ -45,14 +45,17 @@ BEFORE = {"text_distinct": 37.6, "text_cosine": 0.975, "text_cosine_distinct": 0
 
 
 def _tables(data: Path, keep: Path | None, sources: tuple[str, ...]) -> dict:
-    root = keep or Path(tempfile.mkdtemp(prefix="bench-measure-"))
-    out = {}
-    for s in sources:
-        if not (data / s).is_dir():
-            continue
-        if not (root / s / MANIFEST).is_file():     # else ingest is a no-op anyway
-            ingest(s, data / s, root / s, IngestConfig(workers=1), progress=False)
-        out[s] = read_table(root / s)
+    # Without --tables, the tables live in a folder removed once read (read_table holds them
+    # in memory): the shared data's leave ~100 MB in /tmp per run otherwise.
+    with tempfile.TemporaryDirectory(prefix="bench-measure-") as tmp:
+        root = keep or Path(tmp)
+        out = {}
+        for s in sources:
+            if not (data / s).is_dir():
+                continue
+            if not (root / s / MANIFEST).is_file():     # else ingest is a no-op anyway
+                ingest(s, data / s, root / s, IngestConfig(workers=1), progress=False)
+            out[s] = read_table(root / s)
     return out
 
 
@@ -122,7 +125,8 @@ def _ratio(a, b):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=Path("data/sample"))
     ap.add_argument("--tables", type=Path, default=None,
                     help="keep ingested tables in this folder (reused when present)")

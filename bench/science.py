@@ -154,7 +154,8 @@ def table(r: dict) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=Path("data/sample"))
     ap.add_argument("--out", type=Path, default=Path("outputs/science"))
     ap.add_argument("--schedule", choices=sorted(SCHEDULES), default="cpu")

@@ -8,6 +8,7 @@ reports again from the cache (no model load, no forward pass), with the ratio.
 
 from __future__ import annotations
 
+import argparse
 import tempfile
 import time
 from pathlib import Path
@@ -19,6 +20,8 @@ from ecgssl.text.stage import run_embed_text
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         tables = []

@@ -146,7 +146,8 @@ def measure(ds: PretrainData, method: str, steps: int, device: torch.device, bf1
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--methods", nargs="+", default=["mets", "st", "mets+st"])
     ap.add_argument("--workers", type=int, default=2, help="loader worker processes")
