@@ -81,30 +81,44 @@ def exclusive(folder: str | Path, command: str) -> Iterator[Path]:
     its files with ours."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(folder / ".ecgssl.lock"), timeout=0)
+    with _held(folder / ".ecgssl.lock", folder, command):
+        yield folder
+
+
+@contextmanager
+def _held(lock_file: Path, folder: Path, command: str) -> Iterator[None]:
+    lock = FileLock(str(lock_file), timeout=0)
     try:
         lock.acquire()
     except Timeout:
         raise EcgsslError(f"another `ecgssl {command}` is writing to {folder}; refusing to "
                           "write at the same time") from None
     try:
-        yield folder
+        yield
     finally:
         lock.release()
 
 
 @contextmanager
 def staged_folder(folder: str | Path, owned: tuple[str, ...], last: tuple[str, ...],
-                  keep=lambda old: False) -> Iterator[Path]:
+                  keep=lambda old: False, command: str = "evaluate") -> Iterator[Path]:
     """Write a stage's output files all at once: yield an empty staging folder beside
     `folder`; when the block succeeds, the files it made replace ours in `folder` (`owned`:
     glob patterns of what the stage writes; other files there are left alone), the commit
     files `last` are removed first and moved in last. A killed or failed run leaves `folder`
     as it was, and a run killed during the swap leaves no commit file, so nothing ever pairs
     new files with old ones. `keep(folder)` says whether our old files carry over into the
-    staging folder (e.g. metrics of other modes of the same encoder)."""
+    staging folder (e.g. metrics of other modes of the same encoder). One run at a time: a
+    second refuses at once (two runs that each carried the old files over would each swap in
+    their own, and the first one's results would be gone); the lock sits beside the folder,
+    not in it, so that the folder holds results only."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    with _held(folder.parent / f".{folder.name}.ecgssl.lock", folder, command):
+        yield from _staged_swap(folder, owned, last, keep)
+
+
+def _staged_swap(folder: Path, owned, last, keep) -> Iterator[Path]:
     prefix = f".{folder.name}.staging-"
     for old in folder.parent.glob(prefix + "*"):            # left by killed runs
         pid = old.name[len(prefix):]
@@ -174,7 +188,7 @@ def tree_fingerprint(root: str | Path) -> str:
     entries = []
     for dirpath, _, files in os.walk(top):
         for f in files:
-            if f == _MIRROR_RECORD:       # bookkeeping of an S3 mirror, not data
+            if f in _OURS or _is_temp(f):   # an S3 mirror's bookkeeping, a write in flight
                 continue
             p = os.path.join(dirpath, f)
             try:
@@ -183,6 +197,12 @@ def tree_fingerprint(root: str | Path) -> str:
                 st = os.lstat(p)
             entries.append((p[cut:], st.st_size, st.st_mtime_ns))
     return _fingerprint(entries)
+
+
+def _is_temp(name: str) -> bool:
+    """An `atomic_path` temp file (`.<name>.<random>.tmp`): a write in flight, or one that a
+    killed process (SIGKILL, SIGTERM: no `finally` runs) left."""
+    return name.startswith(".") and name.endswith(".tmp")
 
 
 def _fingerprint(entries: list[tuple[str, int, int]]) -> str:
@@ -406,10 +426,11 @@ def _object_listing(path: str) -> dict[str, tuple[int, int, str]]:
 
 
 _MIRROR_RECORD = ".ecgssl-mirror.json"   # {key: ETag} of what a pull fetched
+_MIRROR_LOCK = ".ecgssl-mirror.lock"     # one pull into a mirror at a time
 # A WFDB record's payloads (samples, annotations), named after the record: what a slice of a
 # source on S3 fetches for its own records only (Paths.input_records).
 PAYLOAD_SUFFIXES = (".dat", ".mat", ".atr", ".edf")
-_OURS = (_SYNC_RECORD, _MIRROR_RECORD, ".ecgssl.lock")
+_OURS = (_SYNC_RECORD, _MIRROR_RECORD, _MIRROR_LOCK, ".ecgssl.lock")
 
 
 def pull(uri: str, local: Path, exact: bool = False,
@@ -426,20 +447,66 @@ def pull(uri: str, local: Path, exact: bool = False,
         from pyarrow.fs import FileType
         info = _retry(f"lookup of {redact(uri)}", fs.get_file_info, path)
         if info.type == FileType.File:
-            mtime = int(info.mtime.timestamp() * 1e9) if info.mtime else 0
-            if not local.is_file() or local.stat().st_size != info.size or \
-                    (mtime and local.stat().st_mtime_ns != mtime):
-                _download(fs, path, local, mtime)
+            _pull_object(fs, path, local, info)
             return local
         remote = _object_listing(path)
     if not remote:
         raise EcgsslError(f"{redact(uri)}: no such object or prefix")
-    targets = {k: safe_join(local, k, redact(uri)) for k in remote}
-    record_file = local / _MIRROR_RECORD
+    local.mkdir(parents=True, exist_ok=True)
+    # Pulls into one mirror (two slices of a source on one machine) take turns: each then
+    # may remove the temp files a killed pull left, none of which is another's in flight.
+    with FileLock(str(local / _MIRROR_LOCK)):
+        return _pull_prefix(fs, uri, path, local, exact, want, remote)
+
+
+def _pull_object(fs, path: str, local: Path, info) -> None:
+    """One object: fetched when its size, time or ETag differ from the local copy's. Size
+    and time alone (one-second resolution) miss an object overwritten with one of the same
+    size within a second (a metadata CSV whose content is a table's key)."""
+    mtime = int(info.mtime.timestamp() * 1e9) if info.mtime else 0
+    etag = _object_etag(path)
+    if not local.is_file() or local.stat().st_size != info.size or \
+            (mtime and local.stat().st_mtime_ns != mtime) or _etags(local.parent).get(
+                local.name) != etag:
+        _download(fs, path, local, mtime)
+        _remember_etag(local, etag)
+
+
+def _etags(folder: Path) -> dict[str, str]:
+    """{key: ETag} of the objects pulled into (or pushed from) a folder."""
     try:
-        etags = read_json(record_file) if record_file.is_file() else {}
-    except ValueError:
-        etags = {}
+        return read_json(folder / _MIRROR_RECORD)
+    except (OSError, ValueError):
+        return {}
+
+
+def _remember_etag(local: Path, etag: str) -> None:
+    """Record a single object's ETag beside its local copy (keyed by name, as a prefix
+    mirror keys its objects)."""
+    write_json(local.parent / _MIRROR_RECORD, {**_etags(local.parent), local.name: etag})
+
+
+def _object_etag(path: str) -> str:
+    """The ETag of object bucket/key (pyarrow's file info has none)."""
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+    bucket, _, key = path.partition("/")
+
+    def head():
+        try:
+            return boto3.client("s3").head_object(Bucket=bucket, Key=key).get(
+                "ETag", "").strip('"')
+        except ClientError as exc:
+            raise OSError(f"{exc.response.get('Error', {}).get('Code')}: {exc}") from None
+        except BotoCoreError as exc:
+            raise OSError(str(exc)) from None
+    return _retry(f"lookup of s3://{path}", head)
+
+
+def _pull_prefix(fs, uri: str, path: str, local: Path, exact: bool, want,
+                 remote: dict[str, tuple[int, int, str]]) -> Path:
+    targets = {k: safe_join(local, k, redact(uri)) for k in remote}
+    record_file, etags = local / _MIRROR_RECORD, _etags(local)
 
     def stale(k: str, size: int, m: int, etag: str) -> bool:
         p = targets[k]
@@ -453,9 +520,8 @@ def pull(uri: str, local: Path, exact: bool = False,
     if exact and local.is_dir():
         keep = {os.path.realpath(p) for p in targets.values()}
         for p in list(local.rglob("*")):
-            if p.is_file() and p.name not in _OURS and not p.name.endswith(".tmp") and \
-                    os.path.realpath(p) not in keep:
-                p.unlink()
+            if p.is_file() and p.name not in _OURS and os.path.realpath(p) not in keep:
+                p.unlink()          # a deleted object, or a killed pull's temp file
     new = {k: etag for k, (_, _, etag) in remote.items()
            if want is None or want(k) or (k in etags and targets[k].is_file())}
     if new != etags:
@@ -479,6 +545,12 @@ def push(local: Path, uri: str, last: tuple[str, ...] = COMMIT_FILES) -> int:
     fs, path = s3_filesystem(), _split(uri)
     if local.is_file():
         _upload(fs, local, path)
+        # as after a folder's push: the next run's pull finds this very object, fetches nothing
+        info = _retry(f"lookup of s3://{path}", fs.get_file_info, path)
+        if info.size == local.stat().st_size and info.mtime:
+            mtime = int(info.mtime.timestamp() * 1e9)
+            os.utime(local, ns=(mtime, mtime))
+            _remember_etag(local, _object_etag(path))
         return 1
     record_file = local / _SYNC_RECORD
     record = read_json(record_file) if record_file.is_file() else {}
@@ -497,7 +569,20 @@ def push(local: Path, uri: str, last: tuple[str, ...] = COMMIT_FILES) -> int:
         _upload(fs, files[k], f"{path}/{k}")
     for k in set(remote) - set(files):
         _retry(f"delete of s3://{path}/{k}", fs.delete_file, f"{path}/{k}")
-    write_json(record_file, state)
+    # The folder now mirrors the bucket: give its files the objects' times and record their
+    # ETags, as a pull would, so that the next run's pull (Paths.output) fetches nothing and
+    # its push uploads nothing (and never takes the manifest off the bucket meanwhile).
+    after = _object_listing(path)
+    mirror = {}
+    for k, p in files.items():
+        size, mtime, etag = after.get(k, (-1, 0, ""))
+        if size == p.stat().st_size:
+            if mtime:
+                os.utime(p, ns=(mtime, mtime))
+            mirror[k] = etag
+    write_json(local / _MIRROR_RECORD, mirror)
+    write_json(record_file, {k: [p.stat().st_size, p.stat().st_mtime_ns]
+                             for k, p in files.items()})
     return len(changed)
 
 

@@ -170,6 +170,34 @@ def test_changed_options_rebuild_the_table(tmp_path, sample):
     assert read_table(out).signal.shape[2] == 500
 
 
+def test_a_changed_ingest_code_rebuilds_the_table(tmp_path, sample):
+    """The key named the ecgssl version, which no change bumps: after a fix to how records
+    become rows (a new image on Kubeflow, a `git pull` by hand), a rerun said "up to date"
+    and kept the old rows, and so did every stage after it (their keys follow this one)."""
+    import shutil
+    code = tmp_path / "code"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "src/ecgssl", code / "ecgssl")
+    out = tmp_path / "t"
+
+    def run() -> str:
+        p = subprocess.run([sys.executable, "-m", "ecgssl.cli", "ingest", "mitdb", "--input",
+                            str(sample / "mitdb"), "--output", str(out), "--workers", "1",
+                            "--no-progress"], capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "PYTHONPATH": str(code)})
+        assert p.returncode == 0, p.stderr
+        return p.stdout + p.stderr
+    run()
+    rows = read_manifest(out)["rows"]
+    signal_py = code / "ecgssl/data/signal.py"     # half-overlapping windows from now on
+    text = signal_py.read_text()
+    assert "range(0, n - size + 1, size))" in text
+    signal_py.write_text(text.replace("range(0, n - size + 1, size))",
+                                      "range(0, n - size + 1, size // 2))"))
+    again = run()
+    assert "up to date" not in again
+    assert read_manifest(out)["rows"] > rows
+
+
 def test_killed_ingest_finishes_on_rerun_without_duplicates(tmp_path, sample):
     out = tmp_path / "t"
     params = tmp_path / "params.yaml"

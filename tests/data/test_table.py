@@ -116,3 +116,30 @@ def test_shard_writer_writes_the_bytes_write_shard_writes(tables, tmp_path):
             ["all.parquet", *(f"{s}.parquet" for s in (1, 7, 100, 256, 300))])
         for p in tmp_path.iterdir():
             p.unlink()
+
+
+def test_a_manifest_naming_files_outside_its_folder_is_refused(sample, tmp_path):
+    """A manifest is data (an s3:// table's is pulled from the bucket): its shard and
+    sidecar names must stay inside the table's folder. `reports` copies each input's
+    sidecars into its output: a sidecar `../notes.csv` was written beside the output."""
+    import pytest
+
+    from ecgssl.config import IngestConfig, ReportsConfig
+    from ecgssl.data.ingest import ingest
+    from ecgssl.errors import EcgsslError
+    from ecgssl.reports.stage import run_reports
+
+    table = tmp_path / "in" / "ptbxl"
+    ingest("ptbxl", sample / "ptbxl", table, IngestConfig(workers=1), progress=False)
+    (tmp_path / "in" / "notes.csv").write_text("planted\n")
+    m = json.loads((table / "_manifest.json").read_text())
+    m["sidecars"] = [*m["sidecars"], "../notes.csv"]
+    (table / "_manifest.json").write_text(json.dumps(m))
+    out = tmp_path / "out" / "reports"
+    with pytest.raises(EcgsslError, match=r"_manifest.json: refusing sidecar name '../notes"):
+        run_reports([table], out, ReportsConfig(mode="device", workers=1), progress=False)
+    assert not (tmp_path / "out" / "notes.csv").exists()
+    m["sidecars"], m["shards"] = m["sidecars"][:-1], ["/etc/hostname"]
+    (table / "_manifest.json").write_text(json.dumps(m))
+    with pytest.raises(EcgsslError, match="refusing shard name '/etc/hostname'"):
+        read_table(table)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
+import functools
 import os
 import pickle
 import shutil
@@ -76,6 +77,17 @@ from ecgssl.storage import (
 from ecgssl.tracking import OFF, RunContext, log_stage
 
 IN_FLIGHT_PARTS = 2  # bounds memory: results of at most this many parts wait in the parent
+
+
+@functools.cache
+def _code_key() -> str:
+    """The source of the code that turns records into rows (readers, resampling, windows,
+    this module): part of the table's key, as the reports stage's code is part of its key,
+    since the version string is not bumped per change; a fixed reader rebuilds the table."""
+    here = Path(__file__).parent
+    files = [here / f for f in ("ingest.py", "signal.py", "wfdb_fast.py")]
+    files += sorted((here / "sources").glob("*.py"))
+    return stable_hash({f.relative_to(here).as_posix(): f.read_text() for f in files})
 
 
 def n_samples(cfg: IngestConfig) -> int:
@@ -347,6 +359,7 @@ def ingest(source_name: str, input_dir: str | Path, output_dir: str | Path,
     key = stable_hash({"source": source_name, "fs": cfg.fs, "window_s": cfg.window_s,
                        "options": options, "fingerprint": fingerprint,
                        "schema_version": SCHEMA_VERSION, "version": __version__,
+                       "code": _code_key(),
                        **({"source_options": src_key} if src_options else {})})
     chunks = [tasks[i:i + cfg.shard_records] for i in range(0, len(tasks), cfg.shard_records)]
     base = _manifest_base(source_name, root, cfg, size, key, fingerprint, options, tasks,

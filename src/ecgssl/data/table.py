@@ -258,9 +258,22 @@ def read_manifest(path: str | Path) -> dict:
         m = json.loads(p.read_text())
     except json.JSONDecodeError as exc:
         raise EcgsslError(f"{p}: corrupt manifest: {exc}") from None
+    _check_names(p, m)
     run = Path(path) / RUN_FILE          # the run's times, kept out of the manifest
     volatile = json.loads(run.read_text()) if run.is_file() else {}
     return _with_run(m, volatile)
+
+
+def _check_names(where, m: dict) -> None:
+    """The manifest's shards and sidecars are files in the table's own folder: a name with
+    a path in it ('../x', '/etc/x') is refused, so that no manifest (one pulled from a bucket
+    included) makes a reader read, or a stage that copies sidecars write, outside it."""
+    for what in ("shards", "sidecars"):
+        for name in m.get(what) or []:
+            if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or \
+                    "\\" in name:
+                raise EcgsslError(f"{redact(where)}: refusing {what[:-1]} name {name!r}: "
+                                  "not a file name in the table's folder")
 
 
 def _with_run(m: dict, volatile: dict) -> dict:
@@ -279,6 +292,7 @@ def _s3_manifest(uri: str) -> dict:
         m = json.loads(text)
     except json.JSONDecodeError as exc:
         raise EcgsslError(f"{redact(uri)}/{MANIFEST}: corrupt manifest: {exc}") from None
+    _check_names(f"{uri.rstrip('/')}/{MANIFEST}", m)
     run = read_object(uri.rstrip("/") + "/" + RUN_FILE)
     return _with_run(m, json.loads(run) if run else {})
 
