@@ -13,10 +13,10 @@ import pytest
 ECGSSL = shutil.which("ecgssl") or f"{sys.executable} -m ecgssl.cli"
 
 
-def cli(*args, check=True):
+def cli(*args, check=True, cwd=None):
     cmd = ECGSSL.split() + [str(a) for a in args]
     env = {**os.environ, "COLUMNS": "200"}
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=cwd)
     if check and p.returncode != 0:
         pytest.fail(f"{cmd} exited {p.returncode}:\n{p.stdout}\n{p.stderr}")
     return p
@@ -55,3 +55,72 @@ def test_params_file_errors_name_the_key(tmp_path, sample):
     p = cli("ingest", "mitdb", "--input", sample / "mitdb", "--output", tmp_path / "o",
             "--params", bad, check=False)
     assert p.returncode == 2 and "unknown key 'ingest.fss'" in p.stderr
+
+
+# --- a review of the front door (rev2-cli): what users get wrong must be a clear error ---
+
+def test_an_output_folder_that_is_a_file_is_a_clear_error(tmp_path, sample):
+    """`--output` naming an existing file (a typo, a stale download) was a FileExistsError
+    traceback with exit status 1; it is one line naming the path, exit 2."""
+    taken = tmp_path / "table"
+    taken.write_text("not a folder\n")
+    p = cli("ingest", "cinc2017", "--input", sample / "cinc2017", "--output", taken,
+            "--workers", "1", "--no-progress", check=False)
+    assert p.returncode == 2, p.stderr
+    assert "Traceback" not in p.stderr and str(taken) in p.stderr
+    assert "not a folder" in p.stderr
+    p = cli("ingest", "cinc2017", "--input", sample / "cinc2017", "--output", taken / "sub",
+            "--workers", "1", "--no-progress", check=False)
+    assert p.returncode == 2 and "Traceback" not in p.stderr and str(taken) in p.stderr
+
+
+def test_an_output_file_that_is_a_folder_is_refused_before_any_work(tmp_path, tables):
+    """embed-text's and predict's --output are files; a folder there was an IsADirectoryError
+    traceback (naming a temp file), exit status 1, after all the embedding or scoring."""
+    taken = tmp_path / "out.parquet"
+    taken.mkdir()
+    p = cli("embed-text", "--input", tables["mitdb"], "--output", taken, "--no-progress",
+            "--cache", tmp_path / "cache.parquet", check=False)
+    assert p.returncode == 2, p.stderr
+    assert "Traceback" not in p.stderr and str(taken) in p.stderr and "is a folder" in p.stderr
+    p = cli("predict", "--model", tmp_path, "--data", tables["mitdb"], "--output", taken,
+            "--no-progress", check=False)
+    assert p.returncode == 2 and str(taken) in p.stderr and "is a folder" in p.stderr
+
+
+@pytest.mark.parametrize("fraction", ["0", "-5", "250"])
+def test_a_label_fraction_outside_0_100_is_refused_naming_it(tmp_path, tables, fraction):
+    """--label-fraction bypassed the typed config: 0 trained on one patient, 250 on all of
+    them, both reported as f0/f250 with exit status 0."""
+    p = cli("evaluate", "--encoder", tmp_path, "--data", tables["cinc2017"], "--task",
+            "cinc2017-af", "--mode", "probe", "--label-fraction", fraction, "--output",
+            tmp_path / "eval", "--no-mlflow", "--no-progress", check=False)
+    assert p.returncode == 2, p.stderr
+    assert "label_fractions" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_summary_of_a_folder_that_is_not_there_fails(tmp_path):
+    """`ecgssl summary DIR` (and the DVC metrics stage, `summary DIR --write metrics`) on a
+    mistyped folder printed an empty table, or wrote empty metrics, with exit status 0."""
+    missing = tmp_path / "outptus"
+    p = cli("summary", missing, check=False)
+    assert p.returncode == 2 and str(missing) in p.stderr
+    p = cli("summary", missing, "--write", tmp_path / "metrics", check=False)
+    assert p.returncode == 2 and str(missing) in p.stderr
+    assert not (tmp_path / "metrics").exists()
+
+
+@pytest.mark.parametrize("command", [["run-local"], ["submit", "--host", "http://127.0.0.1:9"]])
+def test_an_unknown_pipeline_argument_is_refused_naming_it(tmp_path, command):
+    """`--arg sorces=[mitdb]` was a kfp TypeError traceback (exit 1) from run-local, and went
+    to the server as is from submit/schedule."""
+    # in tmp_path: were the argument let through, run-local would write outputs/kfp there
+    p = cli("pipeline", *command, "--arg", "sorces=[mitdb]", check=False, cwd=tmp_path)
+    assert p.returncode == 2, p.stderr
+    assert "Traceback" not in p.stderr and "sorces" in p.stderr and "sources" in p.stderr
+
+
+def test_a_pipeline_argument_of_the_wrong_kind_is_refused_naming_it(tmp_path):
+    """A source typo in --arg ran the pipeline until the ingest task failed."""
+    p = cli("pipeline", "run-local", "--arg", "sources=[mitbd]", check=False, cwd=tmp_path)
+    assert p.returncode == 2 and "mitbd" in p.stderr and "Traceback" not in p.stderr

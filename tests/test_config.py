@@ -1,6 +1,6 @@
 import pytest
 
-from ecgssl.config import IngestConfig, load_params, section
+from ecgssl.config import IngestConfig, Params, load_params, section
 from ecgssl.errors import ConfigError
 
 
@@ -64,3 +64,33 @@ def test_user_task_names_that_pass_are_valid_mlflow_keys(tmp_path):
     assert name in load_params(f).evaluate.tasks
     _validate_param_name(f"evaluate.tasks.{name}.dataset")
     _validate_metric_name(f"zeroshot/{name}/macro_auroc")
+
+
+@pytest.mark.parametrize("fractions", ["[0, 10]", "[10, 150]", "[-1]", "[]"])
+def test_label_fractions_are_percentages(tmp_path, fractions):
+    """evaluate.label_fractions took any number: 0 trained on one patient and 150 on all of
+    them, each reported under its own key (f0, f150) as if it were that fraction."""
+    f = tmp_path / "params.yaml"
+    f.write_text(f"evaluate:\n  label_fractions: {fractions}\n")
+    with pytest.raises(ConfigError, match="evaluate.label_fractions"):
+        load_params(f)
+    with pytest.raises(ConfigError, match="label_fractions"):
+        section("evaluate", {"label_fractions": [0.0]}, params=Params())
+
+
+# Sized for the 210-record bundled sample in params.yaml (its comments say so); the code's
+# defaults are for real data.
+SAMPLE_SIZED = {("pretrain", k) for k in ("max_steps", "batch_size", "warmup_steps",
+                                          "checkpoint_every")}
+
+
+def test_params_yaml_and_the_code_defaults_agree():
+    """A params file with only some keys (README, "a first hour", step 4: `--params
+    outputs/my.yaml` holding one task) takes every other key from the code's defaults, so they
+    must be params.yaml's: evaluate.finetune_epochs was 5 there and 3 in params.yaml."""
+    from pathlib import Path
+    code = Params().model_dump()
+    repo = load_params(Path(__file__).resolve().parents[1] / "params.yaml").model_dump()
+    differ = [(s, k, code[s][k], repo[s][k]) for s in code for k in code[s]
+              if code[s][k] != repo[s][k] and (s, k) not in SAMPLE_SIZED]
+    assert not differ, differ

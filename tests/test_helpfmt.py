@@ -62,3 +62,14 @@ def test_the_installed_command_prints_plain_help():
     assert "--task TASK" in p.stdout and "ptbxl-rhythm" in p.stdout
     assert "<mode>/<task>/..." in p.stdout           # not eaten as markup
     assert "╭" not in p.stdout and max(map(len, p.stdout.splitlines())) <= 80
+
+
+def test_a_group_with_its_own_options_shows_its_docstring():
+    """`ecgssl reports` is a command (with --input/--output) and a group (translate): its help
+    said only "see `ecgssl reports --help`", from inside that very help, and left out what the
+    stage does."""
+    cmd = typer.main.get_command(app).commands["reports"]
+    text = help_text(["reports"], 250)
+    doc = inspect.getdoc(cmd.callback) or ""
+    assert doc and not [w for w in doc.split() if w not in text.split()], text
+    assert "see `ecgssl reports --help`" not in text

@@ -171,8 +171,9 @@ def ingest(
     ingest_summary(manifest, output)
 
 
-reports_app = typer.Typer(help="Fill the English `report` column (see `ecgssl reports --help`).",
-                          invoke_without_command=True, no_args_is_help=False,
+# No help= here: the callback's docstring is the help (a help= replaced it with a line that
+# pointed at `ecgssl reports --help` from inside `ecgssl reports --help`).
+reports_app = typer.Typer(invoke_without_command=True, no_args_is_help=False,
                           rich_markup_mode=None)
 app.add_typer(reports_app, name="reports")
 
@@ -274,7 +275,7 @@ def embed_text(
     with staged() as io:
         if cfg.cache and is_s3(cfg.cache):
             cfg.cache = str(io.output(cfg.cache))
-        s = run_embed_text(io.input(input), io.output(output), cfg, progress=progress,
+        s = run_embed_text(io.input(input), io.output(output, file=True), cfg, progress=progress,
                            ctx=run_context(params))
     embed_text_summary(s, output)
 
@@ -378,7 +379,8 @@ def evaluate(
         if not sep or not text.strip():
             raise EcgsslError(f"--prompt takes CLASS=TEXT, got {p!r}")
         overrides[cls.strip()] = text.strip()
-    cfg = section("evaluate", {}, params)
+    # --label-fraction is validated as evaluate.label_fractions is (0 < x <= 100)
+    cfg = section("evaluate", {"label_fractions": label_fraction}, params)
     check_task(task, cfg)
     if mode:
         modes = list(dict.fromkeys(x.value for x in mode))
@@ -390,7 +392,7 @@ def evaluate(
         # the tables stream (row groups read as needed, local or s3://), never mirrored
         r = run_evaluate(model_input(io, encoder, ctx), io.stream(data), task,
                          modes, io.output(output), cfg,
-                         fractions=label_fraction, prompt_overrides=overrides,
+                         fractions=cfg.label_fractions, prompt_overrides=overrides,
                          progress=progress, ctx=ctx,
                          test_table=io.stream(test_data) if test_data else None)
     evaluate_table(r, output)
@@ -441,7 +443,7 @@ def register(
                          model_input(io, classifier, ctx), files)
         if record:
             from ecgssl.storage import write_json
-            write_json(io.output(record, pull_existing=False), r.to_dict())
+            write_json(io.output(record, pull_existing=False, file=True), r.to_dict())
     say(f"registered {r.model_uri} (@challenger) with {r.metrics} metrics")
 
 
@@ -474,7 +476,7 @@ def predict(
     ctx = run_context(params)
     with staged() as io:
         p = run_predict(model_input(io, model, ctx), io.stream(data),   # read by row group
-                        io.output(output, pull_existing=False), label, level.value,
+                        io.output(output, pull_existing=False, file=True), label, level.value,
                         progress=progress, model_name=model)
     say(f"wrote {p.rows} {p.level} rows x {len(p.classes)} classes "
         f"({', '.join(p.classes)}) to {output}")
@@ -520,7 +522,7 @@ def promote(
     if record:
         from ecgssl.storage import write_json
         with staged() as io:
-            write_json(io.output(record, pull_existing=False), d.to_dict())
+            write_json(io.output(record, pull_existing=False, file=True), d.to_dict())
     raise typer.Exit(0 if d.promoted else 3)
 
 
@@ -593,10 +595,10 @@ def pipeline_run_local(
 ):
     """Run the whole Kubeflow pipeline on this machine with kfp.local (no cluster, no Docker):
     every task is a subprocess running the component's code with this Python."""
-    from ecgssl.config import section
+    from ecgssl.config import load_params, section
     from ecgssl.pipeline.build import pipeline_arguments, run_local
 
-    args = pipeline_arguments(arg, set_)
+    args = pipeline_arguments(arg, set_, params)    # --params reaches the pipeline's params
     root = data_root or section("pipeline", {}, params).data_root
     args["data_root"] = root if is_s3(root) else str(Path(root).resolve())  # tasks' cwd differs
     if source:
@@ -610,7 +612,7 @@ def pipeline_run_local(
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         uri = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())  # tasks' cwd differs
     args["tracking_uri"] = uri
-    r = run_local(pipeline_root, args)
+    r = run_local(pipeline_root, args, load_params(params))
     say(f"[green]pipeline run {r['pipeline_run']} succeeded[/] in {r['elapsed_s']} s; outputs in "
         f"{r['pipeline_root']}; MLflow: {redact(uri)}")
 
@@ -679,6 +681,9 @@ def summary(
     and the promotion decision, the MLflow run, where the plots are, and what to run next."""
     from ecgssl.pipeline.summary import key_metrics, run_facts, write_tracked
     from ecgssl.render import key_metrics as show
+    if not outputs.is_dir():    # a typo printed an empty table (or wrote empty metrics/), exit 0
+        raise EcgsslError(f"no pipeline output folder at {outputs} (give the folder `make "
+                          "run` or `dvc repro` wrote, default outputs)")
     if write is not None:
         files = write_tracked(outputs, write)
         say(f"wrote {len(files)} files to {write}/ (dvc metrics show, dvc plots show)")

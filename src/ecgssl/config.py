@@ -192,12 +192,13 @@ class UserTask(Section):
 
 
 class EvaluateConfig(Section):
-    label_fractions: list[float] = Field([1, 10, 100], description="percent of the train "
-                                         "split's patients with labels (nested subsets)")
+    label_fractions: list[Annotated[float, Field(gt=0, le=100)]] = Field(
+        [1, 10, 100], min_length=1, description="percent (0 < x <= 100) of the train split's "
+        "patients with labels (nested subsets)")
     probe_c: list[float] = Field([0.01, 0.1, 1.0], min_length=1, description="inverse L2 "
                                  "strengths of the logistic-regression probe; val picks one "
                                  "(and whether to balance class weights)")
-    finetune_epochs: int = Field(5, ge=1)
+    finetune_epochs: int = Field(3, ge=1)
     finetune_lrs: list[float] = Field([1e-4, 1e-3], min_length=1, description="learning "
                                       "rates tried per fine-tuned arm (pretrained and random, "
                                       "same grid and budget); val picks one")

@@ -660,10 +660,14 @@ class Paths:
         readers fetch what they need, no local copy); a folder is a Path."""
         return str(uri) if is_s3(uri) else Path(uri)
 
-    def output(self, uri: str | os.PathLike | None, pull_existing: bool = True) -> Path | None:
-        """A local path for the output; with `pull_existing`, what is already there is fetched
-        first, so reruns are no-ops and `--resume` finds its checkpoints."""
+    def output(self, uri: str | os.PathLike | None, pull_existing: bool = True,
+               file: bool = False) -> Path | None:
+        """A local path for the output (a folder, or a `file`); with `pull_existing`, what is
+        already there is fetched first, so reruns are no-ops and `--resume` finds its
+        checkpoints."""
         if uri is None or not is_s3(uri):
+            if uri is not None:
+                writable_path(Path(uri), file)
             return None if uri is None else Path(uri)
         local = _staging(str(uri), "s3-out")
         if pull_existing:
@@ -690,6 +694,19 @@ class Paths:
         for staged_at, uri in self.outputs:
             if staged_at == local and local.exists():
                 push(local, uri)
+
+
+def writable_path(path: Path, file: bool) -> None:
+    """Refuse a local output path that the filesystem is in the way of, before any work (it
+    was a FileExistsError or IsADirectoryError traceback, at the end for file outputs)."""
+    if file and path.is_dir():
+        raise EcgsslError(f"output {path} is a folder; give a file path")
+    for p in ([] if file else [path]) + list(path.parents):
+        if p.exists() or p.is_symlink():
+            if not p.is_dir():
+                raise EcgsslError(f"output {path}: {p} is not a folder; give another "
+                                  "path, or move what is there")
+            return
 
 
 @contextmanager

@@ -139,3 +139,24 @@ def test_ingest_fans_out_over_slices_when_ingest_parts_is_set(monkeypatch, tmp_p
     for name in ("ingest-part", "ingest-merge"):
         assert tasks[name]["retryPolicy"]["maxRetryCount"] == k.retries
         assert tasks[name]["cachingOptions"].get("enableCache") is True
+
+
+def test_run_local_params_file_reaches_the_pipeline(tmp_path):
+    """`ecgssl pipeline run-local --params FILE` read FILE for data_root and the task check
+    only: the pipeline's `params` argument (every stage's settings) and its defaults
+    (sources, tasks, eval_modes) still came from ./params.yaml, silently."""
+    import inspect
+
+    from ecgssl.pipeline.build import load_pipeline, pipeline_arguments
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["pretrain"]["max_steps"] = 2
+    raw["pipeline"]["sources"] = ["mitdb"]
+    f = tmp_path / "mine.yaml"
+    f.write_text(yaml.safe_dump(raw))
+    args = pipeline_arguments(None, None, f)
+    assert json.loads(args["params"])["pretrain"]["max_steps"] == 2
+    pipe = load_pipeline(load_params(f))
+    assert pipe.component_spec.inputs["sources"].default == ["mitdb"]
+    # --arg is checked against these names: they are the pipeline function's own
+    from ecgssl.pipeline.build import PIPELINE_ARGS
+    assert set(PIPELINE_ARGS) == set(inspect.signature(pipe.pipeline_func).parameters)

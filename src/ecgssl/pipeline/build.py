@@ -106,17 +106,36 @@ def params_with(sets: list[str] = ()) -> Params:
     return params_from_dict(json.loads(pipeline_params(sets)), "--set")
 
 
-def pipeline_arguments(args: list[str] | None, sets: list[str] | None) -> dict:
-    """`--arg NAME=VALUE` and `--set SECTION.KEY=VALUE` of the pipeline commands as the
-    pipeline's arguments (values are YAML)."""
+# The pipeline's arguments (pipelines/ecgssl_pipeline.py) and the `pipeline` key each one
+# defaults from (None: no such key), so that `--arg` is checked before anything runs.
+PIPELINE_ARGS = {"data_root": "data_root", "sources": "sources", "tasks": "tasks",
+                 "eval_modes": "eval_modes", "run_finetune": "finetune",
+                 "model_name": "model_name", "tracking_uri": None, "params": None}
+
+
+def pipeline_arguments(args: list[str] | None, sets: list[str] | None,
+                       params_file: str | Path | None = None) -> dict:
+    """`--arg NAME=VALUE`, `--set SECTION.KEY=VALUE` and `--params FILE` of the pipeline
+    commands as the pipeline's arguments (values are YAML). A name the pipeline does not take,
+    or a value its `pipeline` key would refuse (a source or task typo), is an error here, not
+    a kfp traceback or a failed task later."""
     out = {}
     for a in args or []:
         k, sep, v = a.partition("=")
         if not sep:
             raise EcgsslError(f"--arg takes NAME=VALUE, got {a!r}")
+        if k.strip() not in PIPELINE_ARGS:
+            raise EcgsslError(f"--arg {k.strip()!r}: the pipeline takes no such argument; "
+                              f"choose one of {', '.join(PIPELINE_ARGS)}")
         out[k.strip()] = yaml.safe_load(v)
-    if sets:
-        out["params"] = pipeline_params(sets)
+    if sets or params_file is not None:
+        out["params"] = pipeline_params(sets or [], load_params(params_file))
+    given = {PIPELINE_ARGS[k]: v for k, v in out.items() if PIPELINE_ARGS[k]}
+    if given:
+        raw = json.loads(out["params"]) if "params" in out else \
+            load_params(params_file).model_dump(mode="json")
+        raw["pipeline"] = {**raw.get("pipeline", {}), **given}
+        params_from_dict(raw, "--arg")
     return out
 
 
@@ -136,7 +155,7 @@ def is_up_to_date(target: Path, p: Params | None = None) -> bool:
     return target.is_file() and target.read_text() == fresh
 
 
-def run_local(pipeline_root: str | Path, arguments: dict) -> dict:
+def run_local(pipeline_root: str | Path, arguments: dict, p: Params | None = None) -> dict:
     """Run the whole pipeline in this machine's Python with kfp.local (no Docker, no cluster).
 
     Tasks are subprocesses that inherit this environment, so $ECGSSL_PIPELINE_RUN names the
@@ -147,7 +166,7 @@ def run_local(pipeline_root: str | Path, arguments: dict) -> dict:
     root.mkdir(parents=True, exist_ok=True)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
                raise_on_error=True)
-    pipeline = load_pipeline()
+    pipeline = load_pipeline(p)
     run = f"local-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     t0 = time.perf_counter()
     # The tasks are subprocesses: they receive the run's name as a pod does, in the environment.
