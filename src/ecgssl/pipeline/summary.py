@@ -33,6 +33,9 @@ def key_metrics(outputs: Path) -> list[tuple[str, str, float]]:
     evaluation metrics, in file order."""
     rows = []
     for f in sorted(Path(outputs).rglob("metrics.json")):
+        rel = f.relative_to(outputs).parts
+        if any(part.startswith(".") or part == "mlruns" for part in rel):
+            continue        # a killed evaluate's staging folder, MLflow's own store
         for k, v in json.loads(f.read_text()).items():
             if (k.startswith("loss/") or is_headline(k)) and isinstance(v, float):
                 rows.append((str(f.relative_to(outputs)), k, v))
