@@ -81,3 +81,61 @@ def test_label_fractions_are_patient_disjoint_and_nested():
     for f, idx in subsets.items():   # a chosen patient brings all of its rows, no one else's
         assert set(idx) == {i for i, g in enumerate(groups) if g in patients[f]}
     assert label_subsets(groups, [1, 10, 100], seed=7)[10].tolist() == subsets[10].tolist()
+
+
+# --- on the bundled sample: MIT-BIH test records 100 (S beats, 1 V window) and 105 (V, Q) -------
+
+def _mitdb_test(tables):
+    from ecgssl.evaluate.tasks import load_task
+    task = load_task("mitdb-aami", tables["mitdb"])
+    test = task.part("test")
+    return task, test, task.y[test], task.group[test]
+
+
+def test_bootstrap_resamples_measure_the_point_estimates_classes(tables):
+    # S ranked perfectly, V reversed: macro AUROC over {S, V} is 0.5 on every sample that has
+    # both. A resample of record 105 alone has no S beat; averaging V alone there gave a CI of
+    # [0.0, 0.5] around 0.5, and counting S's F1 as 0 pulled macro F1's CI below its point.
+    task, _, y, groups = _mitdb_test(tables)
+    s = y.copy()
+    s[:, task.classes.index("V")] = 1 - s[:, task.classes.index("V")]
+    sc = Scoring(task.classes, True, eligible_classes(y, len(task.classes), True, 10))
+    assert [c for c, e in zip(task.classes, sc.eligible) if e] == ["S", "V"]
+    m = evaluate_scores(y, s, sc, np.full(len(task.classes), 0.5), groups, n_boot=200)
+    assert m["macro_auroc"] == m["macro_auroc_ci_low"] == m["macro_auroc_ci_high"] == 0.5
+    assert m["macro_f1"] == m["macro_f1_ci_low"] == m["macro_f1_ci_high"] == 0.75
+    # the resamples of one record only measured something else, and say how many are left
+    assert m["bootstrap_groups"] == 2 and 50 < m["macro_auroc_ci_n"] < 150
+
+
+def test_macro_f1_and_recall_leave_out_a_class_absent_from_the_test_items(tables):
+    # Record 100 has no Q beat: Q's F1 and recall are undefined there, not 0.
+    task, test, y, groups = _mitdb_test(tables)
+    keep = task.record[test] == "100"
+    y, groups = y[keep], groups[keep]
+    sc = Scoring(task.classes, True, eligible_classes(y, len(task.classes), True, 10))
+    m = evaluate_scores(y, y.copy(), sc, np.full(len(task.classes), 0.5), groups, n_boot=20)
+    assert m["macro_f1"] == m["macro_recall"] == 1.0      # a perfect model on what is there
+    assert m["f1_classes"] == 3                           # N, S, V
+
+
+def test_macro_f1_averages_the_same_classes_whatever_a_model_predicts(tables):
+    # Challenge 2017 test records without a noisy (~) one: a model that calls one normal
+    # record noisy is averaged over the same N, A, O as its twin, not over N, A, O and ~.
+    from sklearn.metrics import f1_score
+
+    from ecgssl.evaluate.stage import Levels
+    from ecgssl.evaluate.tasks import load_task
+    task = load_task("cinc2017-af", tables["cinc2017"])
+    test = task.part("test")
+    y, _, groups = Levels(task, True)(test, np.eye(4)[task.y[test]])
+    keep = y != task.classes.index("~")
+    y, groups = y[keep], groups[keep]
+    sc = Scoring(task.classes, False, eligible_classes(y, 4, False, 1))
+    good = np.eye(4)[y]
+    bad = good.copy()
+    bad[np.flatnonzero(y == 0)[0]] = np.eye(4)[3]          # one N record called ~
+    m_good, m_bad = (point_metrics(y, s, sc, None) for s in (good, bad))
+    assert m_good["macro_f1"] == 1.0
+    assert m_bad["macro_f1"] == pytest.approx(
+        f1_score(y, bad.argmax(1), labels=[0, 1, 2], average="macro"))

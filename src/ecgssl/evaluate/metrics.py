@@ -3,7 +3,11 @@
 Decisions (multi-label thresholds, multi-class class offsets) are chosen on validation scores
 and then applied, unchanged, to the test scores: `choose_thresholds` never sees test data.
 Macro AUROC averages the classes with at least `min_count` positive and negative test items
-(a class with 3 positives gives an AUROC that is mostly noise); the others are listed.
+(a class with 3 positives gives an AUROC that is mostly noise); the others are listed. Macro
+F1/recall average the classes with a test positive (`f1_classes`). Each bootstrap resample
+measures the same statistic as the point estimate, over the same classes, or counts as missing
+(`<metric>_ci_n` says how many resamples the CI rests on, `bootstrap_groups` over how many
+groups): averaging whatever classes a resample happens to hold is another statistic.
 """
 
 from __future__ import annotations
@@ -99,18 +103,40 @@ class Scoring:
     f1_key: str | None = None
 
 
-def point_metrics(y, scores, scoring: Scoring, thresholds) -> dict[str, float]:
+def f1_classes(y: np.ndarray, n_classes: int, multilabel: bool) -> np.ndarray:
+    """Class indices macro F1 and recall average: those with a positive among the test items.
+    Fixed by the labels alone, so a model and its random twin (and every bootstrap resample)
+    average the same classes, and a class absent from the test items is left out, not
+    counted as 0 (its recall is undefined)."""
+    return np.flatnonzero(onehot(y, n_classes, multilabel).sum(0) > 0)
+
+
+def point_metrics(y, scores, scoring: Scoring, thresholds,
+                  over: np.ndarray | None = None) -> dict[str, float]:
+    """`over`: the classes of macro F1/recall (default: `f1_classes(y)`); a bootstrap resample
+    passes the full test set's, and gets NaN where one of them (or one macro AUROC class) has
+    no positive (or negative) in it: it would measure an average over other classes."""
+    n = len(scoring.classes)
     pred = predictions(scores, scoring.multilabel, thresholds)
     auc = per_class_auroc(y, scores, scoring.multilabel)[scoring.eligible]
+    over = f1_classes(y, n, scoring.multilabel) if over is None else np.asarray(over)
+    has_pos = onehot(y, n, scoring.multilabel).sum(0) > 0
+    defined = len(over) > 0 and bool(has_pos[over].all())
+
+    def macro(fn) -> float:
+        return float(fn(y, pred, labels=over, average="macro", zero_division=0)) \
+            if defined else float("nan")
     out = {
-        "macro_auroc": float(np.nanmean(auc)) if np.isfinite(auc).any() else float("nan"),
-        "macro_f1": float(f1_score(y, pred, average="macro", zero_division=0)),
-        "macro_recall": float(recall_score(y, pred, average="macro", zero_division=0)),
+        "macro_auroc": float(auc.mean()) if len(auc) and np.isfinite(auc).all()
+        else float("nan"),
+        "macro_f1": macro(f1_score),
+        "macro_recall": macro(recall_score),
         "accuracy": float((pred == y).all(1).mean() if scoring.multilabel else
                           (pred == y).mean()),
     }
-    if scoring.f1_key:
-        out[scoring.f1_key] = _f1(y, pred, scoring.f1_over)
+    if scoring.f1_key:         # the challenge F1, over those of its classes `over` holds
+        sub = [c for c in scoring.f1_over if c in set(over.tolist())]
+        out[scoring.f1_key] = _f1(y, pred, sub) if sub and has_pos[sub].all() else float("nan")
     return out
 
 
@@ -146,7 +172,8 @@ def evaluate_scores(y, scores, scoring: Scoring, thresholds, groups: np.ndarray,
                     n_boot: int = 200, seed: int = 0) -> dict:
     """Point metrics, per-class AUROC, sensitivity (Se) and positive predictivity (+P) as in
     AAMI EC57, and 95 % bootstrap CIs resampling test groups (patients or records)."""
-    out = point_metrics(y, scores, scoring, thresholds)
+    over = f1_classes(y, len(scoring.classes), scoring.multilabel)
+    out = point_metrics(y, scores, scoring, thresholds, over)
     oh = onehot(y, len(scoring.classes), scoring.multilabel)
     pred = onehot(predictions(scores, scoring.multilabel, thresholds), len(scoring.classes),
                   scoring.multilabel)
@@ -159,12 +186,17 @@ def evaluate_scores(y, scores, scoring: Scoring, thresholds, groups: np.ndarray,
     out["auroc_classes"] = float(scoring.eligible.sum())
     for name, ok in zip(scoring.classes, scoring.eligible):
         out[f"auroc_scored/{name}"] = float(ok)     # 0: too few test items, not in the macro
+    out["f1_classes"] = float(len(over))             # classes macro F1/recall average
     keys = [*HEADLINE_CI, *([scoring.f1_key] if scoring.f1_key else [])]
     boots = {k: [] for k in keys}
     for pick in resample_groups(groups, n_boot, seed):
-        m = point_metrics(y[pick], scores[pick], scoring, thresholds)
+        m = point_metrics(y[pick], scores[pick], scoring, thresholds, over)
         for k in boots:
             boots[k].append(m[k])
+    # How much the CI rests on: resamples that measured the point's statistic (the others
+    # lacked a class's positives), and the groups drawn (2 records give 3 distinct values).
+    out["bootstrap_groups"] = float(len(np.unique(groups.astype(str))))
     for k, vals in boots.items():
         out[f"{k}_ci_low"], out[f"{k}_ci_high"] = percentile_ci(vals)
+        out[f"{k}_ci_n"] = float(np.isfinite(vals).sum())
     return out
