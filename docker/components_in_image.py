@@ -1,6 +1,6 @@
 """Run the pipeline's components inside the image with kfp.local.DockerRunner:
-ingest (per source) -> reports -> embed-text -> pretrain, the first half of the pipeline's DAG,
-each task a container of the image, as a Kubeflow cluster would run them.
+source-version and ingest (per source) -> reports -> embed-text -> pretrain, the first half of
+the pipeline's DAG, each task a container of the image, as a Kubeflow cluster would run them.
 
     python docker/components_in_image.py --image ghcr.io/ecgssl/ecgssl:0.1.0 \
         --pipeline-root /tmp/kfp-in-image [--source mitdb --source cinc2017] [--set K=V ...]
@@ -36,8 +36,9 @@ def run(image: str, pipeline_root: Path, sources: list[str], sets: list[str],
     k = build.settings().model_copy(update={"image": image, "gpu_image": image})
     c = build.components(k)
     ingest, reports, embed_text, pretrain = c.ingest, c.reports, c.embed_text, c.pretrain
+    source_version = c.source_version
     no_tracking = ["tracking.enabled=false"]
-    for c in (ingest, reports, embed_text, pretrain):
+    for c in (source_version, ingest, reports, embed_text, pretrain):
         assert c.component_spec.implementation.container.image == image, c.name
 
     params = build.pipeline_params([*no_tracking, "pretrain.max_steps=2",
@@ -47,8 +48,9 @@ def run(image: str, pipeline_root: Path, sources: list[str], sets: list[str],
     @dsl.pipeline(name="ecgssl-in-image")
     def in_image(data_root: str, sources: list, params: str, tracking_uri: str = ""):
         with dsl.ParallelFor(sources) as source:
+            version = source_version(source=source, data_root=data_root, params=params)
             tables = ingest(source=source, data_root=data_root, params=params,
-                            tracking_uri=tracking_uri)
+                            tracking_uri=tracking_uri, source_version=version.output)
         rep = reports(tables=dsl.Collected(tables.outputs["table"]), params=params,
                       tracking_uri=tracking_uri)
         emb = embed_text(table=rep.outputs["table"], params=params, tracking_uri=tracking_uri)

@@ -15,7 +15,7 @@ from kfp import dsl, kubernetes
 
 from ecgssl.config import KfpConfig, PipelineConfig
 from ecgssl.pipeline.build import components
-from ecgssl.pipeline.trainjob import NodeSpec
+from ecgssl.pipeline.trainjob import SECRET_KEYS, NodeSpec
 from ecgssl.tracking import PIPELINE_RUN_ENV
 
 
@@ -25,10 +25,17 @@ def ingest_source(c, task, parts: int, after, **inputs):
     whose `table` output is the source's table."""
     def _after(t):
         return t.after(after) if after is not None else t
+    # KFP's cache key holds the task's inputs, and data_root is the same string however its
+    # content changed (new records under an s3:// prefix): a listing task, never cached, gives
+    # ingest the source's content fingerprint as an input.
+    version = task(_after(c.source_version(source=inputs["source"],
+                                           data_root=inputs["data_root"],
+                                           params=inputs["params"])), cache=False, s3=True)
+    inputs = {**inputs, "source_version": version.output}
     if parts <= 1:
-        return task(_after(c.ingest(**inputs)))
+        return task(_after(c.ingest(**inputs)), s3=True)
     with dsl.ParallelFor([f"{i}/{parts}" for i in range(parts)]) as part:
-        sl = task(_after(c.ingest_part(part=part, **inputs)))
+        sl = task(_after(c.ingest_part(part=part, **inputs)), s3=True)
     return task(c.ingest_merge(slices=dsl.Collected(sl.outputs["table"]),
                                **{k: v for k, v in inputs.items()
                                   if k in ("params", "tracking_uri")}))
@@ -37,9 +44,10 @@ def ingest_source(c, task, parts: int, after, **inputs):
 def build_pipeline(k: KfpConfig, defaults: PipelineConfig, params_json: str):
     c = components(k)
 
-    def _task(task, cache: bool = True, gpu: bool = False):
+    def _task(task, cache: bool = True, gpu: bool = False, s3: bool = False):
         """Resources, caching, retries and the run-id label as env (so stage runs find the
-        MLflow parent run without a per-run input that would defeat the cache)."""
+        MLflow parent run without a per-run input that would defeat the cache); `s3`: the
+        task reads data_root or shared storage itself, so it gets kfp.s3_secret if set."""
         task.set_caching_options(cache and k.caching)
         task.set_retry(k.retries, backoff_duration="30s", backoff_factor=2.0,
                        backoff_max_duration="600s")
@@ -55,6 +63,8 @@ def build_pipeline(k: KfpConfig, defaults: PipelineConfig, params_json: str):
                 kubernetes.add_toleration(task, **t)
         else:
             task.set_cpu_request(k.cpu).set_memory_limit(k.memory)
+        if s3 and k.s3_secret:
+            kubernetes.use_secret_as_env(task, k.s3_secret, {key: key for key in SECRET_KEYS})
         return task
 
     @dsl.pipeline(name="ecgssl", description="Self-supervised ECG pretraining (METS + ST), "
@@ -86,10 +96,7 @@ def build_pipeline(k: KfpConfig, defaults: PipelineConfig, params_json: str):
                 pre = _task(c.pretrain_trainjob(table=rep.outputs["table"],
                                                 embeddings=emb.outputs["embeddings"],
                                                 params=params, tracking_uri=tracking_uri,
-                                                job=job))
-                if k.s3_secret:   # the launcher copies the nodes' run folder out of S3
-                    kubernetes.use_secret_as_env(pre, k.s3_secret, {
-                        key: key for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")})
+                                                job=job), s3=True)
             else:
                 pre = _task(c.pretrain(table=rep.outputs["table"],
                                        embeddings=emb.outputs["embeddings"], params=params,

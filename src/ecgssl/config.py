@@ -293,7 +293,8 @@ class KfpConfig(Section):
     trainer_runtime: str = Field("torch-distributed", description="ClusterTrainingRuntime of "
                                  "multi-node pretraining (pipeline.pretrain_nodes > 1)")
     s3_secret: str = Field("", description="secret with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
-                           "for TrainJob nodes; '' = the runtime's service account")
+                           "for the tasks reading an s3:// data_root (source-version, ingest) "
+                           "and for TrainJob nodes and their launcher; '' = service accounts")
     caching: bool = Field(True, description="reuse a task's outputs when its inputs match")
 
 

@@ -199,6 +199,23 @@ def tree_fingerprint(root: str | Path) -> str:
     return _fingerprint(entries)
 
 
+def source_version(uri: str | os.PathLike, single: bool = False) -> str:
+    """What a folder or s3:// prefix (`single`: a file or object) holds now, cheaply (a
+    listing, no data read): the Kubeflow ingest task's cache key, so a source that changed
+    under the same `data_root` is ingested again. On S3 the ETags, which change with an
+    object's content."""
+    if is_s3(uri) and single:
+        return _fingerprint([("", 0, _object_etag(_split(str(uri))))])
+    if is_s3(uri):
+        remote = _object_listing(_split(str(uri)))
+        return _fingerprint([(k, size, etag) for k, (size, _, etag) in remote.items()
+                             if k.rsplit("/", 1)[-1] not in _OURS])
+    if single:
+        st = os.stat(uri)
+        return _fingerprint([("", st.st_size, st.st_mtime_ns)])
+    return tree_fingerprint(uri)
+
+
 def _is_temp(name: str) -> bool:
     """An `atomic_path` temp file (`.<name>.<random>.tmp`): a write in flight, or one that a
     killed process (SIGKILL, SIGTERM: no `finally` runs) left."""

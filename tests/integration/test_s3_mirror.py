@@ -83,3 +83,39 @@ def test_a_download_killed_midway_changes_no_fingerprint(s3_env):
     again = Paths().input(uri)
     assert tree_fingerprint(again) == clean
     assert not list(Path(again).glob("*.tmp")), "the killed download's temp file is left"
+
+
+def test_source_version_follows_the_content_of_an_s3_prefix(s3_env):
+    """The Kubeflow ingest's cache key (storage.source_version): a record overwritten with one
+    of the same size changes it; the same bytes uploaded again do not (ETags, not times)."""
+    from ecgssl.storage import source_version
+    b, s3 = s3_env["BUCKET"], boto3.client("s3")
+    s3.put_object(Bucket=b, Key="raw/mitdb/100.hea", Body=b"100 2 360 650000\n")
+    s3.put_object(Bucket=b, Key="raw/mitdb/100.dat", Body=b"\x00" * 64)
+    v1 = source_version(f"s3://{b}/raw/mitdb")
+    time.sleep(1.1)                              # a new LastModified second
+    s3.put_object(Bucket=b, Key="raw/mitdb/100.dat", Body=b"\x00" * 64)
+    assert source_version(f"s3://{b}/raw/mitdb/") == v1
+    s3.put_object(Bucket=b, Key="raw/mitdb/100.dat", Body=b"\x01" * 64)
+    assert source_version(f"s3://{b}/raw/mitdb") != v1
+    s3.put_object(Bucket=b, Key="raw/mitdb/101.hea", Body=b"101 2 360 650000\n")
+    assert len({v1, source_version(f"s3://{b}/raw/mitdb")}) == 2
+
+
+def test_source_version_follows_the_metadata_csv_on_s3(s3_env):
+    """A source's label table (ingest.source_options.<source>.metadata) is an ingest input
+    too: rewriting it under the same URI changes the fingerprint ingest is cached by."""
+    import json
+
+    from ecgssl.config import load_params
+    from ecgssl.pipeline.steps import data_version
+    b, s3 = s3_env["BUCKET"], boto3.client("s3")
+    s3.put_object(Bucket=b, Key="raw/wfdb/100.hea", Body=b"100 2 360 650000\n")
+    s3.put_object(Bucket=b, Key="meta/labels.csv", Body=b"record,label\n100,AF\n")
+    raw = load_params().model_dump(mode="json")
+    raw["ingest"]["source_options"] = {"wfdb": {"metadata": f"s3://{b}/meta/labels.csv"}}
+    params = json.dumps(raw)
+    v1 = data_version("wfdb", f"s3://{b}/raw", params)
+    assert data_version("wfdb", f"s3://{b}/raw", params) == v1
+    s3.put_object(Bucket=b, Key="meta/labels.csv", Body=b"record,label\n100,NO\n")
+    assert data_version("wfdb", f"s3://{b}/raw", params) != v1

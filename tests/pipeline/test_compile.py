@@ -45,8 +45,9 @@ def test_checked_in_compiled_pipeline_is_up_to_date(repo_params, tmp_path):
 def test_dag_shape_resources_caching_and_retries(repo_params, tmp_path):
     spec, _ = _compile(tmp_path / "p.yaml")
     tasks = _leaf_tasks(spec)
-    assert set(tasks) == {"start-run", "finish-run", "ingest", "reports", "embed-text",
-                          "pretrain", "evaluate", "finetune", "register", "gate", "promote"}
+    assert set(tasks) == {"start-run", "finish-run", "source-version", "ingest", "reports",
+                          "embed-text", "pretrain", "evaluate", "finetune", "register", "gate",
+                          "promote"}
     execs = spec["deploymentSpec"]["executors"]
     k = settings()
     for name, task in tasks.items():
@@ -139,6 +140,9 @@ def test_ingest_fans_out_over_slices_when_ingest_parts_is_set(monkeypatch, tmp_p
     for name in ("ingest-part", "ingest-merge"):
         assert tasks[name]["retryPolicy"]["maxRetryCount"] == k.retries
         assert tasks[name]["cachingOptions"].get("enableCache") is True
+    # a slice's cache key follows the content too (the fingerprint, passed into the loop)
+    assert tasks["ingest-part"]["inputs"]["parameters"]["source_version"] == {
+        "componentInputParameter": "pipelinechannel--source-version-Output"}
 
 
 def test_run_local_params_file_reaches_the_pipeline(tmp_path):
@@ -160,3 +164,38 @@ def test_run_local_params_file_reaches_the_pipeline(tmp_path):
     # --arg is checked against these names: they are the pipeline function's own
     from ecgssl.pipeline.build import PIPELINE_ARGS
     assert set(PIPELINE_ARGS) == set(inspect.signature(pipe.pipeline_func).parameters)
+
+
+def test_ingest_cache_key_follows_the_source_content(repo_params, tmp_path):
+    """KFP reuses a cached task when its inputs are equal. ingest's were only strings
+    (source, data_root, params): new records under the same s3:// data_root would be served
+    the old table from cache, and every cached stage after it. An uncached task lists the
+    source and hands ingest its content fingerprint as an input."""
+    spec, _ = _compile(tmp_path / "p.yaml")
+    tasks = _leaf_tasks(spec)
+    assert "source-version" in tasks, "no task fingerprints the source before ingest"
+    version = tasks["source-version"]
+    assert version["cachingOptions"].get("enableCache") is not True    # always lists again
+    assert version["inputs"]["parameters"]["data_root"]["componentInputParameter"] == \
+        "pipelinechannel--data_root"
+    fed = tasks["ingest"]["inputs"]["parameters"]["source_version"]["taskOutputParameter"]
+    assert fed == {"producerTask": "source-version", "outputParameterKey": "Output"}
+    assert tasks["ingest"]["cachingOptions"].get("enableCache") is True
+
+
+def test_s3_secret_reaches_the_tasks_that_read_an_s3_data_root(monkeypatch, tmp_path):
+    """data_root may be an s3:// prefix; kfp.s3_secret reached only the multi-node launcher,
+    so with it set the ingest tasks had no credentials and failed on the first listing."""
+    p = yaml.safe_load((ROOT / "params.yaml").read_text())
+    p["kfp"]["s3_secret"] = "ecgssl-s3"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("ECGSSL_PARAMS", str(tmp_path / "params.yaml"))
+    _, k8s = _compile(tmp_path / "p.yaml")
+    for name in ("exec-ingest", "exec-source-version"):
+        assert name in k8s and k8s[name].get("secretAsEnv"), f"{name} gets no S3 credentials"
+        secret = k8s[name]["secretAsEnv"][0]
+        assert secret["secretName"] == "ecgssl-s3"
+        assert {e["envVar"] for e in secret["keyToEnv"]} == {"AWS_ACCESS_KEY_ID",
+                                                            "AWS_SECRET_ACCESS_KEY"}
+    assert "secretAsEnv" not in k8s["exec-pretrain"]      # KFP artifacts only: no credentials

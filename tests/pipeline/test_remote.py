@@ -73,16 +73,30 @@ def kfp_server():
     server.shutdown()
 
 
-def _cli(*args, token="s3cr3t-token"):
-    env = {**os.environ, "KFP_TOKEN": token, "HOME": os.environ.get("HOME", "/tmp")}
+def _cli(*args, token="s3cr3t-token", **extra):
+    env = {**os.environ, "KFP_TOKEN": token, "HOME": os.environ.get("HOME", "/tmp"), **extra}
     return subprocess.run([ECGSSL, "pipeline", *args], capture_output=True, text=True,
                           cwd=ROOT, env=env, timeout=120)
 
 
-def test_submit_sends_the_compiled_spec_arguments_and_token(kfp_server):
+# What a release submits: the pipeline compiled for the immutable tags docker/build.sh pushed.
+PINNED = {"ECGSSL_IMAGE": "ghcr.io/ecgssl/ecgssl:0.1.0-0123456789ab",
+          "ECGSSL_GPU_IMAGE": "ghcr.io/ecgssl/ecgssl:0.1.0-0123456789ab-gpu"}
+
+
+@pytest.fixture(scope="module")
+def pinned_package(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pinned") / "ecgssl_pipeline.yaml"
+    r = _cli("compile", "-o", str(out), ECGSSL_PARAMS=str(ROOT / "params.yaml"), **PINNED)
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def test_submit_sends_the_compiled_spec_arguments_and_token(kfp_server, pinned_package):
     host, reqs = kfp_server
     r = _cli("submit", "--host", host, "--experiment", "ecgssl-nightly", "--run-name", "nightly",
-             "--arg", "sources=[mitdb, cinc2017]", "--set", "pretrain.max_steps=500")
+             "--arg", "sources=[mitdb, cinc2017]", "--set", "pretrain.max_steps=500",
+             "--package", str(pinned_package))
     assert r.returncode == 0, r.stderr
     assert "run-42" in r.stderr
     assert all(q["auth"] == "Bearer s3cr3t-token" for q in reqs)
@@ -90,7 +104,7 @@ def test_submit_sends_the_compiled_spec_arguments_and_token(kfp_server):
     body = run["body"]
     assert run["path"] == "/apis/v2beta1/runs"
     assert body["experiment_id"] == "exp-1" and body["display_name"] == "nightly"
-    compiled = yaml.safe_load_all((ROOT / "pipelines/compiled/ecgssl_pipeline.yaml").read_text())
+    compiled = yaml.safe_load_all(pinned_package.read_text())
     assert body["pipeline_spec"]["pipeline_spec"]["root"] == next(compiled)["root"]
     args = body["runtime_config"]["parameters"]
     assert args["sources"] == ["mitdb", "cinc2017"]
@@ -98,10 +112,10 @@ def test_submit_sends_the_compiled_spec_arguments_and_token(kfp_server):
     assert "s3cr3t-token" not in r.stdout + r.stderr
 
 
-def test_schedule_creates_a_cron_recurring_run(kfp_server):
+def test_schedule_creates_a_cron_recurring_run(kfp_server, pinned_package):
     host, reqs = kfp_server
     r = _cli("schedule", "--host", host, "--cron", "0 3 * * 1", "--experiment",
-             "ecgssl-nightly", "--name", "weekly-retrain")
+             "ecgssl-nightly", "--name", "weekly-retrain", "--package", str(pinned_package))
     assert r.returncode == 0, r.stderr
     assert "rr-7" in r.stderr
     rec = next(q for q in reqs if q["path"] == "/apis/v2beta1/recurringruns")["body"]
@@ -112,11 +126,23 @@ def test_schedule_creates_a_cron_recurring_run(kfp_server):
     assert rec["pipeline_spec"]["pipeline_spec"]["pipelineInfo"]["name"] == "ecgssl"
 
 
-def test_unreachable_host_is_a_clear_error_at_once():
+@pytest.mark.parametrize("command", [["submit"], ["schedule", "--cron", "0 3 * * 1"]])
+def test_cached_tasks_on_a_moving_image_tag_are_refused(kfp_server, command):
+    """KFP keys its cache by the image reference (kubeflow/pipelines#13862); build.sh moves
+    ghcr.io/ecgssl/ecgssl:<version> on every build, and the stages' code is in the image: the
+    checked-in YAML would serve a fixed stage's old results from cache, run after run."""
+    host, reqs = kfp_server
+    r = _cli(*command, "--host", host)
+    assert r.returncode == 2, r.stderr
+    assert "ghcr.io/ecgssl/ecgssl:0.1.0" in r.stderr and "print-tags" in r.stderr
+    assert not [q for q in reqs if q["method"] == "POST"]
+
+
+def test_unreachable_host_is_a_clear_error_at_once(pinned_package):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    r = _cli("submit", "--host", f"http://127.0.0.1:{port}")
+    r = _cli("submit", "--host", f"http://127.0.0.1:{port}", "--package", str(pinned_package))
     assert r.returncode == 2
     assert f"127.0.0.1:{port} is not reachable" in r.stderr
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -12,6 +13,8 @@ import pytest
 from ecgssl.config import Params
 from ecgssl.pipeline import steps
 from ecgssl.tracking import PIPELINE_RUN_ENV, log_stage
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _params(**tracking) -> str:
@@ -64,3 +67,15 @@ def test_a_retried_start_task_opens_no_second_parent_run(tmp_path, monkeypatch):
     client = mlflow.MlflowClient(uri)
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert [(r.info.run_id, r.info.status) for r in runs] == [(first, "FINISHED")]
+
+
+def test_data_version_changes_with_the_source_folder_content(tmp_path):
+    """ingest's cache key on Kubeflow (the source-version task): a record edited in place
+    under the same data_root changes it; nothing changed, nothing changes."""
+    import shutil
+    shutil.copytree(ROOT / "data" / "sample" / "mitdb", tmp_path / "mitdb")
+    before = steps.data_version("mitdb", str(tmp_path))
+    assert steps.data_version("mitdb", str(tmp_path) + "/") == before
+    rec = sorted((tmp_path / "mitdb").rglob("*.hea"))[0]
+    rec.write_text(rec.read_text() + "# edited\n")
+    assert steps.data_version("mitdb", str(tmp_path)) != before

@@ -10,6 +10,7 @@ from an environment variable ($KFP_TOKEN by default), never from a file in git o
 from __future__ import annotations
 
 import os
+import re
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -43,6 +44,37 @@ def _package(package: str | Path) -> str:
     return str(p)
 
 
+# An image reference whose content cannot change: a digest, or docker/build.sh's
+# <version>-<git sha>[-gpu] tag. build.sh pushes <version>[-gpu] again on every build.
+IMMUTABLE_IMAGE = re.compile(r"@sha256:[0-9a-f]{64}$|:[^:/@]*-[0-9a-f]{12}(-gpu)?$")
+
+
+def check_cache_keys(package: str | Path) -> None:
+    """Refuse a package whose cached tasks run a mutable image tag. KFP's cache key holds the
+    image reference, not its digest (kubeflow/pipelines#13862), and the components' logic is
+    in the image (src/ecgssl), not in the YAML: after a fix is pushed under the same tag, a
+    cached task would hand back the old code's result."""
+    import yaml
+    spec = next(yaml.safe_load_all(Path(package).read_text()))
+    comps, execs = spec.get("components", {}), spec.get("deploymentSpec", {}).get("executors", {})
+    stale = set()
+    for dag in [spec["root"].get("dag", {}), *(c.get("dag", {}) for c in comps.values())]:
+        for task in dag.get("tasks", {}).values():
+            label = comps.get(task["componentRef"]["name"], {}).get("executorLabel")
+            image = execs.get(label, {}).get("container", {}).get("image", "")
+            if task.get("cachingOptions", {}).get("enableCache") and image and \
+                    not IMMUTABLE_IMAGE.search(image):
+                stale.add(image)
+    if stale:
+        raise EcgsslError(
+            f"{package} caches task results but runs {', '.join(sorted(stale))}, a tag that "
+            "docker/build.sh moves on every build: KFP would reuse results of older code. "
+            "Compile with the immutable tags (`docker/build.sh --print-tags`): "
+            "ECGSSL_IMAGE=...:<version>-<sha> ECGSSL_GPU_IMAGE=...:<version>-<sha>-gpu ecgssl "
+            "pipeline compile -o FILE, then --package FILE; or compile with "
+            "--set kfp.caching=false")
+
+
 def cron6(expr: str) -> str:
     """KFP wants 6-field cron (seconds first); accept the usual 5-field form too."""
     fields = expr.split()
@@ -56,6 +88,7 @@ def cron6(expr: str) -> str:
 
 def submit(host: str, package: str | Path, experiment: str, run_name: str | None,
            arguments: dict, token_env: str = "KFP_TOKEN") -> dict:
+    check_cache_keys(_package(package))
     client = _client(host, token_env)
     r = client.create_run_from_pipeline_package(
         _package(package), arguments=arguments, run_name=run_name, experiment_name=experiment)
@@ -65,6 +98,7 @@ def submit(host: str, package: str | Path, experiment: str, run_name: str | None
 def schedule(host: str, package: str | Path, cron: str, experiment: str, name: str,
              arguments: dict, token_env: str = "KFP_TOKEN") -> dict:
     cron = cron6(cron)
+    check_cache_keys(_package(package))
     client = _client(host, token_env)
     exp = client.create_experiment(experiment)
     r = client.create_recurring_run(

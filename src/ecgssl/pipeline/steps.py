@@ -70,6 +70,16 @@ def finish(tracking: str, pipeline_run: str, status: str, params: str) -> str:
     return state
 
 
+def data_version(source: str, data_root: str, params: str = "") -> str:
+    """The content fingerprint of `<data_root>/<source>` (a folder or s3:// prefix) and of
+    the source's metadata CSV if it has one: an uncached task feeds it to the cached ingest,
+    whose inputs are otherwise the same strings however the data under them changed."""
+    from ecgssl.storage import source_version, stable_hash
+    meta = _params(params).ingest.options_for(source).get("metadata")
+    return stable_hash([source_version(f"{data_root.rstrip('/')}/{source}"),
+                        source_version(meta, single=True) if meta else None])
+
+
 def ingest(source: str, data_root: str, output: str, params: str, tracking: str):
     from ecgssl.data.ingest import ingest as run_ingest
     from ecgssl.data.ingest import staged_options
