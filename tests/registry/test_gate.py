@@ -56,3 +56,29 @@ def test_gate_metric_keys():
                                                                 "macro_auroc")
     with pytest.raises(ValueError, match="macro_auroc"):
         gate_metric("probe/cinc2017-af/f10/macro_auroc")
+
+
+def test_the_gate_measures_macro_f1_as_metrics_json_does():
+    """Three classes, one (O) absent from the test items: metrics.json averages macro F1 over
+    N and A whatever the models predict. A champion that calls some items O must not lose
+    an extra class at F1 = 0 in the gate (sklearn's default class set), nor get one the
+    challenger does not."""
+    from ecgssl.evaluate.metrics import Scoring, point_metrics
+    classes = ["N", "A", "O"]
+    meta = {"classes": classes, "multilabel": False, "eligible": [True, True, False]}
+
+    def three(df: pd.DataFrame, call_o: int) -> pd.DataFrame:
+        df = df.copy()
+        df["y.O"], df["score.O"], df["pred.O"] = 0, 0.0, 0
+        df.loc[df.index[:call_o], ["pred.N", "pred.A", "pred.O"]] = [0, 0, 1]
+        return df
+    a, b = three(scores(skill=0.6), 0), three(scores(skill=0.6), 6)
+    p = paired_bootstrap(a, b, meta, "zeroshot", "macro_f1", 200)
+    scoring = Scoring(classes=classes, multilabel=False, eligible=np.array([True, True, False]))
+    y = np.arange(120) % 2
+
+    def f1(df):
+        s = df[[f"pred.{c}" for c in classes]].to_numpy(float)   # its decisions as scores
+        return point_metrics(y, s, scoring, None)["macro_f1"]
+    assert p.delta == pytest.approx(f1(a) - f1(b))
+    assert p.ci_low <= p.delta <= p.ci_high

@@ -49,15 +49,19 @@ def gate_metric(key: str) -> tuple[str, str, str]:
 
 
 def _value(metric: str, y: np.ndarray, s: np.ndarray, p: np.ndarray, eligible: np.ndarray,
-           multilabel: bool) -> float:
+           multilabel: bool, over: np.ndarray) -> float:
+    """The metric as metrics.json defines it (evaluate.metrics.point_metrics): NaN on a
+    resample that lacks a class of the full set's average (`eligible` for macro AUROC; `over`,
+    the classes with a test positive, for macro F1/recall), which the CI then leaves out."""
     if metric == "macro_auroc":          # y is one-hot here, whatever the task
         auc = per_class_auroc(y, s, multilabel=True)[eligible]
-        return float(np.nanmean(auc)) if np.isfinite(auc).any() else float("nan")
+        return float(auc.mean()) if len(auc) and np.isfinite(auc).all() else float("nan")
     yl, pl = (y, p) if multilabel else (y.argmax(1), p.argmax(1))
-    if metric == "macro_f1":
-        return float(f1_score(yl, pl, average="macro", zero_division=0))
-    if metric == "macro_recall":
-        return float(recall_score(yl, pl, average="macro", zero_division=0))
+    if metric in ("macro_f1", "macro_recall"):
+        if not len(over) or not (y.sum(0)[over] > 0).all():
+            return float("nan")
+        fn = f1_score if metric == "macro_f1" else recall_score
+        return float(fn(yl, pl, labels=over, average="macro", zero_division=0))
     return float((pl == yl).all(1).mean() if multilabel else (pl == yl).mean())
 
 
@@ -79,8 +83,9 @@ def paired_bootstrap(challenger, champion, meta: dict, mode: str, metric: str,
     pa, pb = a[cols("pred")].to_numpy(), b[cols("pred")].to_numpy()
     eligible = np.asarray(meta.get("eligible") or [True] * len(classes), bool)
     ml = bool(meta.get("multilabel"))
-    delta = lambda i: (_value(metric, y[i], sa[i], pa[i], eligible, ml)   # noqa: E731
-                       - _value(metric, y[i], sb[i], pb[i], eligible, ml))
+    over = np.flatnonzero(y.sum(0) > 0)           # as evaluate's f1_classes, on shared items
+    delta = lambda i: (_value(metric, y[i], sa[i], pa[i], eligible, ml, over)   # noqa: E731
+                       - _value(metric, y[i], sb[i], pb[i], eligible, ml, over))
     groups = a["group"].astype(str).to_numpy()
     lo, hi = percentile_ci([delta(pick) for pick in resample_groups(groups, n_boot, seed)])
     return PairedDelta(delta(np.arange(len(shared))), lo, hi, len(shared),
