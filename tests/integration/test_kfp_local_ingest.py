@@ -24,7 +24,7 @@ def test_parallel_for_over_slices_then_merge_equals_one_ingest(tmp_path, tables,
     @dsl.pipeline(name="ingest-fanout")
     def fanout(data_root: str, params: str):
         with dsl.ParallelFor(["cinc2017"]) as source:
-            pipe.ingest_source(c, lambda t: t.set_caching_options(False), 3, None,
+            pipe.ingest_source(c, lambda t, **_: t.set_caching_options(False), 3, None,
                                source=source, data_root=data_root, params=params,
                                tracking_uri="")
 
