@@ -111,6 +111,20 @@ def f1_classes(y: np.ndarray, n_classes: int, multilabel: bool) -> np.ndarray:
     return np.flatnonzero(onehot(y, n_classes, multilabel).sum(0) > 0)
 
 
+def macro_auroc(auc: np.ndarray) -> float:
+    """The mean of the scored classes' AUROC; NaN when one is undefined (a bootstrap resample
+    without a class's positives or negatives): a mean over the others is another statistic."""
+    return float(auc.mean()) if len(auc) and np.isfinite(auc).all() else float("nan")
+
+
+def macro_over(fn, y, pred, over: np.ndarray, has_pos: np.ndarray) -> float:
+    """`fn` (f1_score, recall_score) macro-averaged over the classes `over`, the same set for
+    every model and resample; NaN unless each of them has a positive among the items."""
+    if not len(over) or not bool(has_pos[over].all()):
+        return float("nan")
+    return float(fn(y, pred, labels=over, average="macro", zero_division=0))
+
+
 def point_metrics(y, scores, scoring: Scoring, thresholds,
                   over: np.ndarray | None = None) -> dict[str, float]:
     """`over`: the classes of macro F1/recall (default: `f1_classes(y)`); a bootstrap resample
@@ -121,16 +135,10 @@ def point_metrics(y, scores, scoring: Scoring, thresholds,
     auc = per_class_auroc(y, scores, scoring.multilabel)[scoring.eligible]
     over = f1_classes(y, n, scoring.multilabel) if over is None else np.asarray(over)
     has_pos = onehot(y, n, scoring.multilabel).sum(0) > 0
-    defined = len(over) > 0 and bool(has_pos[over].all())
-
-    def macro(fn) -> float:
-        return float(fn(y, pred, labels=over, average="macro", zero_division=0)) \
-            if defined else float("nan")
     out = {
-        "macro_auroc": float(auc.mean()) if len(auc) and np.isfinite(auc).all()
-        else float("nan"),
-        "macro_f1": macro(f1_score),
-        "macro_recall": macro(recall_score),
+        "macro_auroc": macro_auroc(auc),
+        "macro_f1": macro_over(f1_score, y, pred, over, has_pos),
+        "macro_recall": macro_over(recall_score, y, pred, over, has_pos),
         "accuracy": float((pred == y).all(1).mean() if scoring.multilabel else
                           (pred == y).mean()),
     }

@@ -14,7 +14,13 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.metrics import f1_score, recall_score
 
-from ecgssl.evaluate.metrics import per_class_auroc, percentile_ci, resample_groups
+from ecgssl.evaluate.metrics import (
+    macro_auroc,
+    macro_over,
+    per_class_auroc,
+    percentile_ci,
+    resample_groups,
+)
 
 METRICS = ("macro_auroc", "macro_f1", "macro_recall", "accuracy")
 
@@ -50,18 +56,15 @@ def gate_metric(key: str) -> tuple[str, str, str]:
 
 def _value(metric: str, y: np.ndarray, s: np.ndarray, p: np.ndarray, eligible: np.ndarray,
            multilabel: bool, over: np.ndarray) -> float:
-    """The metric as metrics.json defines it (evaluate.metrics.point_metrics): NaN on a
-    resample that lacks a class of the full set's average (`eligible` for macro AUROC; `over`,
-    the classes with a test positive, for macro F1/recall), which the CI then leaves out."""
+    """The metric as metrics.json defines it (evaluate.metrics): NaN on a resample that lacks
+    a class of the full set's average (`eligible` for macro AUROC; `over`, the classes with a
+    test positive, for macro F1/recall), which the CI then leaves out."""
     if metric == "macro_auroc":          # y is one-hot here, whatever the task
-        auc = per_class_auroc(y, s, multilabel=True)[eligible]
-        return float(auc.mean()) if len(auc) and np.isfinite(auc).all() else float("nan")
+        return macro_auroc(per_class_auroc(y, s, multilabel=True)[eligible])
     yl, pl = (y, p) if multilabel else (y.argmax(1), p.argmax(1))
     if metric in ("macro_f1", "macro_recall"):
-        if not len(over) or not (y.sum(0)[over] > 0).all():
-            return float("nan")
         fn = f1_score if metric == "macro_f1" else recall_score
-        return float(fn(yl, pl, labels=over, average="macro", zero_division=0))
+        return macro_over(fn, yl, pl, over, y.sum(0) > 0)
     return float((pl == yl).all(1).mean() if multilabel else (pl == yl).mean())
 
 
