@@ -67,6 +67,14 @@ def build_pipeline(k: KfpConfig, defaults: PipelineConfig, params_json: str):
             kubernetes.use_secret_as_env(task, k.s3_secret, {key: key for key in SECRET_KEYS})
         return task
 
+    def cut(params, step: str) -> str:
+        """The params `step` reads (steps.STEP_SECTIONS): KFP's cache key is a task's inputs,
+        so with the whole params a new evaluation setting would rerun pretraining. Inside a
+        ParallelFor, call it in the loop: kfp.local hands a loop the item in place of a task
+        output passed in from outside."""
+        return _task(c.step_params(params=params, step=step)).set_display_name(
+            f"params: {step}").output
+
     @dsl.pipeline(name="ecgssl", description="Self-supervised ECG pretraining (METS + ST), "
                   "evaluation against a random twin, and registration with a promotion gate.")
     def ecgssl_pipeline(data_root: str = defaults.data_root, sources: list = defaults.sources,
@@ -83,43 +91,51 @@ def build_pipeline(k: KfpConfig, defaults: PipelineConfig, params_json: str):
                                       params=params), cache=False)
             with dsl.ParallelFor(sources) as source:
                 tables = ingest_source(c, _task, defaults.ingest_parts, start, source=source,
-                                       data_root=data_root, params=params,
+                                       data_root=data_root, params=cut(params, "ingest"),
                                        tracking_uri=tracking_uri)
-            rep = _task(c.reports(tables=dsl.Collected(tables.outputs["table"]), params=params,
-                                  tracking_uri=tracking_uri))
-            emb = _task(c.embed_text(table=rep.outputs["table"], params=params,
+            rep = _task(c.reports(tables=dsl.Collected(tables.outputs["table"]),
+                                  params=cut(params, "reports"), tracking_uri=tracking_uri))
+            emb = _task(c.embed_text(table=rep.outputs["table"],
+                                     params=cut(params, "embed_text"),
                                      tracking_uri=tracking_uri))
+            pretrain_params = cut(params, "pretrain")
             if defaults.pretrain_nodes > 1:
                 # Many nodes: a light task launches a Kubeflow Trainer TrainJob and waits for
                 # it. Decided when compiling (not dsl.If), so the YAML holds one pretrain task.
                 job = NodeSpec.from_settings(k, defaults.pretrain_nodes).to_json()
                 pre = _task(c.pretrain_trainjob(table=rep.outputs["table"],
                                                 embeddings=emb.outputs["embeddings"],
-                                                params=params, tracking_uri=tracking_uri,
-                                                job=job), s3=True)
+                                                params=pretrain_params,
+                                                tracking_uri=tracking_uri, job=job), s3=True)
             else:
                 pre = _task(c.pretrain(table=rep.outputs["table"],
-                                       embeddings=emb.outputs["embeddings"], params=params,
-                                       tracking_uri=tracking_uri), gpu=True)
+                                       embeddings=emb.outputs["embeddings"],
+                                       params=pretrain_params, tracking_uri=tracking_uri),
+                            gpu=True)
             with dsl.ParallelFor(tasks) as task:
+                eval_params = cut(params, "evaluate")
                 ev = _task(c.evaluate(encoder=pre.outputs["model"], table=rep.outputs["table"],
-                                      task=task, modes=eval_modes, params=params,
+                                      task=task, modes=eval_modes, params=eval_params,
                                       tracking_uri=tracking_uri))
                 with dsl.If(run_finetune == True):  # noqa: E712 (a KFP condition)
                     _task(c.finetune(encoder=pre.outputs["model"], table=rep.outputs["table"],
-                                     task=task, params=params, tracking_uri=tracking_uri),
+                                     task=task, params=eval_params,
+                                     tracking_uri=tracking_uri),
                           gpu=True)
             reg = _task(c.register(encoder=pre.outputs["model"],
                                    evaluations=dsl.Collected(ev.outputs["evaluation"]),
-                                   model_name=model_name, params=params,
+                                   model_name=model_name, params=cut(params, "register"),
                                    tracking_uri=tracking_uri, parent_run_id=start.output),
                         cache=False)
             # The gate and promote judge the version this run registered (reg.output), not
             # whatever @challenger is by then: another run may have registered since.
-            gate = _task(c.gate(model_name=model_name, model_uri=reg.output, params=params,
-                                tracking_uri=tracking_uri), cache=False)
+            promote_params = cut(params, "promote")
+            gate = _task(c.gate(model_name=model_name, model_uri=reg.output,
+                                params=promote_params, tracking_uri=tracking_uri),
+                         cache=False)
             with dsl.If(gate.output == True, name="gate-passed"):  # noqa: E712
-                _task(c.promote(model_name=model_name, model_uri=reg.output, params=params,
-                                tracking_uri=tracking_uri), cache=False)
+                _task(c.promote(model_name=model_name, model_uri=reg.output,
+                                params=promote_params, tracking_uri=tracking_uri),
+                      cache=False)
 
     return ecgssl_pipeline

@@ -10,6 +10,5 @@ def pretrain(table: Input[Dataset], embeddings: Input[Dataset], params: str, tra
     """Writes the encoder folder (safetensors + config + checkpoints) as a Model artifact."""
     from ecgssl.pipeline import steps
     m = steps.pretrain(table.path, embeddings.path, model.path, params, tracking_uri)
-    for k, v in m.metrics().items():
-        metrics.log_metric(k.replace("/", "."), float(v))
+    steps.publish_metrics(metrics, m.metrics())
     model.metadata.update({"framework": "pytorch", "format": "safetensors"})

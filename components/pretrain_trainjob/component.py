@@ -12,6 +12,5 @@ def pretrain_trainjob(table: Input[Dataset], embeddings: Input[Dataset], params:
     from ecgssl.pipeline import steps
     m = steps.pretrain_trainjob(table.uri, embeddings.uri, model.uri, model.path, job, params,
                                 tracking_uri)
-    for k, v in m.items():
-        metrics.log_metric(k.replace("/", "."), float(v))
+    steps.publish_metrics(metrics, m)
     model.metadata.update({"framework": "pytorch", "format": "safetensors"})

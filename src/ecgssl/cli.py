@@ -592,6 +592,10 @@ def pipeline_run_local(
     params: ParamsOpt = None,
     set_: SetOpt = None,
     arg: ArgOpt = None,
+    cache: Annotated[bool, typer.Option(
+        "--cache", help="Reuse the outputs of tasks whose inputs equal an earlier run's under "
+        "this --pipeline-root, as a cluster's cache does: a new evaluate.* value reruns "
+        "evaluation, not ingestion and pretraining.")] = False,
 ):
     """Run the whole Kubeflow pipeline on this machine with kfp.local (no cluster, no Docker):
     every task is a subprocess running the component's code with this Python."""
@@ -612,9 +616,11 @@ def pipeline_run_local(
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         uri = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())  # tasks' cwd differs
     args["tracking_uri"] = uri
-    r = run_local(pipeline_root, args, load_params(params))
+    r = run_local(pipeline_root, args, load_params(params), cache=cache)
     say(f"[green]pipeline run {r['pipeline_run']} succeeded[/] in {r['elapsed_s']} s; outputs in "
         f"{r['pipeline_root']}; MLflow: {redact(uri)}")
+    if cache:
+        say(f"from cache: {', '.join(r['cached']) or 'no task'}")
 
 
 @pipeline_app.command("submit")

@@ -21,11 +21,12 @@ def test_run_local_end_to_end(tmp_path):
              "evaluate.label_fractions=[100]", "evaluate.bootstrap=10",
              "evaluate.probe_c=[0.1]", f"embed_text.cache={tmp_path / 'cache.parquet'}"]
     cmd = [ECGSSL, "pipeline", "run-local", "--pipeline-root", str(tmp_path / "root"),
-           "--source", "mitdb", "--task", "mitdb-aami", "--tracking-uri", uri,
+           "--source", "mitdb", "--task", "mitdb-aami", "--tracking-uri", uri, "--cache",
            "--arg", "model_name=kfp-local-test", *[a for s in small for a in ("--set", s)]]
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-5000:]
     assert "succeeded" in p.stderr
+    assert "from cache: no task" in p.stderr
 
     run_dir = next((tmp_path / "root").glob("ecgssl-*"))
     manifest = json.loads(next(run_dir.rglob("ingest/table/_manifest.json")).read_text())
@@ -53,3 +54,15 @@ def test_run_local_end_to_end(tmp_path):
     assert all(r.info.experiment_id == parent.info.experiment_id for r in children)
     # The gate passed (no champion yet) and promote moved the alias.
     assert str(client.get_model_version_by_alias("kfp-local-test", "champion").version) == "1"
+
+    # Again with a new evaluation setting: KFP's cache (kfp.local's, as a cluster's) serves
+    # every stage whose own params did not change; evaluation runs again on the cached
+    # encoder. With the whole params in every task's key, this reran ingest and pretrain.
+    p = subprocess.run([*cmd, "--set", "evaluate.bootstrap=20"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=900)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-5000:]
+    assert "from cache: ingest, reports, embed-text, pretrain\n" in p.stderr
+    second = max((tmp_path / "root").glob("ecgssl-*"), key=lambda d: d.name)
+    assert second != run_dir and not (second / "pretrain" / "model").exists()
+    assert json.loads(next(second.rglob("evaluation/metrics.json")).read_text())[
+        "zeroshot/mitdb-aami/accuracy_ci_n"] == 20              # evaluate.bootstrap

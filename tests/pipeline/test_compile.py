@@ -11,6 +11,7 @@ import yaml
 
 from ecgssl.config import load_params
 from ecgssl.pipeline.build import COMPILED, compile_pipeline, settings
+from ecgssl.pipeline.steps import STEP_SECTIONS
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -47,7 +48,7 @@ def test_dag_shape_resources_caching_and_retries(repo_params, tmp_path):
     tasks = _leaf_tasks(spec)
     assert set(tasks) == {"start-run", "finish-run", "source-version", "ingest", "reports",
                           "embed-text", "pretrain", "evaluate", "finetune", "register", "gate",
-                          "promote"}
+                          "promote", "step-params", *(f"step-params-{i}" for i in range(2, 8))}
     execs = spec["deploymentSpec"]["executors"]
     k = settings()
     for name, task in tasks.items():
@@ -65,7 +66,8 @@ def test_dag_shape_resources_caching_and_retries(repo_params, tmp_path):
     assert execs["exec-pretrain"]["container"]["resources"]["accelerator"]["resourceCount"] == "1"
     # Data stages reuse results; side effects on MLflow and the registry never come from cache.
     cached = {n for n, t in tasks.items() if t["cachingOptions"].get("enableCache")}
-    assert cached == {"ingest", "reports", "embed-text", "pretrain", "evaluate", "finetune"}
+    assert cached == {"ingest", "reports", "embed-text", "pretrain", "evaluate", "finetune",
+                      *(n for n in tasks if n.startswith("step-params"))}
     # Fan-out per source and per task, and the promotion only behind the gate.
     comps = spec["components"]
     loops = [c for c in comps.values() if "dag" in c and "parameterIterator" in json.dumps(c)]
@@ -199,3 +201,30 @@ def test_s3_secret_reaches_the_tasks_that_read_an_s3_data_root(monkeypatch, tmp_
         assert {e["envVar"] for e in secret["keyToEnv"]} == {"AWS_ACCESS_KEY_ID",
                                                             "AWS_SECRET_ACCESS_KEY"}
     assert "secretAsEnv" not in k8s["exec-pretrain"]      # KFP artifacts only: no credentials
+
+
+
+def test_each_task_takes_the_params_of_its_own_step(repo_params, tmp_path):
+    """Every stage task's `params` is a step-params task's cut for its step
+    (steps.STEP_SECTIONS), never the whole argument: a cached task's key then moves only with
+    its own settings. A cut used inside a ParallelFor is made inside it (kfp.local hands a
+    loop the item in place of a task output passed in from outside)."""
+    spec, _ = _compile(tmp_path / "p.yaml")
+    tasks = _leaf_tasks(spec)
+    cuts = {n: t["inputs"]["parameters"]["step"]["runtimeValue"]["constant"]
+            for n, t in tasks.items() if n.startswith("step-params")}
+    assert sorted(cuts.values()) == sorted(STEP_SECTIONS)
+    for n in cuts:
+        assert tasks[n]["inputs"]["parameters"]["params"] == \
+            {"componentInputParameter": "pipelinechannel--params"}
+        assert tasks[n]["cachingOptions"].get("enableCache") is True     # a pure function
+    step = {"source-version": "ingest", "ingest": "ingest", "reports": "reports",
+            "embed-text": "embed_text", "pretrain": "pretrain", "evaluate": "evaluate",
+            "finetune": "evaluate", "register": "register", "gate": "promote",
+            "promote": "promote"}
+    for name, s in step.items():
+        given = tasks[name]["inputs"]["parameters"]["params"]
+        producer = given.get("taskOutputParameter", {}).get("producerTask") or \
+            given["componentInputParameter"].removeprefix("pipelinechannel--") \
+            .removesuffix("-Output")
+        assert cuts.get(producer) == s, (name, given)

@@ -79,3 +79,45 @@ def test_data_version_changes_with_the_source_folder_content(tmp_path):
     rec = sorted((tmp_path / "mitdb").rglob("*.hea"))[0]
     rec.write_text(rec.read_text() + "# edited\n")
     assert steps.data_version("mitdb", str(tmp_path)) != before
+
+
+
+def test_each_step_params_change_only_with_the_sections_it_reads():
+    """KFP's cache key is a task's inputs. With the whole params JSON in every task's inputs,
+    a new evaluation setting ran ingestion and pretraining again; each step's cut holds its
+    own sections and `tracking`, with the values of the whole."""
+    def cuts(p):
+        return {s: steps.step_params(json.dumps(p), s) for s in steps.STEP_SECTIONS}
+    full = Params().model_dump(mode="json")
+    before = cuts(full)
+    full["evaluate"]["finetune_epochs"] += 4
+    full["pretrain"]["max_steps"] = 7
+    moved = cuts(full)
+    assert {s for s in before if before[s] != moved[s]} == {"evaluate", "pretrain"}
+    assert steps._params(moved["pretrain"]).pretrain.max_steps == 7
+    assert json.loads(moved["evaluate"]) == {"evaluate": full["evaluate"],
+                                             "tracking": full["tracking"]}
+    full["tracking"]["experiment"] = "elsewhere"            # every step's run context
+    assert all(a != b for a, b in zip(moved.values(), cuts(full).values()))
+    with pytest.raises(Exception, match="pretrain"):       # the whole is validated first
+        steps.step_params(json.dumps({"pretrain": {"max_steps": "many"}}), "reports")
+    with pytest.raises(Exception, match="unknown step 'train'"):
+        steps.step_params(json.dumps(full), "train")
+
+
+def test_every_step_reads_only_the_sections_its_cut_holds():
+    """A step reading a section missing from its cut would get that section's code defaults,
+    silently: each step function's `p.<section>` reads must be in STEP_SECTIONS."""
+    import ast
+    step_of = {"data_version": "ingest", "ingest": "ingest", "ingest_part": "ingest",
+               "ingest_merge": "ingest", "reports": "reports", "embed_text": "embed_text",
+               "pretrain": "pretrain", "pretrain_trainjob": "pretrain", "evaluate": "evaluate",
+               "register": "register", "gate": "promote", "promote": "promote"}
+    tree = ast.parse((ROOT / "src" / "ecgssl" / "pipeline" / "steps.py").read_text())
+    fns = {f.name: f for f in tree.body if isinstance(f, ast.FunctionDef)}
+    sections = set(Params.model_fields)
+    for name, step in step_of.items():
+        read = {n.attr for n in ast.walk(fns[name]) if isinstance(n, ast.Attribute)
+                and n.attr in sections and isinstance(n.value, (ast.Name, ast.Call))}
+        assert read <= {*steps.STEP_SECTIONS[step], "tracking"}, (name, read)
+        assert "model_dump" not in ast.unparse(fns[name]), name      # the whole, not a cut

@@ -9,7 +9,9 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import json
+import logging
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -26,8 +28,8 @@ COMPILED = Path("pipelines") / "compiled" / "ecgssl_pipeline.yaml"
 # The same pipeline compiled for 2-node pretraining (a Kubeflow Trainer TrainJob), checked in:
 #   ecgssl pipeline compile --set pipeline.pretrain_nodes=2 -o <this>
 COMPILED_2NODES = Path("pipelines") / "compiled" / "ecgssl_pipeline_2nodes.yaml"
-STAGES = ("mlflow_run", "ingest", "reports", "embed_text", "pretrain", "pretrain_trainjob",
-          "evaluate", "finetune", "register", "promote")
+STAGES = ("mlflow_run", "params", "ingest", "reports", "embed_text", "pretrain",
+          "pretrain_trainjob", "evaluate", "finetune", "register", "promote")
 
 
 def repo_root() -> Path:
@@ -155,32 +157,54 @@ def is_up_to_date(target: Path, p: Params | None = None) -> bool:
     return target.is_file() and target.read_text() == fresh
 
 
-def run_local(pipeline_root: str | Path, arguments: dict, p: Params | None = None) -> dict:
+class _CacheHits(logging.Handler):
+    """The tasks kfp.local served from its cache (it logs "Task NAME cache hit ...")."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.tasks: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        m = re.match(r"Task (\S+) cache hit", record.getMessage())
+        if m:
+            self.tasks.append(m.group(1))
+
+
+def run_local(pipeline_root: str | Path, arguments: dict, p: Params | None = None,
+              cache: bool = False) -> dict:
     """Run the whole pipeline in this machine's Python with kfp.local (no Docker, no cluster).
 
     Tasks are subprocesses that inherit this environment, so $ECGSSL_PIPELINE_RUN names the
-    run for MLflow as the pod label does on a cluster. Returns {"pipeline_run",
-    "pipeline_root", "elapsed_s"}; a failing task raises an error naming it."""
+    run for MLflow as the pod label does on a cluster. With `cache`, a task whose inputs equal
+    an earlier run's under the same pipeline root (its `.kfp_cache`) is not run again, as on a
+    cluster (only the tasks the pipeline caches; `kfp.caching`). Returns {"pipeline_run",
+    "pipeline_root", "elapsed_s", "cached"}; a failing task raises an error naming it."""
     from kfp import local
     root = Path(pipeline_root).resolve()
     root.mkdir(parents=True, exist_ok=True)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
-               raise_on_error=True)
+               raise_on_error=True, enable_caching=cache)
     pipeline = load_pipeline(p)
     run = f"local-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     t0 = time.perf_counter()
     # The tasks are subprocesses: they receive the run's name as a pod does, in the environment.
     old = os.environ.get(PIPELINE_RUN_ENV)
     os.environ[PIPELINE_RUN_ENV] = run
+    hits, root_log = _CacheHits(), logging.getLogger()
+    level = root_log.level
+    root_log.addHandler(hits)                # kfp.local says "cache hit" on the root logger,
+    root_log.setLevel(min(level, logging.INFO))   # at INFO; only this handler listens there
     try:
         pipeline(**arguments)
     except RuntimeError as exc:
         raise EcgsslError(f"local pipeline run failed: {exc} (task logs above; outputs in "
                           f"{root})") from None
     finally:
+        root_log.removeHandler(hits)
+        root_log.setLevel(level)
         if old is None:
             os.environ.pop(PIPELINE_RUN_ENV, None)
         else:
             os.environ[PIPELINE_RUN_ENV] = old
     return {"pipeline_run": run, "pipeline_root": str(root),
-            "elapsed_s": round(time.perf_counter() - t0, 1)}
+            "elapsed_s": round(time.perf_counter() - t0, 1), "cached": hits.tasks}

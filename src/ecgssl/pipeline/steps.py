@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import os
 from pathlib import Path
 
@@ -34,6 +35,25 @@ def _params(params: str) -> Params:
     """The pipeline's `params` argument: params.yaml as JSON text (see build.pipeline_params)."""
     import yaml
     return params_from_dict(yaml.safe_load(params or "{}") or {}, "pipeline argument `params`")
+
+
+# The sections of params.yaml each step reads, besides `tracking` (its run context). KFP's
+# cache key is a task's inputs: when every task took the whole params JSON, changing one
+# evaluation setting ran ingestion, reports and pretraining (GPU hours) again. Each task takes
+# its step's cut (the `params` component) instead.
+STEP_SECTIONS = {"ingest": ("ingest",), "reports": ("reports",), "embed_text": ("embed_text",),
+                 "pretrain": ("pretrain",), "evaluate": ("evaluate",), "register": (),
+                 "promote": ("promote",)}
+
+
+def step_params(params: str, step: str) -> str:
+    """The pipeline's `params` cut to what `step` reads (STEP_SECTIONS, plus `tracking`), as
+    JSON with sorted keys. The whole is validated, so a bad value fails the first cut."""
+    if step not in STEP_SECTIONS:
+        raise EcgsslError(f"step_params: unknown step {step!r}; choose one of "
+                          f"{', '.join(STEP_SECTIONS)}")
+    full = _params(params).model_dump(mode="json")
+    return json.dumps({s: full[s] for s in (*STEP_SECTIONS[step], "tracking")}, sort_keys=True)
 
 
 def _ctx(tracking: str, p: Params, parent: str = "", pipeline_run: str = "") -> RunContext:
@@ -205,12 +225,21 @@ def promote(name: str, params: str, tracking: str, model_uri: str = ""):
     return d
 
 
+def publish_metrics(metrics, values: dict) -> None:
+    """`values` to a KFP Metrics artifact: logged for the UI, and written as JSON at its path.
+    The file is the artifact's content on a cluster, and what kfp.local's cache checks before
+    it serves the task again (an artifact without one is a cache miss every run)."""
+    values = {k.replace("/", "."): float(v) for k, v in values.items()}
+    for k, v in values.items():
+        metrics.log_metric(k, v)
+    Path(metrics.path).parent.mkdir(parents=True, exist_ok=True)
+    Path(metrics.path).write_text(json.dumps(values, indent=1, sort_keys=True))
+
+
 def publish_evaluation(m: dict, folder: str, title: str, metrics, report) -> None:
     """Headline metrics to a KFP Metrics artifact and an HTML page to an HTML artifact."""
     from ecgssl.evaluate.stage import is_headline
-    for k, v in m.items():
-        if is_headline(k):
-            metrics.log_metric(k.replace("/", "."), float(v))
+    publish_metrics(metrics, {k: v for k, v in m.items() if is_headline(k)})
     with open(report.path, "w") as fh:
         fh.write(html_report(title, folder, m))
 
