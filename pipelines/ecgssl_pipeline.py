@@ -47,7 +47,8 @@ def build_pipeline(k: KfpConfig, defaults: PipelineConfig, params_json: str):
     def _task(task, cache: bool = True, gpu: bool = False, s3: bool = False):
         """Resources, caching, retries and the run-id label as env (so stage runs find the
         MLflow parent run without a per-run input that would defeat the cache); `s3`: the
-        task reads data_root or shared storage itself, so it gets kfp.s3_secret if set."""
+        task reads data_root or shared storage itself, so it gets kfp.s3_secret and
+        kfp.s3_env (the launcher of a TrainJob passes s3_env on to its nodes)."""
         task.set_caching_options(cache and k.caching)
         task.set_retry(k.retries, backoff_duration="30s", backoff_factor=2.0,
                        backoff_max_duration="600s")
@@ -65,6 +66,8 @@ def build_pipeline(k: KfpConfig, defaults: PipelineConfig, params_json: str):
             task.set_cpu_request(k.cpu).set_memory_limit(k.memory)
         if s3 and k.s3_secret:
             kubernetes.use_secret_as_env(task, k.s3_secret, {key: key for key in SECRET_KEYS})
+        for name, value in (k.s3_env.items() if s3 else ()):   # e.g. a MinIO endpoint
+            task.set_env_variable(name, value)
         return task
 
     def cut(params, step: str) -> str:

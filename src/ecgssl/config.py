@@ -273,6 +273,12 @@ class PipelineConfig(Section):
                               "task per source (a compile-time setting)")
 
 
+# The S3 client's non-secret settings (storage.py reads them from the environment): what
+# kfp.s3_env may set on Kubeflow tasks and what a TrainJob launcher passes to its nodes.
+S3_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION",
+          "ECGSSL_S3_RETRIES")
+
+
 class KfpConfig(Section):
     """Compile-time settings of the Kubeflow pipeline (they land in the compiled YAML)."""
     image: str = Field("ghcr.io/ecgssl/ecgssl:0.1.0", description="project image for CPU "
@@ -295,7 +301,22 @@ class KfpConfig(Section):
     s3_secret: str = Field("", description="secret with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
                            "for the tasks reading an s3:// data_root (source-version, ingest) "
                            "and for TrainJob nodes and their launcher; '' = service accounts")
+    s3_env: dict[str, str] = Field(default_factory=dict, description="non-secret S3 settings "
+                                   "for the same tasks as s3_secret, e.g. {AWS_ENDPOINT_URL_S3: "
+                                   "'http://minio.minio:9000'} for MinIO; names: "
+                                   + ", ".join(S3_ENV))
     caching: bool = Field(True, description="reuse a task's outputs when its inputs match")
+
+    @field_validator("s3_env")
+    @classmethod
+    def _s3_settings_only(cls, v: dict[str, str]) -> dict[str, str]:
+        """Only the S3 client's non-secret settings: a key or token here would land in the
+        compiled YAML in clear (s3_secret names a Kubernetes secret instead)."""
+        bad = [k for k in v if k not in S3_ENV]
+        if bad:
+            raise ValueError(f"unknown {', '.join(map(repr, bad))}; choose from "
+                             f"{', '.join(S3_ENV)} (credentials go in kfp.s3_secret)")
+        return v
 
 
 class Params(Section):

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from ecgssl.config import load_params
@@ -183,6 +184,27 @@ def test_ingest_cache_key_follows_the_source_content(repo_params, tmp_path):
     fed = tasks["ingest"]["inputs"]["parameters"]["source_version"]["taskOutputParameter"]
     assert fed == {"producerTask": "source-version", "outputParameterKey": "Output"}
     assert tasks["ingest"]["cachingOptions"].get("enableCache") is True
+
+
+def test_s3_endpoint_reaches_the_tasks_that_read_an_s3_data_root(monkeypatch, tmp_path):
+    """With MinIO (or any non-AWS S3) the tasks that read an s3:// data_root need its endpoint:
+    with only credentials they called AWS and failed on the first listing. kfp.s3_env sets
+    it on those tasks alone, and takes no credentials (they would be in the YAML in clear)."""
+    p = yaml.safe_load((ROOT / "params.yaml").read_text())
+    p["kfp"]["s3_env"] = {"AWS_ENDPOINT_URL_S3": "http://minio.minio:9000"}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("ECGSSL_PARAMS", str(tmp_path / "params.yaml"))
+    spec, _ = _compile(tmp_path / "p.yaml")
+    env = {name: {e["name"]: e["value"] for e in ex["container"].get("env", [])}
+           for name, ex in spec["deploymentSpec"]["executors"].items()}
+    for name in ("exec-ingest", "exec-source-version"):
+        assert env[name].get("AWS_ENDPOINT_URL_S3") == "http://minio.minio:9000", name
+    assert not env["exec-pretrain"] and not env["exec-reports"]
+    from ecgssl.config import ConfigError, params_from_dict
+    p["kfp"]["s3_env"] = {"AWS_SECRET_ACCESS_KEY": "x"}
+    with pytest.raises(ConfigError, match="credentials go in kfp.s3_secret"):
+        params_from_dict(p)
 
 
 def test_s3_secret_reaches_the_tasks_that_read_an_s3_data_root(monkeypatch, tmp_path):

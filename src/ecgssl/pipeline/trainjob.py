@@ -30,6 +30,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ecgssl.config import S3_ENV
 from ecgssl.errors import EcgsslError
 from ecgssl.storage import redact, stable_hash
 
@@ -38,8 +39,7 @@ PARAMS_ENV = "ECGSSL_PARAMS_JSON"
 # Non-secret S3 and retry settings the launcher passes on to the nodes as they are. Credentials
 # never go into the TrainJob object (anyone who can read it would see them): they come from
 # `kfp.s3_secret` (secretKeyRef) or from the runtime's service account.
-PASS_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION",
-            "ECGSSL_S3_RETRIES")
+PASS_ENV = S3_ENV
 SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 # The pipeline's params arrive as JSON text (a pipeline argument); each node writes them to a
 # file for `--params` (JSON is YAML), then torchrun starts one `ecgssl pretrain` per GPU.
