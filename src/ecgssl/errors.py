@@ -14,6 +14,11 @@ class ConfigError(EcgsslError):
     """params.yaml or a command-line override is invalid."""
 
 
+class CorruptFileError(EcgsslError, ValueError):
+    """A file a stage wrote (a manifest, a run record, metrics.json) cannot be parsed. Also a
+    ValueError, so that readers which treat an unreadable record as absent still do."""
+
+
 class RecordError(EcgsslError):
     """One record cannot be used; batch jobs quarantine it and go on.
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from ecgssl.errors import EcgsslError
+from ecgssl.errors import CorruptFileError, EcgsslError
 
 
 def _umask() -> int:
@@ -47,7 +47,8 @@ def no_space_error(exc: OSError, where: str | Path) -> EcgsslError:
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temp path beside `path`; on success it replaces `path` in one rename, so
-    readers see the old file or the new one, never a partial one. The file gets the mode a
+    readers see the old file or the new one, never a partial one (after a power loss too:
+    the file is fsynced before the rename, the folder after). The file gets the mode a
     plain open() would give (0666 minus the umask), not mkstemp's 0600, so that shared
     readers (a DVC cache, a team folder) can read what we write. A full disk is an
     EcgsslError naming the folder."""
@@ -65,7 +66,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.close(fd)
     try:
         yield Path(tmp)
+        # The data on disk before the name, so that a power loss after the rename never
+        # leaves an empty or partial file under it; then the rename itself.
+        fsync_path(tmp)
         os.replace(tmp, path)
+        fsync_path(path.parent, folder=True)
     except OSError as exc:
         if exc.errno in NO_SPACE:
             raise no_space_error(exc, path.parent) from None
@@ -73,6 +78,24 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def fsync_path(path: str | Path, folder: bool = False) -> None:
+    """Flush a file's data (or a folder's entries) to the disk. A folder's is best effort:
+    some filesystems refuse fsync on a folder, and the file is in place by then."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        if folder:
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not folder:
+            raise
+    finally:
+        os.close(fd)
 
 
 @contextmanager
@@ -155,7 +178,33 @@ def _alive(pid: int) -> bool:
 
 
 def read_json(path: str | Path):
-    return json.loads(Path(path).read_text())
+    """A JSON file we (or a stage before us) wrote; one cut short or garbled (a full disk, a
+    killed copy) is a CorruptFileError naming it, not a decoder traceback."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except UnicodeDecodeError as exc:
+        raise _corrupt(path, f"not text at byte {exc.start}") from None
+    except json.JSONDecodeError as exc:
+        raise _corrupt(path, exc) from None
+
+
+def parse_json(text: str | bytes, where: str) -> object:
+    """`read_json` of a file's text read elsewhere (an S3 object); `where` names it."""
+    try:
+        return json.loads(text)
+    except UnicodeDecodeError as exc:
+        raise _corrupt(where, f"not text at byte {exc.start}") from None
+    except json.JSONDecodeError as exc:
+        raise _corrupt(where, exc) from None
+
+
+def _corrupt(where: str | Path, what) -> CorruptFileError:
+    if isinstance(what, json.JSONDecodeError):
+        what = "empty" if not what.doc.strip() else \
+            f"{what.msg} (line {what.lineno}, column {what.colno})"
+    return CorruptFileError(f"{redact(where)}: not valid JSON (truncated?): {what}; rerun the "
+                            "stage that wrote it")
 
 
 def write_json(path: str | Path, obj) -> None:

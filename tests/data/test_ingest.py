@@ -358,3 +358,22 @@ def test_a_record_listed_twice_is_ingested_once(tmp_path, sample):
     ids = read_table(tmp_path / "out", columns=["ecg_id"]).column("ecg_id")
     assert m["records_total"] == m["records_ok"] == 2
     assert len(ids) == len(set(ids)) == m["rows"]
+
+
+def test_a_killed_slice_s_sidecar_staging_folder_is_removed_by_the_next_run(tmp_path, sample):
+    """A slice killed while copying its sidecars leaves a `.sidecars-*` folder in the table;
+    they piled up. The next writer, which holds the folder's lock as every copier does, must
+    remove them."""
+    out = tmp_path / "t"
+    stale = out / ".sidecars-k1ll3d"
+    stale.mkdir(parents=True)
+    (stale / "scp_statements.csv").write_text("half a file")
+    cfg = IngestConfig(workers=1)
+    ingest("ptbxl", sample / "ptbxl", out, cfg, progress=False, part=(0, 2))
+    assert not list(out.glob(".sidecars-*"))
+    stale.mkdir()
+    ingest("ptbxl", sample / "ptbxl", out, cfg, progress=False, part=(1, 2))
+    assert read_manifest(out)["rows"] > 0 and not list(out.glob(".sidecars-*"))
+    stale.mkdir()        # a whole-source run into the folder (up to date) removes it too
+    assert ingest("ptbxl", sample / "ptbxl", out, cfg, progress=False).up_to_date
+    assert not list(out.glob(".sidecars-*"))

@@ -143,3 +143,35 @@ def test_a_manifest_naming_files_outside_its_folder_is_refused(sample, tmp_path)
     (table / "_manifest.json").write_text(json.dumps(m))
     with pytest.raises(EcgsslError, match="refusing shard name '/etc/hostname'"):
         read_table(table)
+
+
+def test_a_truncated_run_file_is_a_clear_error_naming_it(tables, tmp_path):
+    """`_run.json` (the run's times beside the manifest) cut short was a JSONDecodeError
+    traceback from every reader of the table."""
+    import pytest
+
+    from ecgssl.errors import EcgsslError
+    table = tmp_path / "ptbxl"
+    shutil.copytree(tables["ptbxl"], table)
+    (table / "_run.json").write_text('{"created_at": "2026-')
+    with pytest.raises(EcgsslError, match=r"_run\.json: not valid JSON \(truncated\?\)"):
+        read_manifest(table)
+
+
+def test_a_shard_shorter_than_its_manifest_says_is_refused(tables, tmp_path):
+    """A shard replaced by a shorter one (a partial restore, a stale copy) was read silently
+    from a local table, where the S3 path checks each footer's row count; the local readers
+    must check it as cheaply (footer only) and name the shard."""
+    import pytest
+
+    from ecgssl.data.table import read_meta, row_groups
+    from ecgssl.errors import EcgsslError
+    table = tmp_path / "ptbxl"
+    shutil.copytree(tables["ptbxl"], table)
+    shard = read_manifest(table)["shards"][0]
+    t = pq.read_table(table / shard)
+    pq.write_table(t.slice(0, t.num_rows - 1), table / shard)
+    want = rf"{shard}: {t.num_rows - 1} rows where the manifest says {t.num_rows}"
+    for read in (read_table, row_groups, lambda p: read_meta(p, ["ecg_id"], split="test")):
+        with pytest.raises(EcgsslError, match=want):
+            read(table)

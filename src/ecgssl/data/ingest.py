@@ -374,6 +374,7 @@ def ingest(source_name: str, input_dir: str | Path, output_dir: str | Path,
     k, n = part
     if n == 1:
         with writing(out, "ingest", key) as job:
+            _clear_sidecar_staging(out)
             if job.current:
                 return job.current
             t0 = time.perf_counter()
@@ -466,6 +467,7 @@ def _ingest_slice(source_name, source, root, out, cfg, key, chunks, base, part, 
     mine = list(range(k, len(chunks), n))
     with _lock(out / f".ecgssl-slice-{k}-of-{n}.lock", f"--part {k}/{n}"):
         with _folder_lock(out):
+            _clear_sidecar_staging(out)
             if (out / MANIFEST).is_file():
                 old = read_manifest(out)
                 if old.get("options_key") == key and old.get("rows", 0) > 0 and \
@@ -495,11 +497,23 @@ def _ingest_slice(source_name, source, root, out, cfg, key, chunks, base, part, 
 def _copy_sidecars(source, root: Path, out: Path) -> list[str]:
     """The source's sidecar files, copied atomically (several slices may copy them)."""
     import tempfile
-    with tempfile.TemporaryDirectory(dir=out, prefix=".sidecars-") as tmp:
+    _clear_sidecar_staging(out)
+    with tempfile.TemporaryDirectory(dir=out, prefix=SIDECAR_STAGING) as tmp:
         names = source.sidecars(root, Path(tmp))
         for name in names:
             os.replace(Path(tmp) / name, out / name)
     return names
+
+
+SIDECAR_STAGING = ".sidecars-"
+
+
+def _clear_sidecar_staging(out: Path) -> None:
+    """Remove the sidecar staging folders that killed slices left. Only a holder of the
+    folder's lock (`.ecgssl.lock`, which the OS frees when its holder dies) makes one, and
+    every caller holds it: none seen here is another live run's."""
+    for p in out.glob(SIDECAR_STAGING + "*"):
+        shutil.rmtree(p, ignore_errors=True)
 
 
 def _clear_stale_slice(out: Path, mine: list[int], key: str) -> None:

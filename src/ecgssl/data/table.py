@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import operator
 import os
 from collections.abc import Iterator
@@ -36,6 +35,8 @@ from ecgssl.storage import (
     expand_folder,
     file_sha256,
     is_s3,
+    parse_json,
+    read_json,
     read_object,
     redact,
     s3_retry,
@@ -254,13 +255,10 @@ def read_manifest(path: str | Path) -> dict:
     if not p.is_file():
         raise EcgsslError(f"{path} is not a complete ECG table: {MANIFEST} is missing "
                           "(run `ecgssl ingest`, or let an interrupted one finish)")
-    try:
-        m = json.loads(p.read_text())
-    except json.JSONDecodeError as exc:
-        raise EcgsslError(f"{p}: corrupt manifest: {exc}") from None
+    m = read_json(p)
     _check_names(p, m)
     run = Path(path) / RUN_FILE          # the run's times, kept out of the manifest
-    volatile = json.loads(run.read_text()) if run.is_file() else {}
+    volatile = read_json(run) if run.is_file() else {}
     return _with_run(m, volatile)
 
 
@@ -288,13 +286,10 @@ def _s3_manifest(uri: str) -> dict:
     if text is None:
         raise EcgsslError(f"{redact(uri)} is not a complete ECG table: {MANIFEST} is missing "
                           "(run `ecgssl ingest`, or let an interrupted one finish)")
-    try:
-        m = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise EcgsslError(f"{redact(uri)}/{MANIFEST}: corrupt manifest: {exc}") from None
+    m = parse_json(text, f"{uri.rstrip('/')}/{MANIFEST}")
     _check_names(f"{uri.rstrip('/')}/{MANIFEST}", m)
     run = read_object(uri.rstrip("/") + "/" + RUN_FILE)
-    return _with_run(m, json.loads(run) if run else {})
+    return _with_run(m, parse_json(run, f"{uri.rstrip('/')}/{RUN_FILE}") if run else {})
 
 
 VOLATILE = ("created_at", "elapsed_s")   # manifest keys that differ on every run
@@ -486,11 +481,30 @@ def shard_errors(path: Path):
                           "wrote this table") from None
 
 
-def read_shard(path: Path, columns: list[str], filters) -> pa.Table:
+def shard_rows(manifest: dict, shard: str) -> int | None:
+    """The row count the manifest records for a shard (None: a table written before it did)."""
+    return ((manifest.get("shard_info") or {}).get(shard) or {}).get("rows")
+
+
+def check_rows(name: str, have: int, want: int | None) -> None:
+    """No sha256 of a whole shard on every read: its footer's row count must match the
+    manifest's (a shard replaced by a shorter one, a partial restore), and every page read is
+    checked against its CRC."""
+    if want is not None and want != have:
+        raise EcgsslError(f"{name}: {have} rows where the manifest says {want}; rerun the "
+                          "stage that wrote this table")
+
+
+def read_shard(path: Path, columns: list[str], filters, rows: int | None = None) -> pa.Table:
+    """A shard's `columns` (rows passing `filters`); `rows`: the count its manifest records,
+    checked against the footer before any data is read."""
     with shard_errors(path):
         if filters is None:   # one file, no row filter: without the dataset layer (~2x faster)
             with pq.ParquetFile(path, page_checksum_verification=True) as f:
+                check_rows(str(path), f.metadata.num_rows, rows)
                 return f.read(columns=columns)
+        if rows is not None:
+            check_rows(str(path), pq.read_metadata(path).num_rows, rows)
         return pq.read_table(path, columns=columns, filters=filters,
                              page_checksum_verification=True)
 
@@ -510,7 +524,8 @@ def _read_shards(path: Path, manifest: dict, columns: list[str], filters) -> lis
     types = schema(int(manifest["n_samples"]))
     out = []
     for shard in manifest["shards"]:
-        t = read_shard(path / shard, [c for c in columns if c not in missing], filters)
+        t = read_shard(path / shard, [c for c in columns if c not in missing], filters,
+                       shard_rows(manifest, shard))
         for c in missing:
             t = t.append_column(types.field(c), pa.nulls(t.num_rows, types.field(c).type))
         out.append(t.select(columns))
@@ -582,6 +597,7 @@ def row_groups(path: str | Path) -> list[RowGroup]:
     for shard in manifest["shards"]:
         with shard_errors(path / shard):
             md = pq.ParquetFile(path / shard).metadata
+        check_rows(str(path / shard), md.num_rows, shard_rows(manifest, shard))
         out += [RowGroup(shard, i, md.row_group(i).num_rows) for i in range(md.num_row_groups)]
     return out
 
@@ -675,19 +691,13 @@ def _s3_file(uri: str, shard: str) -> pq.ParquetFile:
 def _s3_row_groups(uri: str) -> list[RowGroup]:
     manifest = read_manifest(uri)
     require_rows(redact(uri), manifest)
-    info = manifest.get("shard_info") or {}
     from concurrent.futures import ThreadPoolExecutor
     with ThreadPoolExecutor(8) as pool:      # the footers' round trips in parallel
         files = list(pool.map(lambda shard: _s3_file(uri, shard), manifest["shards"]))
     out = []
     for shard, f in zip(manifest["shards"], files):
         md = f.metadata
-        # No sha256 of a whole shard while streaming it: its footer's row count must match
-        # the manifest's, and every page read is checked against its CRC.
-        want = (info.get(shard) or {}).get("rows")
-        if want is not None and want != md.num_rows:
-            raise EcgsslError(f"{redact(uri)}/{shard}: {md.num_rows} rows where the manifest "
-                              f"says {want}; rerun the stage that wrote this table")
+        check_rows(f"{redact(uri)}/{shard}", md.num_rows, shard_rows(manifest, shard))
         out += [RowGroup(shard, i, md.row_group(i).num_rows) for i in range(md.num_row_groups)]
     return out
 

@@ -79,17 +79,18 @@ def random_lead_subsets(mask: torch.Tensor, p: float, generator: torch.Generator
 
 def load_pretrained(folder, random_init: bool = False) -> tuple[PretrainModel, dict]:
     """The model `ecgssl pretrain` wrote to `folder` (or its randomly initialised twin)."""
-    import json
     from pathlib import Path
 
     from safetensors.torch import load_file
+
+    from ecgssl.storage import read_json
 
 
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise EcgsslError(f"{folder} is not a pretrained encoder (no config.json; the output "
                           "of `ecgssl pretrain`)")
-    cfg = json.loads((folder / "config.json").read_text())
+    cfg = read_json(folder / "config.json")
     torch.manual_seed(cfg.get("seed", 0) + 1)
     model = PretrainModel(cfg["method"], cfg["encoder"], cfg["n_samples"], cfg["text_dim"],
                           cfg["proj_dim"], cfg["init_temperature"], cfg.get("width", 64))

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 
 import numpy as np
 
 from ecgssl.evaluate.stage import is_headline
-from ecgssl.storage import write_json
+from ecgssl.storage import read_json, write_json
 
 RUN_RECORD = "pipeline_run.json"     # outputs/pipeline_run.json: the last tracked pipeline run
 FPR_GRID = np.linspace(0, 1, 51)
@@ -36,7 +35,7 @@ def key_metrics(outputs: Path) -> list[tuple[str, str, float]]:
         rel = f.relative_to(outputs).parts
         if any(part.startswith(".") or part == "mlruns" for part in rel):
             continue        # a killed evaluate's staging folder, MLflow's own store
-        for k, v in json.loads(f.read_text()).items():
+        for k, v in read_json(f).items():
             if (k.startswith("loss/") or is_headline(k)) and isinstance(v, float):
                 rows.append((str(f.relative_to(outputs)), k, v))
     return rows
@@ -52,12 +51,12 @@ def tracked_metrics(outputs: Path) -> tuple[dict, dict]:
     pretrain = {}
     p = outputs / "pretrain" / "metrics.json"
     if p.is_file():
-        m = json.loads(p.read_text())
+        m = read_json(p)
         pretrain = {"loss": {"first": _r(m.get("loss/first")), "final": _r(m.get("loss/final"))},
                     "steps": m.get("steps")}
     evals: dict = {}
     for f in sorted((outputs / "eval").glob("*/metrics.json")):
-        m = json.loads(f.read_text())
+        m = read_json(f)
         for k, v in sorted(m.items()):
             if is_headline(k) and k.endswith("/macro_auroc"):
                 mode, task, _ = k.split("/")
@@ -124,7 +123,7 @@ def run_facts(outputs: Path, ctx) -> dict:
                    ("registration", outputs / "registry" / "encoder.json"),
                    ("promotion", outputs / "registry" / "promotion.json")):
         if f.is_file():
-            facts[key] = json.loads(f.read_text())
+            facts[key] = read_json(f)
     reg = facts.get("registration")
     if reg and ctx.enabled:
         try:

@@ -33,6 +33,7 @@ from ecgssl.data.table import (
     read_shard,
     require_rows,
     shard_name,
+    shard_rows,
     write_shard,
     writing,
 )
@@ -121,7 +122,8 @@ def run_reports(inputs: list[str | Path], output: str | Path, cfg: ReportsConfig
                               enabled=progress, dynamic_ncols=True) as bar:
                 for path, m in zip(inputs, manifests):
                     for shard in m["shards"]:
-                        table = conform(read_shard(path / shard, None, None), m["n_samples"])
+                        table = conform(read_shard(path / shard, None, None,
+                                                   shard_rows(m, shard)), m["n_samples"])
                         device = [coverage.add(t).text or None for t in
                                   table.column("report_device").to_pylist()] \
                             if cfg.mode != "generated" else [None] * table.num_rows

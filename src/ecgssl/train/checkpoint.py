@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ecgssl.models.pretrain import check_fits
+from ecgssl.storage import fsync_path
 
 KEEP = 2
 
@@ -30,8 +31,14 @@ def save(folder: Path, step: int, model, optimizer, scheduler, extra: dict) -> P
     save_file(_state_dict(model), tmp / "model.safetensors")
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "step": step, **extra}, tmp / "state.pt")
+    # on disk before it is named (older checkpoints are pruned next): after a power loss the
+    # newest checkpoint is whole, never empty files under a step name
+    for p in (tmp / "model.safetensors", tmp / "state.pt"):
+        fsync_path(p)
+    fsync_path(tmp, folder=True)
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
+    fsync_path(root, folder=True)
     for old in sorted(root.glob("step-*"))[:-KEEP]:
         shutil.rmtree(old)
     return final
