@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ecgssl.evaluate.metrics import onehot, predictions
+from ecgssl.storage import atomic_path
 
 FILE = "scores.parquet"
 
@@ -59,9 +60,8 @@ def write_scores(path: Path, task: str, classes: list[str], multilabel: bool,
             table = pa.concat_tables([old.filter(keep).replace_schema_metadata(None),
                                       table.cast(old.schema.remove_metadata())])
     table = table.replace_schema_metadata({"ecgssl": json.dumps(meta)})
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
     return path
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ecgssl.evaluate.stage import is_headline
-from ecgssl.storage import read_json, write_json
+from ecgssl.storage import atomic_path, read_json, write_json
 
 RUN_RECORD = "pipeline_run.json"     # outputs/pipeline_run.json: the last tracked pipeline run
 FPR_GRID = np.linspace(0, 1, 51)
@@ -107,9 +107,8 @@ def write_tracked(outputs: Path, dest: Path) -> list[Path]:
             old.unlink()
     for name, text in curves.items():
         path = dest / "roc" / name
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            tmp.write_text(text)
         written.append(path)
     return written
 
