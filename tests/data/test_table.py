@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from ecgssl.data.table import (
     SCHEMA_VERSION,
@@ -155,6 +156,19 @@ def test_a_truncated_run_file_is_a_clear_error_naming_it(tables, tmp_path):
     shutil.copytree(tables["ptbxl"], table)
     (table / "_run.json").write_text('{"created_at": "2026-')
     with pytest.raises(EcgsslError, match=r"_run\.json: not valid JSON \(truncated\?\)"):
+        read_manifest(table)
+
+
+@pytest.mark.parametrize("manifest", ["[]", '"done"', '{"shards": "part-00000.parquet"}'])
+def test_a_manifest_that_is_json_but_no_manifest_is_a_clear_error(tables, tmp_path,
+                                                                  manifest):
+    """Valid JSON of the wrong shape (a list, a string, shards not a list) was an
+    AttributeError or a walk over a string's letters, not an error naming the file."""
+    from ecgssl.errors import EcgsslError
+    table = tmp_path / "ptbxl"
+    shutil.copytree(tables["ptbxl"], table)
+    (table / "_manifest.json").write_text(manifest)
+    with pytest.raises(EcgsslError, match=r"_manifest\.json: not a table manifest"):
         read_manifest(table)
 
 

@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ecgssl.data.signal import N_LEADS
-from ecgssl.errors import EcgsslError
+from ecgssl.errors import CorruptFileError, EcgsslError
 from ecgssl.storage import (
     RUN_FILE,
     atomic_path,
@@ -266,6 +266,9 @@ def _check_names(where, m: dict) -> None:
     """The manifest's shards and sidecars are files in the table's own folder: a name with
     a path in it ('../x', '/etc/x') is refused, so that no manifest (one pulled from a bucket
     included) makes a reader read, or a stage that copies sidecars write, outside it."""
+    if not isinstance(m, dict) or not isinstance(m.get("shards", []), list):
+        raise CorruptFileError(f"{redact(where)}: not a table manifest (a JSON object with a "
+                               "list of shards); rerun the stage that wrote it")
     for what in ("shards", "sidecars"):
         for name in m.get(what) or []:
             if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or \

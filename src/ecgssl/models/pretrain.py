@@ -85,7 +85,6 @@ def load_pretrained(folder, random_init: bool = False) -> tuple[PretrainModel, d
 
     from ecgssl.storage import read_json
 
-
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise EcgsslError(f"{folder} is not a pretrained encoder (no config.json; the output "
