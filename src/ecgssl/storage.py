@@ -180,19 +180,14 @@ def _alive(pid: int) -> bool:
 def read_json(path: str | Path):
     """A JSON file we (or a stage before us) wrote; one cut short or garbled (a full disk, a
     killed copy) is a CorruptFileError naming it, not a decoder traceback."""
-    path = Path(path)
-    try:
-        return json.loads(path.read_text())
-    except UnicodeDecodeError as exc:
-        raise _corrupt(path, f"not text at byte {exc.start}") from None
-    except json.JSONDecodeError as exc:
-        raise _corrupt(path, exc) from None
+    return parse_json(Path(path).read_bytes(), path)
 
 
-def parse_json(text: str | bytes, where: str) -> object:
-    """`read_json` of a file's text read elsewhere (an S3 object); `where` names it."""
+def parse_json(text: str | bytes, where: str | Path) -> object:
+    """JSON text (UTF-8 bytes: a file's or an S3 object's) that `where` holds, as
+    `read_json` reads it."""
     try:
-        return json.loads(text)
+        return json.loads(text.decode() if isinstance(text, bytes) else text)
     except UnicodeDecodeError as exc:
         raise _corrupt(where, f"not text at byte {exc.start}") from None
     except json.JSONDecodeError as exc:
