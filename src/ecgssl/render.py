@@ -85,8 +85,10 @@ def embed_text_summary(s, output: str) -> None:
 
 
 def pretrain_summary(r, method: str, output: str) -> None:
+    speed = (f"{r.samples_per_s:.0f} samples/s" if r.samples_per_s is not None
+             else f"nothing left to run (resumed at step {r.resumed_at})")
     say(f"pretrain {method} -> {output}: loss {r.loss_first:.4f} -> {r.loss_final:.4f} over "
-        f"{r.steps} steps, {r.samples_per_s:.0f} samples/s")
+        f"{r.steps} steps, {speed}")
 
 
 def evaluate_table(r, output: str) -> None:

@@ -135,10 +135,18 @@ def staged_folder(folder: str | Path, owned: tuple[str, ...], last: tuple[str, .
     second refuses at once (two runs that each carried the old files over would each swap in
     their own, and the first one's results would be gone); the lock sits beside the folder,
     not in it, so that the folder holds results only."""
+    with exclusive_beside(folder, command) as folder:
+        yield from _staged_swap(folder, owned, last, keep)
+
+
+@contextmanager
+def exclusive_beside(folder: str | Path, command: str) -> Iterator[Path]:
+    """`exclusive`, with the lock file beside the folder instead of in it: for a folder that
+    is shipped whole (a model folder is copied into the registry, pushed to s3://)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     with _held(folder.parent / f".{folder.name}.ecgssl.lock", folder, command):
-        yield from _staged_swap(folder, owned, last, keep)
+        yield folder
 
 
 def _staged_swap(folder: Path, owned, last, keep) -> Iterator[Path]:

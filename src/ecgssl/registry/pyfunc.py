@@ -111,10 +111,11 @@ class ECGModel(PythonModel):
         from safetensors.torch import load_file
 
         from ecgssl.models.pretrain import load_pretrained
+        from ecgssl.storage import read_json
         self.model, self.cfg = load_pretrained(folder)
         self.head, self.text = None, None
         if (folder / "classifier.json").is_file():
-            self.head_info = json.loads((folder / "classifier.json").read_text())
+            self.head_info = read_json(folder / "classifier.json")
             w = load_file(folder / "classifier.safetensors")
             self.head = torch.nn.Linear(w["weight"].shape[1], w["weight"].shape[0])
             self.head.load_state_dict(w)

@@ -73,17 +73,18 @@ class Registration:
 
 
 def registration_id(name: str, kind: str, src: Path, config: dict, metrics: dict,
-                    test_data: dict, scores: dict[str, Path], ctx: RunContext) -> str:
+                    test_data: dict, scores: dict[str, Path], ctx: RunContext,
+                    weights: str | None) -> str:
     """What makes two registrations the same: the model name and kind, the registered folder
     (an encoder's weights hash and config; a classifier's files), the metrics, the test data,
     the per-record scores (what `promote` pairs on) and the pipeline run. The run is part of
     it so that two pipeline runs making the same model each get a version of their own (its
     lineage points at that run), while a retry within one run or a rerun outside any run
-    finds the first one."""
+    finds the first one. `weights`: an encoder's `encoder_hash`, hashed once by the caller."""
     files = ("config.json", "classifier.json", "classifier.safetensors", "encoder.safetensors",
              "heads.safetensors") if kind == "classifier" else ()
     folder = {f: file_sha256(src / f) for f in files if (src / f).is_file()} or {
-        ENCODER_HASH: encoder_hash(src), "config": stable_hash(config)}
+        ENCODER_HASH: weights, "config": stable_hash(config)}
     return stable_hash({"name": name, "kind": kind, "model": folder, "metrics": metrics,
                         "test_data": test_data,
                         "scores": {t: file_sha256(f) for t, f in scores.items()},
@@ -136,12 +137,17 @@ def register(encoder: str | Path, name: str, ctx: RunContext,
     # encoder being registered. An evaluation records its encoder's hash; a mismatch means
     # the metrics (or the classifier) are another encoder's, e.g. a folder two evaluations
     # wrote into, and registering them would be a forged pairing.
-    expected = read_json(src / "classifier.json").get(ENCODER_HASH) if classifier and (
-        src / "classifier.json").is_file() else encoder_hash(src)
-    if classifier and encoder and expected and encoder_hash(encoder) not in (None, expected):
+    enc_sha = encoder_hash(encoder) if encoder else None     # once: a large encoder takes a while
+    if not classifier:
+        expected = enc_sha
+    elif (src / "classifier.json").is_file():
+        expected = read_json(src / "classifier.json").get(ENCODER_HASH)
+    else:
+        expected = encoder_hash(src)
+    if classifier and encoder and expected and enc_sha not in (None, expected):
         raise EcgsslError(f"classifier {classifier} was trained from another encoder than "
                           f"{encoder} (encoder sha256 {str(expected)[:12]} vs "
-                          f"{encoder_hash(encoder)[:12]})")
+                          f"{enc_sha[:12]})")
     metrics, test_data, scores = {}, {}, {}
     for f in metrics_files:
         f = Path(f)
@@ -165,7 +171,7 @@ def register(encoder: str | Path, name: str, ctx: RunContext,
                 f.parent / SCORES_FILE
     kind = "classifier" if classifier else "encoder"
     registration = registration_id(name, kind, src, config, metrics, test_data, scores,
-                                   ctx)
+                                   ctx, None if classifier else enc_sha)
     ctx = replace(ctx, enabled=True)
     mlflow = connect(ctx)
     client = mlflow.MlflowClient()
@@ -174,7 +180,7 @@ def register(encoder: str | Path, name: str, ctx: RunContext,
     tags = {"git.commit": git_commit(), "data.fingerprint": str(config.get("data_fingerprint")),
             "params.hash": stable_hash(config)[:16], "ecgssl.version": ecgssl.__version__,
             "kind": kind, **{f"test_data.{t}": fp for t, fp in test_data.items()}}
-    lineage_tags, pretrain_params = lineage(ctx, encoder_hash(encoder) if encoder else None,
+    lineage_tags, pretrain_params = lineage(ctx, enc_sha,
                                             read_json(Path(encoder) / "config.json")
                                             if encoder and (Path(encoder) / "config.json")
                                             .is_file() else config)

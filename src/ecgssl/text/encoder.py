@@ -113,9 +113,9 @@ class TextEncoder:
 
 
 def _read_config(folder: Path) -> dict:
-    import json
+    from ecgssl.storage import read_json
     p = folder / "config.json"
-    return json.loads(p.read_text()) if p.is_file() else {}
+    return read_json(p) if p.is_file() else {}
 
 
 def _parameters_hash(model) -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from ecgssl.distributed import SINGLE, DistState, init_from_env, same_on_every_r
 from ecgssl.errors import EcgsslError
 from ecgssl.models.pretrain import PretrainModel, random_lead_subsets, st_inputs
 from ecgssl.progress import bar as progress_bar
-from ecgssl.storage import RUN_FILE, encoder_hash, write_json
+from ecgssl.storage import RUN_FILE, encoder_hash, exclusive_beside, write_json
 from ecgssl.tracking import ENCODER_TAG, OFF, RunContext, flatten, start_run
 from ecgssl.train import checkpoint
 from ecgssl.train.data import Plan, PretrainData, loader
@@ -42,16 +43,19 @@ from ecgssl.train.schedule import warmup_cosine
 class PretrainResult:
     loss_first: float         # mean loss of the first 10 steps
     loss_final: float         # ... of the last 10
-    samples_per_s: float
+    samples_per_s: float | None   # None when a resume found nothing left to run
     steps: int
     resumed_at: int
     output: str
 
     def metrics(self) -> dict:
         """metrics.json's keys (what DVC and MLflow show)."""
-        return {"loss/first": self.loss_first, "loss/final": self.loss_final,
-                "throughput/samples_per_s": self.samples_per_s, "steps": self.steps,
-                "resumed_at": self.resumed_at}
+        out = {"loss/first": self.loss_first, "loss/final": self.loss_final,
+               "throughput/samples_per_s": self.samples_per_s, "steps": self.steps,
+               "resumed_at": self.resumed_at}
+        if self.samples_per_s is None:
+            del out["throughput/samples_per_s"]
+        return out
 
 
 def pick_device() -> torch.device:
@@ -119,6 +123,15 @@ def pretrain(data: str | Path, text_emb: str | Path | None, output: str | Path,
     out = Path(output)
     device = pick_device()
     dist = init_from_env(device)
+    # Rank 0 alone writes the folder; a second run into it (say `dvc repro` beside a manual
+    # run) would interleave checkpoints with ours and prune them as "older": it refuses.
+    with exclusive_beside(out, "pretrain") if dist.rank == 0 else nullcontext():
+        return _pretrain(data, text_emb, out, cfg, resume, progress, ctx, on_checkpoint,
+                         device, dist)
+
+
+def _pretrain(data, text_emb, out: Path, cfg: PretrainConfig, resume: bool, progress: bool,
+              ctx: RunContext, on_checkpoint, device, dist) -> PretrainResult | None:
     world, me = dist.world_size, dist.rank
     if cfg.batch_size % world:
         raise EcgsslError(f"batch_size {cfg.batch_size} does not split over {world} ranks")
@@ -218,7 +231,7 @@ def pretrain(data: str | Path, text_emb: str | Path | None, output: str | Path,
         bar.close()
         elapsed = time.perf_counter() - t_start
         if me == 0:
-            sps = (total - start) * cfg.batch_size / elapsed if total > start else float("nan")
+            sps = (total - start) * cfg.batch_size / elapsed if total > start else None
             result = _finish(out, model, config, history, total, start, sps)
             run.log_metrics({k.replace("/", "_"): v for k, v in result.metrics().items()})
             # evaluate and register find this run (their lineage) by the weights' hash
@@ -232,7 +245,7 @@ def pretrain(data: str | Path, text_emb: str | Path | None, output: str | Path,
 
 
 def _finish(out: Path, model: PretrainModel, config: dict, history: list[float], total: int,
-            start: int, samples_per_s: float) -> PretrainResult:
+            start: int, samples_per_s: float | None) -> PretrainResult:
     sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file({k[len("encoder."):]: v for k, v in sd.items() if k.startswith("encoder.")},
               out / "encoder.safetensors")
@@ -243,9 +256,11 @@ def _finish(out: Path, model: PretrainModel, config: dict, history: list[float],
     result = PretrainResult(float(np.mean(history[:10])), float(np.mean(history[-10:])),
                             samples_per_s, total, start, str(out))
     # metrics.json is a DVC output: only what a rerun reproduces; the throughput goes to the
-    # run file (.dvcignore'd) and MLflow
+    # run file (.dvcignore'd) and MLflow. A resume with no step left measured none: the run
+    # file keeps the throughput of the run that trained (NaN would also be invalid JSON).
     metrics = result.metrics()
-    write_json(out / RUN_FILE, {"throughput/samples_per_s": metrics.pop(
-        "throughput/samples_per_s")})
+    if samples_per_s is not None:
+        write_json(out / RUN_FILE, {"throughput/samples_per_s": metrics.pop(
+            "throughput/samples_per_s")})
     write_json(out / "metrics.json", metrics)
     return result
