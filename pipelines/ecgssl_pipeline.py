@@ -48,7 +48,8 @@ def build_pipeline(k: KfpConfig, defaults: PipelineConfig, params_json: str):
         """Resources, caching, retries and the run-id label as env (so stage runs find the
         MLflow parent run without a per-run input that would defeat the cache); `s3`: the
         task reads data_root or shared storage itself, so it gets kfp.s3_secret and
-        kfp.s3_env (the launcher of a TrainJob passes s3_env on to its nodes)."""
+        kfp.s3_env (the launcher of a TrainJob passes s3_env on to its nodes; one-node
+        pretraining copies its checkpoints beside its artifact, steps.checkpoints_uri)."""
         task.set_caching_options(cache and k.caching)
         task.set_retry(k.retries, backoff_duration="30s", backoff_factor=2.0,
                        backoff_max_duration="600s")
@@ -114,7 +115,7 @@ def build_pipeline(k: KfpConfig, defaults: PipelineConfig, params_json: str):
                 pre = _task(c.pretrain(table=rep.outputs["table"],
                                        embeddings=emb.outputs["embeddings"],
                                        params=pretrain_params, tracking_uri=tracking_uri),
-                            gpu=True)
+                            gpu=True, s3=True)
             with dsl.ParallelFor(tasks) as task:
                 eval_params = cut(params, "evaluate")
                 ev = _task(c.evaluate(encoder=pre.outputs["model"], table=rep.outputs["table"],

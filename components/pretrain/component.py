@@ -9,6 +9,9 @@ def pretrain(table: Input[Dataset], embeddings: Input[Dataset], params: str, tra
              model: Output[Model], metrics: Output[Metrics]):
     """Writes the encoder folder (safetensors + config + checkpoints) as a Model artifact."""
     from ecgssl.pipeline import steps
-    m = steps.pretrain(table.path, embeddings.path, model.path, params, tracking_uri)
+    # model.uri: where the artifact goes, so checkpoints can outlive a killed pod (a retry
+    # resumes from them)
+    m = steps.pretrain(table.path, embeddings.path, model.path, params, tracking_uri,
+                       model.uri)
     steps.publish_metrics(metrics, m.metrics())
     model.metadata.update({"framework": "pytorch", "format": "safetensors"})

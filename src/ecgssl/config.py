@@ -299,8 +299,10 @@ class KfpConfig(Section):
     trainer_runtime: str = Field("torch-distributed", description="ClusterTrainingRuntime of "
                                  "multi-node pretraining (pipeline.pretrain_nodes > 1)")
     s3_secret: str = Field("", description="secret with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
-                           "for the tasks reading an s3:// data_root (source-version, ingest) "
-                           "and for TrainJob nodes and their launcher; '' = service accounts")
+                           "for the tasks reading an s3:// data_root (source-version, ingest), "
+                           "pretraining (its checkpoint copy beside the artifact, so that a "
+                           "retry resumes) and TrainJob nodes and their launcher; '' = "
+                           "service accounts")
     s3_env: dict[str, str] = Field(default_factory=dict, description="non-secret S3 settings "
                                    "for the same tasks as s3_secret, e.g. {AWS_ENDPOINT_URL_S3: "
                                    "'http://minio.minio:9000'} for MinIO; names: "

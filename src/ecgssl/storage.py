@@ -655,6 +655,21 @@ def push(local: Path, uri: str, last: tuple[str, ...] = COMMIT_FILES) -> int:
     return len(changed)
 
 
+def drop_sync_records(local: Path) -> None:
+    """Forget that `local` mirrors S3 (our bookkeeping files in it), for a folder that is
+    shipped on as results (a Model artifact)."""
+    for name in (_SYNC_RECORD, _MIRROR_RECORD, _MIRROR_LOCK):
+        (local / name).unlink(missing_ok=True)
+
+
+def remove_prefix(uri: str) -> None:
+    """Delete everything under an s3:// prefix (folder markers included)."""
+    from pyarrow.fs import FileType
+    fs, path = s3_filesystem(), _split(uri)
+    if _retry(f"lookup of s3://{path}", fs.get_file_info, path).type == FileType.Directory:
+        _retry(f"delete of s3://{path}", fs.delete_dir, path)
+
+
 def _staging(uri: str, kind: str) -> Path:
     return _cache_root() / kind / _split(uri)
 

@@ -149,6 +149,44 @@ def test_a_killed_pretrain_resumes_on_a_new_pod_from_the_checkpoint_it_pushed(s3
     assert metrics["resumed_at"] >= 4 and metrics["steps"] == 40
 
 
+def test_a_retried_kubeflow_pretrain_task_resumes_from_checkpoints_beside_its_artifact(
+        s3_env, corpus, tmp_path):
+    """Kubeflow uploads a task's Model artifact only when its pod ends, and retries a task
+    with the same artifact URI: the killed first attempt's checkpoints, pushed beside the
+    artifact as they were written, are what the retry (a new pod, nothing local) resumes
+    from. Once done, that copy is gone and the artifact holds no sync bookkeeping."""
+    b = s3_env["BUCKET"]
+    model_uri = f"minio://{b}/v2/artifacts/ecgssl/run-1/pretrain/model"   # KFP's MinIO form
+    params = json.dumps({"pretrain": {
+        "method": "st", "width": 16, "batch_size": 16, "lr": 3e-3, "warmup_steps": 2,
+        "checkpoint_every": 4, "max_steps": 40}, "tracking": {"enabled": False}})
+    attempt = ("import sys; from ecgssl.pipeline import steps; "
+               "steps.pretrain(*sys.argv[1:])")
+    args = [str(corpus["table"]), str(corpus["text_emb"]), str(tmp_path / "pod1/model"),
+            params, "", model_uri]
+    first = subprocess.Popen([sys.executable, "-c", attempt, *args], cwd=ROOT,
+                             env={**os.environ, **s3_env}, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    copy = "v2/artifacts/ecgssl/run-1/pretrain/model-checkpoints/"
+    deadline = time.time() + 300
+    while f"{copy}step-0000004/state.pt" not in keys(b, copy) and first.poll() is None and \
+            time.time() < deadline:
+        time.sleep(0.1)
+    first.kill()                                  # the pod is preempted
+    first.wait()
+    assert not (tmp_path / "pod1/model/encoder.safetensors").exists(), "ended before the kill"
+
+    from ecgssl.pipeline import steps
+    retry = tmp_path / "pod2/model"               # a new pod: an empty artifact folder
+    r = steps.pretrain(str(corpus["table"]), str(corpus["text_emb"]), str(retry), params, "",
+                       model_uri)
+    assert r.resumed_at >= 4 and r.steps == 40
+    assert (retry / "encoder.safetensors").is_file()
+    assert keys(b, copy) == set()                 # the artifact now holds the checkpoints
+    assert sorted(p.name for p in (retry / "checkpoints").iterdir()) == [
+        "step-0000036", "step-0000040"]
+
+
 def test_ingest_slices_of_an_s3_source_fetch_only_their_own_records(s3_env, tmp_path):
     """`ingest --part K/N` from S3 (a KFP ParallelFor task each): a slice downloads the
     headers and label files, and the samples of its own records only; the slices together

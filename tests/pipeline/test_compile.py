@@ -198,9 +198,10 @@ def test_s3_endpoint_reaches_the_tasks_that_read_an_s3_data_root(monkeypatch, tm
     spec, _ = _compile(tmp_path / "p.yaml")
     env = {name: {e["name"]: e["value"] for e in ex["container"].get("env", [])}
            for name, ex in spec["deploymentSpec"]["executors"].items()}
-    for name in ("exec-ingest", "exec-source-version"):
+    # pretrain: it copies its checkpoints beside its artifact (a retried pod resumes)
+    for name in ("exec-ingest", "exec-source-version", "exec-pretrain"):
         assert env[name].get("AWS_ENDPOINT_URL_S3") == "http://minio.minio:9000", name
-    assert not env["exec-pretrain"] and not env["exec-reports"]
+    assert not env["exec-reports"]
     from ecgssl.config import ConfigError, params_from_dict
     p["kfp"]["s3_env"] = {"AWS_SECRET_ACCESS_KEY": "x"}
     with pytest.raises(ConfigError, match="credentials go in kfp.s3_secret"):
@@ -216,13 +217,13 @@ def test_s3_secret_reaches_the_tasks_that_read_an_s3_data_root(monkeypatch, tmp_
     monkeypatch.chdir(ROOT)
     monkeypatch.setenv("ECGSSL_PARAMS", str(tmp_path / "params.yaml"))
     _, k8s = _compile(tmp_path / "p.yaml")
-    for name in ("exec-ingest", "exec-source-version"):
+    for name in ("exec-ingest", "exec-source-version", "exec-pretrain"):
         assert name in k8s and k8s[name].get("secretAsEnv"), f"{name} gets no S3 credentials"
         secret = k8s[name]["secretAsEnv"][0]
         assert secret["secretName"] == "ecgssl-s3"
         assert {e["envVar"] for e in secret["keyToEnv"]} == {"AWS_ACCESS_KEY_ID",
                                                             "AWS_SECRET_ACCESS_KEY"}
-    assert "secretAsEnv" not in k8s["exec-pretrain"]      # KFP artifacts only: no credentials
+    assert "secretAsEnv" not in k8s["exec-reports"]       # KFP artifacts only: no credentials
 
 
 

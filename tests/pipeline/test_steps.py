@@ -121,3 +121,15 @@ def test_every_step_reads_only_the_sections_its_cut_holds():
                 and n.attr in sections and isinstance(n.value, (ast.Name, ast.Call))}
         assert read <= {*steps.STEP_SECTIONS[step], "tracking"}, (name, read)
         assert "model_dump" not in ast.unparse(fns[name]), name      # the whole, not a cut
+
+
+def test_checkpoints_outlive_a_pod_only_where_the_artifact_is_on_reachable_s3(monkeypatch):
+    for k in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(k, raising=False)
+    assert steps.checkpoints_uri("/tmp/kfp-local/pretrain/model") is None        # kfp.local
+    assert steps.checkpoints_uri("s3://b/run/model") == "s3://b/run/model-checkpoints"
+    # KFP's default MinIO store: only with an endpoint to reach it (else calls go to AWS)
+    assert steps.checkpoints_uri("minio://mlpipeline/v2/model") is None
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://minio.kubeflow:9000")
+    assert steps.checkpoints_uri("minio://mlpipeline/v2/model") == \
+        "s3://mlpipeline/v2/model-checkpoints"

@@ -143,11 +143,85 @@ def embed_text(table: str, output: str, params: str, tracking: str):
     return run_embed_text(table, output, p.embed_text, progress=False, ctx=_ctx(tracking, p))
 
 
-def pretrain(table: str, embeddings: str, output: str, params: str, tracking: str):
+def pretrain(table: str, embeddings: str, output: str, params: str, tracking: str,
+             model_uri: str = ""):
+    """One-node pretraining into `output` (the Model artifact's local path). KFP uploads that
+    folder only when the pod ends, so a pod killed mid-run (preempted, OOM) loses its
+    checkpoints, and the task's retry started again at step 0. Where the artifact lives on
+    S3 (`model_uri` s3://, or KFP's minio:// with an endpoint set by kfp.s3_env), each
+    checkpoint is also pushed beside it, and pulled back first: a retry gets the same output
+    URI (KFP's driver provisions it once per task), so it resumes. The copy goes once the
+    run is done (the artifact then holds the checkpoints)."""
     from ecgssl.train.loop import pretrain as run_pretrain
     p = _params(params)
-    return run_pretrain(table, embeddings, output, p.pretrain, progress=False,
-                        ctx=_ctx(tracking, p))
+    ctx = _ctx(tracking, p)
+    remote = checkpoints_uri(model_uri)
+    if remote is None:
+        return run_pretrain(table, embeddings, output, p.pretrain, progress=False, ctx=ctx)
+    keep = CheckpointCopy(Path(output) / "checkpoints", remote)
+    result = run_pretrain(table, embeddings, output, p.pretrain, progress=False, ctx=ctx,
+                          resume=keep.fetch(), on_checkpoint=keep.push)
+    keep.done()
+    return result
+
+
+def checkpoints_uri(model_uri: str) -> str | None:
+    """Where a pretrain task's checkpoints outlive its pod: beside its Model artifact on S3;
+    None where they cannot (a local pipeline root, or minio:// without an endpoint to reach
+    it: the pod has no MinIO address, and S3 calls to AWS would only time out)."""
+    uri = str(model_uri or "")
+    if uri.startswith("minio://") and not any(
+            os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")):
+        return None
+    if not uri.startswith(("s3://", "minio://")):
+        return None
+    from ecgssl.pipeline.trainjob import shared_uri
+    return shared_uri(uri, "model artifact") + "-checkpoints"
+
+
+class CheckpointCopy:
+    """A run's checkpoints folder mirrored to `remote` as it is written. Best effort: a store
+    that fails costs the resumability of a retry, never the training (one warning, then no
+    more pushes)."""
+
+    def __init__(self, local: Path, remote: str):
+        self.local, self.remote, self.ok = local, remote, True
+
+    def fetch(self) -> bool:
+        """Pull an earlier attempt's checkpoints; True when there are any to resume from."""
+        from ecgssl.storage import pull
+        try:
+            pull(self.remote, self.local)
+        except EcgsslError as exc:
+            if "no such object or prefix" not in str(exc):
+                self._warn("cannot read", exc)
+            return False
+        return True
+
+    def push(self) -> None:
+        from ecgssl.storage import push
+        if self.ok:
+            try:
+                push(self.local, self.remote)
+            except (EcgsslError, OSError) as exc:
+                self._warn("cannot push to", exc)
+
+    def done(self) -> None:
+        """The artifact now holds the checkpoints: drop the copy and our sync records."""
+        from ecgssl.storage import drop_sync_records, remove_prefix
+        drop_sync_records(self.local)
+        if self.ok:
+            try:
+                remove_prefix(self.remote)
+            except (EcgsslError, OSError) as exc:
+                self._warn("cannot remove", exc)
+
+    def _warn(self, what: str, exc: Exception) -> None:
+        from ecgssl.render import warn
+        from ecgssl.storage import redact
+        self.ok = False
+        warn(f"pretrain: {what} the checkpoint copy at {redact(self.remote)} ({exc}); a retry "
+             "of this task would start again from step 0")
 
 
 def pretrain_trainjob(table_uri: str, embeddings_uri: str, model_uri: str, output: str,
@@ -157,7 +231,7 @@ def pretrain_trainjob(table_uri: str, embeddings_uri: str, model_uri: str, outpu
     their S3 URIs and writing its run folder beside this task's Model artifact; the folder is
     then copied into `output` (the artifact). Returns metrics.json."""
     from ecgssl.pipeline import trainjob as tj
-    from ecgssl.storage import pull, read_json
+    from ecgssl.storage import drop_sync_records, pull, read_json
     p = _params(params)
     spec = tj.NodeSpec.from_json(job)
     table = tj.shared_uri(table_uri, "table")
@@ -169,7 +243,7 @@ def pretrain_trainjob(table_uri: str, embeddings_uri: str, model_uri: str, outpu
                                     embeddings, run, params, env)
     tj.run_trainjob(manifest)
     local = pull(run, Path(output))
-    (local / ".ecgssl-mirror.json").unlink(missing_ok=True)      # our sync record, not output
+    drop_sync_records(local)
     if not (local / "metrics.json").is_file():
         raise EcgsslError(f"TrainJob {manifest['metadata']['name']} completed but {run} holds "
                           "no metrics.json: did rank 0 finish?")
