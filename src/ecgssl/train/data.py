@@ -170,9 +170,14 @@ class PretrainData:
             keep[(n - r * (epoch + 1) + np.arange(r)) % n] = False
             read = order[keep]
             per_window = max(1, plan.shuffle_rows // b)                      # steps
+            # Windows of equal size (at most per_window steps), not full ones and a remainder:
+            # a last window of a step or two has strata of a row or two, hardly shuffled, and
+            # its batches would be runs of consecutive rows (windows of a few records:
+            # near-duplicate reports as each other's contrastive negatives).
+            bounds = np.linspace(0, steps, -(-steps // per_window) + 1).round().astype(int)
             out = np.empty((steps, b), np.int64)
-            for w0 in range(0, steps, per_window):
-                m = min(per_window, steps - w0)
+            for w0, w1 in zip(bounds, bounds[1:]):
+                m = w1 - w0
                 strata = read[w0 * b:(w0 + m) * b].reshape(b, m)
                 shuffled = np.take_along_axis(strata, rng.random((b, m)).argsort(1), 1)
                 out[w0:w0 + m] = shuffled.T
