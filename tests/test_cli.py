@@ -110,6 +110,36 @@ def test_summary_of_a_folder_that_is_not_there_fails(tmp_path):
     assert not (tmp_path / "metrics").exists()
 
 
+def test_pretrain_help_names_every_default_and_register_the_real_model_name():
+    """--batch-size, --lr and --precision alone had no [default: ...] in `pretrain --help`;
+    `register --help` named ecgssl-mets+st-encoder, while params.yaml registers
+    ecgssl-mets-st-encoder."""
+    import re
+    text = re.sub(r"\s+", " ", cli("pretrain", "--help").stdout)
+    for key in ("batch_size", "lr", "precision", "epochs", "max_steps", "seed"):
+        assert f"[default: pretrain.{key}]" in text, key
+    from ecgssl.config import PipelineConfig
+    name = PipelineConfig().model_name
+    assert name in cli("register", "--help").stdout
+
+
+def test_summary_of_a_folder_without_metrics_fails(tmp_path):
+    """`ecgssl summary` in a checkout whose outputs/ holds only a stage's cache (evaluate
+    writes outputs/cache/ into the working directory) printed an empty table, exit 0."""
+    (tmp_path / "outputs" / "cache").mkdir(parents=True)
+    p = cli("summary", tmp_path / "outputs", check=False)
+    assert p.returncode == 2 and "no metrics.json under" in p.stderr
+    assert "Traceback" not in p.stderr
+
+
+def test_python_dash_m_ecgssl_is_the_cli():
+    """`python -m ecgssl --help` was "No module named ecgssl.__main__" (exit 1)."""
+    p = subprocess.run([sys.executable, "-m", "ecgssl", "--help"], capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "Usage: ecgssl" in p.stdout and "ingest" in p.stdout
+
+
 @pytest.mark.parametrize("command", [["run-local"], ["submit", "--host", "http://127.0.0.1:9"]])
 def test_an_unknown_pipeline_argument_is_refused_naming_it(tmp_path, command):
     """`--arg sorces=[mitdb]` was a kfp TypeError traceback (exit 1) from run-local, and went

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from ecgssl import __version__
 from ecgssl.config import (
@@ -30,9 +31,21 @@ from ecgssl.render import say
 from ecgssl.storage import is_s3, redact, staged
 
 install_help_format()
+
+
+class StageOrder(TyperGroup):
+    """`ecgssl --help` lists the stages in pipeline order: typer lists the sub-apps (`reports`
+    has `translate`) after every plain command, so reports came after summary."""
+
+    def list_commands(self, ctx) -> list[str]:
+        names = [n for n in super().list_commands(ctx) if n != "reports"]
+        at = names.index("ingest") + 1 if "ingest" in names else 0
+        return names[:at] + ["reports"] + names[at:] if "reports" in self.commands else names
+
+
 app = typer.Typer(help="Self-supervised ECG foundation models: from WFDB records to a model "
                   "registry. Each subcommand is one pipeline stage; defaults come from the "
-                  "stage's section of params.yaml.", no_args_is_help=True,
+                  "stage's section of params.yaml.", cls=StageOrder, no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False,
                   rich_markup_mode=None)
 ParamsOpt = Annotated[Optional[Path], typer.Option(
@@ -299,11 +312,14 @@ def pretrain(
     max_steps: Annotated[Optional[int], typer.Option(
         help="Stop after this many steps, whatever --epochs says [default: "
         "pretrain.max_steps]")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Global batch size.")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(
+        help="Global batch size, split over DDP ranks [default: pretrain.batch_size]")] = None,
+    lr: Annotated[Optional[float], typer.Option(
+        help="Peak learning rate [default: pretrain.lr]")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed [default: pretrain.seed]")
                     ] = None,
-    precision: Annotated[Optional[str], typer.Option(help="auto, fp32 or bf16")] = None,
+    precision: Annotated[Optional[str], typer.Option(
+        help="auto (bf16 on CUDA), fp32 or bf16 [default: pretrain.precision]")] = None,
     mlflow: Annotated[Optional[bool], typer.Option(
         "--mlflow/--no-mlflow", help="Log to MLflow [default: tracking.enabled]")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the newest checkpoint in "
@@ -314,8 +330,9 @@ def pretrain(
     """Pretrain an ECG encoder without labels (METS, ST or both) on the train split.
 
     Options default to the `pretrain` section of params.yaml. Writes encoder.safetensors,
-    config.json and metrics.json; checkpoints every `checkpoint_every` steps, so `--resume`
-    continues exactly. Multi-GPU: `torchrun --nproc-per-node N -m ecgssl.cli pretrain ...`.
+    heads.safetensors, config.json and metrics.json; checkpoints every `checkpoint_every`
+    steps, so `--resume` continues exactly. Multi-GPU:
+    `torchrun --nproc-per-node N -m ecgssl.cli pretrain ...`.
     """
     from ecgssl.config import section
     from ecgssl.render import pretrain_summary
@@ -402,7 +419,7 @@ def evaluate(
 @user_errors
 def register(
     name: Annotated[str, typer.Option(help="Registered model name, e.g. "
-                                      "ecgssl-mets+st-encoder or ecgssl-cinc2017-af-classifier")],
+                                      "ecgssl-mets-st-encoder or ecgssl-cinc2017-af-classifier")],
     encoder: Annotated[Optional[str], typer.Option(
         help="`ecgssl pretrain` output folder (or s3://, models:/NAME@ALIAS, "
         "models:/NAME/VERSION, runs:/ID/PATH).")] = None,
@@ -699,8 +716,13 @@ def summary(
         files = write_tracked(outputs, write)
         say(f"wrote {len(files)} files to {write}/ (dvc metrics show, dvc plots show)")
         return
+    rows = key_metrics(outputs)
+    if not rows:        # an empty table with exit 0 read as "the run made no metrics"
+        raise EcgsslError(f"no metrics.json under {outputs}: nothing has been pretrained or "
+                          "evaluated there yet (run `make run`, or give the folder that "
+                          "`dvc repro` wrote)")
     ctx = run_context(params)
-    show(key_metrics(outputs), outputs, ctx.tracking_uri, run_facts(outputs, ctx))
+    show(rows, outputs, ctx.tracking_uri, run_facts(outputs, ctx))
 
 
 if __name__ == "__main__":

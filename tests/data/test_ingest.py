@@ -238,6 +238,15 @@ def test_missing_input_and_empty_input_are_errors(tmp_path):
         ingest("cinc2017", tmp_path / "empty", tmp_path / "o", IngestConfig(), progress=False)
 
 
+def test_a_folder_of_another_source_names_the_exclusion_not_missing_headers(tmp_path, sample):
+    """`ingest mitdb --input <cinc2017 folder>` said "no .hea headers" of a folder full of
+    them: every record was found and excluded by MIT-BIH's rules (not in DS1/DS2)."""
+    with pytest.raises(EcgsslError, match=r"none of the 210 records .* mitdb.*A00001: not in "
+                       r"DS1 or DS2.*SOURCE") as e:
+        ingest("mitdb", sample / "cinc2017", tmp_path / "o", IngestConfig(), progress=False)
+    assert "no .hea headers" not in str(e.value)
+
+
 def test_concurrent_ingest_into_one_output_refuses(tmp_path, sample):
     from filelock import FileLock
     out = tmp_path / "t"

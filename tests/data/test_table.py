@@ -189,3 +189,13 @@ def test_a_shard_shorter_than_its_manifest_says_is_refused(tables, tmp_path):
     for read in (read_table, row_groups, lambda p: read_meta(p, ["ecg_id"], split="test")):
         with pytest.raises(EcgsslError, match=want):
             read(table)
+
+
+def test_a_mistyped_table_path_says_it_does_not_exist(tmp_path):
+    """`ecgssl reports --input outputs/tables/nope` said the table was "not complete ... let an
+    interrupted one finish": a folder that is not there is a typo, not an interrupted ingest."""
+    from ecgssl.errors import EcgsslError
+    with pytest.raises(EcgsslError, match="no ECG table at .*nope: the folder does not exist"):
+        read_manifest(tmp_path / "nope")
+    with pytest.raises(EcgsslError, match="not a complete ECG table"):
+        read_manifest(tmp_path)         # a folder without a manifest: still that message

@@ -295,3 +295,14 @@ def test_without_mode_the_cli_runs_the_pipelines_eval_modes(encoder, tables, tmp
     assert r.exit_code == 0, r.output
     modes = {k.split("/")[0] for k in json.loads((out / "metrics.json").read_text())}
     assert {"zeroshot", "finetune"} <= modes and "probe" not in modes, modes
+
+
+def test_a_prompt_for_a_class_the_task_lacks_is_refused(encoder, tables, tmp_path):
+    """`--prompt "X=foo"` (a typo of a class) was silently ignored: zero-shot ran with the
+    default prompts, exit 0, and the user believed the prompt was used."""
+    with pytest.raises(EcgsslError, match=r"--prompt names no class of task cinc2017-af: 'X'; "
+                       r"its classes are N, A, O, ~"):
+        stage.run_evaluate(encoder, tables["cinc2017"], "cinc2017-af", ["zeroshot"], tmp_path,
+                           FAST, prompt_overrides={"X": "foo", "A": "atrial fibrillation"},
+                           progress=False)
+    assert not (tmp_path / "metrics.json").exists()

@@ -226,3 +226,13 @@ def test_a_second_pretrain_into_a_folder_being_written_refuses(corpus, tmp_path)
     pretrain(corpus["table"], None, out, PretrainConfig(method="st", max_steps=2, **SMALL),
              progress=False)
     assert (out / "encoder.safetensors").is_file() and not list(out.glob("*.lock"))
+
+
+def test_a_short_run_reports_its_first_and_last_steps_apart(tables, tmp_path):
+    """`pretrain --max-steps 4` printed "loss 2.3561 -> 2.3561": first and final were both the
+    mean of the first/last 10 steps, i.e. of the same 4. Under 20 steps they are the halves."""
+    r = pretrain(tables["cinc2017"], None, tmp_path / "run",
+                 PretrainConfig(method="st", max_steps=4, **SMALL), progress=False)
+    assert r.loss_first != r.loss_final
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert (m["loss/first"], m["loss/final"]) == (r.loss_first, r.loss_final)

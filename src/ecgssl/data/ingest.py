@@ -341,6 +341,11 @@ def ingest(source_name: str, input_dir: str | Path, output_dir: str | Path,
     source = get_source(source_name, cfg.fs, source_options)
     src_options = source.options()
     tasks, excluded = source.plan(root)
+    if not tasks and excluded:     # records there, none of this source's (a wrong SOURCE)
+        e = excluded[0]
+        raise EcgsslError(f"none of the {len(excluded)} records in {root} can be ingested as "
+                          f"{source_name}: all are excluded by its rules (e.g. "
+                          f"{e['record']}: {e['reason']}); is SOURCE right for this folder?")
     if not tasks:
         raise EcgsslError(f"no records found in {root} for source {source_name} "
                           "(no RECORDS file listing them and no .hea headers)")

@@ -252,6 +252,8 @@ def read_manifest(path: str | Path) -> dict:
     if is_s3(path):
         return _s3_manifest(str(path))
     p = Path(path) / MANIFEST
+    if not Path(path).exists():     # a typo, not an interrupted ingest
+        raise EcgsslError(f"no ECG table at {path}: the folder does not exist")
     if not p.is_file():
         raise EcgsslError(f"{path} is not a complete ECG table: {MANIFEST} is missing "
                           "(run `ecgssl ingest`, or let an interrupted one finish)")

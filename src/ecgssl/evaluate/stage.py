@@ -175,6 +175,11 @@ def _evaluate(encoder_dir, table, task_name, modes, output, cfg, fractions, prom
         raise EcgsslError(f"unknown mode(s) {bad}; choose from {', '.join(MODES)}")
     task = load_task(task_name, table, test_table=test_table,
                      cache_bytes=int(cfg.row_cache_mb * 2**20))
+    unknown = [c for c in prompt_overrides or {} if c not in task.classes]
+    if unknown:         # a mistyped class was silently not prompted
+        raise EcgsslError(f"--prompt names no class of task {task_name}: "
+                          f"{', '.join(map(repr, unknown))}; its classes are "
+                          f"{', '.join(task.classes)}")
     model, pcfg = load_pretrained(encoder_dir)
     if "zeroshot" in modes and model.mets is None:
         raise EcgsslError(f"zero-shot needs a METS-pretrained encoder (method mets or mets+st); "

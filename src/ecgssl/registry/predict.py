@@ -40,8 +40,10 @@ class Prediction:
 
 def load_model(folder: str | Path):
     import warnings
-    with warnings.catch_warnings():      # MLflow's "add type hints" note, not for our users
-        warnings.simplefilter("ignore", UserWarning)
+    # MLflow's "add type hints" note, not for our users. record=True: MLflow raises its own
+    # filter to "once" around the note (filter_user_warnings_once), so an "ignore" filter
+    # here never applied; recording catches it whatever the filters say.
+    with warnings.catch_warnings(record=True):
         from ecgssl.registry.pyfunc import ECGModel
     folder = Path(folder)
     if not (folder / "config.json").is_file():
@@ -57,10 +59,10 @@ def run_predict(model_dir: str | Path, table: str | Path, output: str | Path,
                 labels: list[str] | None = None, level: str = "window",
                 progress: bool = True, model_name: str | None = None) -> Prediction:
     """Score every row of `table`; writes `output` (Parquet) atomically."""
-    from ecgssl.registry.pyfunc import validate_labels
     if level not in ("window", "record"):
         raise EcgsslError(f"--level is window or record, got {level!r}")
-    model = load_model(model_dir)
+    model = load_model(model_dir)     # first: it imports pyfunc with MLflow's note silenced
+    from ecgssl.registry.pyfunc import validate_labels
     if model.classes is not None:
         if labels:
             raise EcgsslError("--label is for encoders (zero-shot); this model is a classifier "

@@ -118,7 +118,9 @@ def register(encoder: str | Path, name: str, ctx: RunContext,
              metrics_files: list[str | Path] = ()) -> Registration:
     """Log and register; needs MLflow whatever `tracking.enabled` says (the registry is
     MLflow), at the context's tracking URI, inside its pipeline run when it has one."""
-    from ecgssl.registry.pyfunc import ECGModel, input_example, signature
+    import warnings
+    with warnings.catch_warnings(record=True):    # MLflow's "add type hints" note (predict.py)
+        from ecgssl.registry.pyfunc import ECGModel, input_example, signature
     code = Path(__file__).with_name("model_code.py")
     src = Path(classifier or encoder)
     if not (src / "config.json").is_file():

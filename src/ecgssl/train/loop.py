@@ -41,8 +41,8 @@ from ecgssl.train.schedule import warmup_cosine
 
 @dataclass(frozen=True)
 class PretrainResult:
-    loss_first: float         # mean loss of the first 10 steps
-    loss_final: float         # ... of the last 10
+    loss_first: float         # mean loss of the first 10 steps (first half if under 20)
+    loss_final: float         # ... of the last 10 (last half)
     samples_per_s: float | None   # None when a resume found nothing left to run
     steps: int
     resumed_at: int
@@ -253,7 +253,10 @@ def _finish(out: Path, model: PretrainModel, config: dict, history: list[float],
     if heads:
         save_file(heads, out / "heads.safetensors")
     write_json(out / "config.json", config)
-    result = PretrainResult(float(np.mean(history[:10])), float(np.mean(history[-10:])),
+    # First and last 10 steps; a run under 20 steps splits in halves, so that the two do not
+    # average the same steps (a 4-step run read "loss 2.36 -> 2.36", as if nothing learnt).
+    n = max(1, min(10, len(history) // 2))
+    result = PretrainResult(float(np.mean(history[:n])), float(np.mean(history[-n:])),
                             samples_per_s, total, start, str(out))
     # metrics.json is a DVC output: only what a rerun reproduces; the throughput goes to the
     # run file (.dvcignore'd) and MLflow. A resume with no step left measured none: the run
