@@ -154,3 +154,31 @@ def test_a_pipeline_argument_of_the_wrong_kind_is_refused_naming_it(tmp_path):
     """A source typo in --arg ran the pipeline until the ingest task failed."""
     p = cli("pipeline", "run-local", "--arg", "sources=[mitbd]", check=False, cwd=tmp_path)
     assert p.returncode == 2 and "mitbd" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_ctrl_c_says_what_is_left_and_how_to_finish(tmp_path, corpus):
+    """Ctrl-C mid-run exited 130 with no line at all; it says the run was interrupted and how
+    to go on, and a --resume continues from the checkpoint it left."""
+    import signal
+    import time
+    params = tmp_path / "params.yaml"
+    params.write_text("pretrain:\n  method: st\n  width: 16\n  batch_size: 16\n"
+                      "  checkpoint_every: 2\n  max_steps: 100000\n")
+    cmd = ECGSSL.split() + ["pretrain", "--data", str(corpus["table"]), "--output",
+                            str(tmp_path / "run"), "--params", str(params), "--no-mlflow",
+                            "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not list((tmp_path / "run").glob("checkpoints/step-*/state.pt")) and \
+            proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "pretrain interrupted" in err and "--resume" in err and "Traceback" not in err
+    last = max(int(c.name[len("step-"):]) for c in (tmp_path / "run/checkpoints").glob("step-*"))
+    p = cli("pretrain", "--data", corpus["table"], "--output", tmp_path / "run", "--params",
+            params, "--max-steps", last + 2, "--resume", "--no-mlflow", "--no-progress")
+    assert f"{last + 2} steps" in p.stderr
+    resumed = json.loads((tmp_path / "run/metrics.json").read_text())["resumed_at"]
+    assert resumed == last

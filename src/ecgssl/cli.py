@@ -67,6 +67,12 @@ def user_errors(fn):
             from ecgssl.render import error
             error(str(exc))
             raise typer.Exit(2) from None
+        except KeyboardInterrupt:        # Ctrl-C: say what is left, exit as a signal does
+            from ecgssl.render import error
+            error(f"{fn.__name__.replace('_', '-')} interrupted. Writes are atomic, so what "
+                  "is on disk is whole: rerun the same command to finish (pretrain: add "
+                  "--resume to continue from its last checkpoint)")
+            raise typer.Exit(130) from None
     return wrapper
 
 
