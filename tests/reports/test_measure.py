@@ -184,3 +184,31 @@ def test_r_peaks_ignore_tall_p_and_t_waves():
     found = r_peaks(x, fs)
     tp, fn, fp = match_beats(found, np.round(beats * fs).astype(int), 3)
     assert fn == 0 and fp == 0, (found, beats * fs)
+
+
+def _af_of(rr: list[float], cls: str, p_wave: bool = False) -> bool:
+    """The AF decision on a hand-made RR series (s) and beat classes, one letter per beat."""
+    from ecgssl.reports.measure import Measurements, _decide_af, _rhythm
+    peaks = np.r_[0, np.cumsum(np.round(np.array(rr) * 100))].astype(np.int64)
+    m = Measurements(p_wave=p_wave, beat_class=cls)
+    _rhythm(m, list(cls), peaks, 100)
+    _decide_af(m)
+    return m.af
+
+
+def test_af_reads_every_rr_difference_not_only_their_median():
+    # Pairs of near-equal intervals, each pair far from the next: half the successive
+    # differences are small, so their median is too (0.03 / 0.8 s), but the rhythm is
+    # irregularly irregular: the mean difference and the upper quartile say so.
+    rr = [0.80, 0.83, 0.60, 0.63, 0.95, 0.92, 0.70, 0.73, 1.00, 0.97, 0.66, 0.69]
+    d = np.abs(np.diff(rr)) / np.median(rr)
+    assert np.median(d) < 0.065 < d.mean()
+    assert _af_of(rr, "N" * 13)
+
+
+def test_isolated_early_beats_in_sinus_rhythm_are_not_af():
+    # Two PACs (early, then a longer interval) in a sinus rhythm with some sinus arrhythmia:
+    # once they are removed, the differences left are small in their median and upper quartile.
+    rr = [0.80, 0.82, 0.84, 0.55, 0.95, 0.83, 0.81, 0.79, 0.56, 0.96, 0.80, 0.82]
+    assert not _af_of(rr, "NNNNSNNNNSNNN")
+    assert not _af_of([0.80, 0.82, 0.84, 0.83, 0.81, 0.79, 0.80, 0.82, 0.84, 0.82], "N" * 11)
