@@ -162,8 +162,9 @@ def test_ctrl_c_says_what_is_left_and_how_to_finish(tmp_path, corpus):
     import signal
     import time
     params = tmp_path / "params.yaml"
+    # loader_workers 0: torch's loader processes print their own teardown noise on Ctrl-C
     params.write_text("pretrain:\n  method: st\n  width: 16\n  batch_size: 16\n"
-                      "  checkpoint_every: 2\n  max_steps: 100000\n")
+                      "  checkpoint_every: 2\n  max_steps: 100000\n  loader_workers: 0\n")
     cmd = ECGSSL.split() + ["pretrain", "--data", str(corpus["table"]), "--output",
                             str(tmp_path / "run"), "--params", str(params), "--no-mlflow",
                             "--no-progress"]

@@ -90,6 +90,7 @@ try:
     same_on_every_rank(int(os.environ["RANK"]) * 2, "the step to resume from", state)
 except EcgsslError as exc:
     print("refused:", exc)
+torch.distributed.destroy_process_group()   # as pretrain does: no abort at shutdown
 """
 
 

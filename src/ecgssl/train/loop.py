@@ -125,9 +125,16 @@ def pretrain(data: str | Path, text_emb: str | Path | None, output: str | Path,
     dist = init_from_env(device)
     # Rank 0 alone writes the folder; a second run into it (say `dvc repro` beside a manual
     # run) would interleave checkpoints with ours and prune them as "older": it refuses.
-    with exclusive_beside(out, "pretrain") if dist.rank == 0 else nullcontext():
-        return _pretrain(data, text_emb, out, cfg, resume, progress, ctx, on_checkpoint,
-                         device, dist)
+    try:
+        with exclusive_beside(out, "pretrain") if dist.rank == 0 else nullcontext():
+            return _pretrain(data, text_emb, out, cfg, resume, progress, ctx, on_checkpoint,
+                             device, dist)
+    finally:
+        # A group left to interpreter shutdown can abort the process ("terminate called
+        # without an active exception", exit -6) after a successful run: torchrun then
+        # reports the node as failed.
+        if dist.active:
+            torch.distributed.destroy_process_group()
 
 
 def _pretrain(data, text_emb, out: Path, cfg: PretrainConfig, resume: bool, progress: bool,
