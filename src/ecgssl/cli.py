@@ -27,7 +27,7 @@ from ecgssl.config import (
 )
 from ecgssl.errors import EcgsslError
 from ecgssl.helpfmt import install as install_help_format
-from ecgssl.render import say
+from ecgssl.render import say, warn
 from ecgssl.storage import is_s3, redact, staged
 
 install_help_format()
@@ -508,6 +508,10 @@ def predict(
                         progress=progress, model_name=model)
     say(f"wrote {p.rows} {p.level} rows x {len(p.classes)} classes "
         f"({', '.join(p.classes)}) to {output}")
+    if p.missing_leads:
+        warn("the classifier was trained on leads this table's rows lack, so their scores "
+             "are out of distribution: " + ", ".join(f"{lead} absent in {k} rows"
+                                                     for lead, k in p.missing_leads.items()))
 
 
 @app.command()

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ecgssl.data.signal import LEADS
 from ecgssl.evaluate.metrics import per_class_auroc
 from ecgssl.evaluate.tasks import TaskData
 from ecgssl.models.encoders import pooled
@@ -286,4 +287,7 @@ def save_classifier(folder, pretrained_dir, fitted: Fitted, task: TaskData, info
     (folder / "classifier.json").write_text(json.dumps(
         {"task": task.name, "classes": task.classes, "multilabel": task.multilabel,
          "pooling": "mean+max", "choice": fitted.choice, "temperature": temperature,
-         "calibration": "temperature scaling, NLL on validation rows", **info}, indent=2))
+         "calibration": "temperature scaling, NLL on validation rows",
+         # what it saw: `predict` warns when a table's rows lack these (a lead-I AF classifier
+         # scoring Holter leads II/V1 is out of distribution, not an error)
+         "leads": [LEADS[i] for i in np.flatnonzero(task.mask.any(0))], **info}, indent=2))

@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ecgssl.data.signal import LEADS
 from ecgssl.data.table import ARRAY_COLUMNS, read_manifest, read_row_group, row_groups
 from ecgssl.errors import EcgsslError
 from ecgssl.evaluate.metrics import mean_by
@@ -36,6 +37,7 @@ class Prediction:
     rows: int
     classes: list[str]
     level: str
+    missing_leads: dict[str, int]   # a lead the classifier was trained on -> rows without it
 
 
 def load_model(folder: str | Path):
@@ -85,6 +87,8 @@ def run_predict(model_dir: str | Path, table: str | Path, output: str | Path,
     # is scored holding one group's signal at a time.
     groups = row_groups(table)
     parts, metas = [], []
+    trained = [LEADS.index(x) for x in getattr(model, "head_info", {}).get("leads", [])]
+    missing = np.zeros(len(trained), dtype=np.int64)
     with progress_bar(total=sum(g.rows for g in groups), desc="predict", enabled=progress,
                       unit="row") as bar:
         for g in groups:
@@ -94,6 +98,7 @@ def run_predict(model_dir: str | Path, table: str | Path, output: str | Path,
                                           None if model.classes is not None else classes))
                 bar.update(min(BATCH, len(t) - i))
             metas.append(t.meta)
+            missing += (~t.lead_mask[:, trained]).sum(0)
     scores = np.concatenate(parts).astype(np.float32, copy=False)
     meta = pa.concat_tables(metas)
     ids = {c: meta.column(c).to_numpy(zero_copy_only=False) for c in ID_COLUMNS}
@@ -115,4 +120,5 @@ def run_predict(model_dir: str | Path, table: str | Path, output: str | Path,
                                                   "ecgssl.level": level})
     with atomic_path(output) as tmp:
         pq.write_table(out, tmp)
-    return Prediction(str(output), out.num_rows, list(classes), level)
+    return Prediction(str(output), out.num_rows, list(classes), level,
+                      {LEADS[i]: int(k) for i, k in zip(trained, missing) if k})

