@@ -214,12 +214,15 @@ def main() -> None:
         fp = float(said_af[is_n].mean())
         out.add("mitdb AFIB on '(N' windows", fp, "<= 0.05", fp <= 0.05,
                 f"{is_n.sum()} windows")
-        bbb = np.isin(recs, list(BBB)) & np.isfinite(q)
-        normal = (kind == "normal") & np.isfinite(q)
+        # The issue names 109 and 118; on other MIT-BIH records (a hold-out set) the
+        # bundle-branch-block records are those whose .atr beats say so.
+        named = np.isin(recs, list(BBB))
+        bbb = (named if named.any() else kind == "bbb") & np.isfinite(q)
         if bbb.any():
             v = float((q[bbb] >= 120).mean())
-            out.add("mitdb 109/118 (BBB): QRS >= 120 ms", v, ">= 0.80", v >= 0.80,
-                    f"{bbb.sum()} windows")
+            out.add(f"mitdb {'/'.join(sorted(set(recs[bbb])))} (BBB): QRS >= 120 ms", v,
+                    ">= 0.80", v >= 0.80, f"{bbb.sum()} windows")
+        normal = (kind == "normal") & np.isfinite(q)
         v = float(((q[normal] >= 60) & (q[normal] <= 110)).mean())
         out.add("mitdb normal conduction: QRS 60-110 ms", v, ">= 0.90", v >= 0.90,
                 f"{normal.sum()} windows")
