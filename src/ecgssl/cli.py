@@ -533,18 +533,33 @@ def promote(
         "refuse when @challenger has since moved to another registration (a scheduled "
         "retrain beside a manual one). Without it, @challenger is judged, whoever "
         "registered it.")] = None,
+    version: Annotated[Optional[str], typer.Option(
+        "--version", help="Roll back (or forward): move @champion to this existing version "
+        "without the gate, recorded in both versions' promotion history.")] = None,
     params: ParamsOpt = None,
 ):
     """Move @champion to @challenger when the challenger's gain on the gate metric is
     confidently above min_delta: a paired bootstrap over the test records both versions
-    scored. Exit status: 0 promoted, 3 not promoted (kept the champion), 2 error."""
+    scored (or, with --version N, to version N by hand: a rollback). Exit status: 0
+    promoted, 3 not promoted (kept the champion), 2 error."""
     from ecgssl.config import section
     from ecgssl.registry.register import promote as run_promote
     from ecgssl.registry.register import registered_version
     from ecgssl.render import promote_decision
 
     cfg = section("promote", {"metric": metric, "min_delta": min_delta}, params)
-    version = None
+    if version is not None:
+        from ecgssl.registry.register import set_champion
+        if registration or force:
+            raise EcgsslError("--version moves @champion by hand: give it without "
+                              "--registration and --force")
+        d = set_champion(name, version, run_context(params), cfg.metric)
+        say(f"{name}: @champion is v{version} ({d.reason})")
+        if record:
+            from ecgssl.storage import write_json
+            with staged() as io:
+                write_json(io.output(record, pull_existing=False, file=True), d.to_dict())
+        raise typer.Exit(0)
     if registration:
         with staged() as io:
             version = registered_version(io.input(registration), name)

@@ -337,6 +337,27 @@ def start_pipeline_run(ctx: RunContext, pipeline_run: str, tags: dict | None = N
     return ctx.with_parent(run.info.run_id)
 
 
+def log_run_params(ctx: RunContext, run_id: str, params: dict) -> None:
+    """params.yaml, flattened (`pretrain.lr`), as a run's params: what the runs list
+    compares two pipeline runs by. Sorted, in batches of 100 (the REST API's limit)."""
+    from mlflow.entities import Param
+    items = [Param(k, str(v)[:6000]) for k, v in sorted(flatten(params).items())]
+    client = connect(ctx).MlflowClient()
+    for i in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[i:i + 100])
+
+
+def log_run_metrics(ctx: RunContext, run_id: str, rows: dict[str, float]) -> None:
+    """Step-0 metrics on a run in one call (a pipeline's parent: its headline numbers)."""
+    import time
+
+    from mlflow.entities import Metric
+    if rows:
+        now = int(time.time() * 1000)
+        connect(ctx).MlflowClient().log_batch(
+            run_id, metrics=[Metric(k, float(v), now, 0) for k, v in sorted(rows.items())])
+
+
 def end_pipeline_run(ctx: RunContext, status: str = "FINISHED") -> None:
     parent = parent_run_id(ctx)
     if parent:

@@ -514,6 +514,9 @@ def test_the_gate_and_promote_decide_about_the_version_this_run_registered(
     assert steps.gate(name, params, mlflow_server, model_uri=a.model_uri) is False
     champ = client.get_model_version_by_alias(name, "champion").version
     assert champ not in (a.version, b.version)
+    # no promote task follows a refusal: the gate itself tells the registry why
+    tags = client.get_model_version(name, a.version).tags
+    assert tags["promotion.decision"] == "refused" and "not v" in tags["promotion.reason"]
     # B's own gate and promote; then B's promote task is retried (its pod died after the move)
     assert steps.gate(name, params, mlflow_server, model_uri=b.model_uri) is True
     steps.promote(name, params, mlflow_server, model_uri=b.model_uri)
@@ -660,3 +663,49 @@ def test_a_retry_after_a_failed_alias_move_finishes_the_first_version(evaluated,
     assert _versions(client, name) == [int(v1.version), made]           # exactly one new
     assert client.get_model_version_by_alias(name, "challenger").version == retry.version
     assert len(calls) == 2
+
+
+def test_promote_version_rolls_the_champion_back_and_records_it(evaluated, mlflow_server,
+                                                                 monkeypatch, tmp_path):
+    """A bad champion is rolled back with `ecgssl promote --version N`: @champion moves to
+    that existing version without the gate, the move is in the promotion history; an unknown
+    version is a clear error (exit 2) that moves nothing."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server}
+    name, ctx = "ecgssl-rollback", RunContext(enabled=True, tracking_uri=mlflow_server)
+    client = mlflow.MlflowClient(mlflow_server)
+    v1 = register(evaluated / "enc", name, ctx, metrics_files=[evaluated / "eval/metrics.json"])
+    assert promote(name, GATE, ctx).promoted
+    v2 = register(evaluated / "enc", name, ctx,
+                  metrics_files=[_metrics_with(evaluated, tmp_path / "best", 0.05)])
+    assert promote(name, GATE, ctx, force=True).promoted
+    assert client.get_model_version_by_alias(name, "champion").version == v2.version
+    p = cli("promote", "--name", name, "--metric", GATE, "--version", v1.version, env=env)
+    assert p.returncode == 0, p.stderr
+    assert client.get_model_version_by_alias(name, "champion").version == v1.version
+    assert client.get_model_version_by_alias(name, "challenger").version == v2.version
+    tags = client.get_model_version(name, v1.version).tags
+    assert tags["promotion.decision"] == "promoted" and "by hand" in tags["promotion.reason"]
+    assert any(k.startswith("promotion.history.") and "by hand" in v for k, v in tags.items())
+    p = cli("promote", "--name", name, "--metric", GATE, "--version", "99", env=env)
+    assert p.returncode == 2 and "has no version '99'" in p.stderr, p.stderr
+    assert client.get_model_version_by_alias(name, "champion").version == v1.version
+
+
+def test_the_register_step_puts_the_headline_metrics_on_the_parent_run(evaluated,
+                                                                      mlflow_server,
+                                                                      monkeypatch):
+    """Kubeflow's parent run carries the evaluations' headline metrics (as `pipeline repro`'s
+    does): two scheduled retrains are compared by them in the runs list."""
+    from ecgssl.pipeline import steps
+    from ecgssl.tracking import start_pipeline_run
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    monkeypatch.setenv("ECGSSL_PIPELINE_RUN", "headline-run")
+    ctx = start_pipeline_run(RunContext(enabled=True, tracking_uri=mlflow_server),
+                             "headline-run")
+    steps.register(str(evaluated / "enc"), [str(evaluated / "eval")], "ecgssl-headline",
+                   mlflow_server, ctx.parent_run_id)
+    got = mlflow.MlflowClient(mlflow_server).get_run(ctx.parent_run_id).data.metrics
+    want = json.loads((evaluated / "eval/metrics.json").read_text())[GATE]
+    assert got[GATE] == pytest.approx(want)
+    assert not any(k.endswith("_ci_low") for k in got)

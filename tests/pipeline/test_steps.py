@@ -133,3 +133,18 @@ def test_checkpoints_outlive_a_pod_only_where_the_artifact_is_on_reachable_s3(mo
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://minio.kubeflow:9000")
     assert steps.checkpoints_uri("minio://mlpipeline/v2/model") == \
         "s3://mlpipeline/v2/model-checkpoints"
+
+
+def test_the_parent_run_carries_the_flattened_params(tmp_path, monkeypatch):
+    """Two scheduled retrains are compared in MLflow's runs list by their parent runs: a
+    Kubeflow parent run must carry params.yaml flattened, as `pipeline repro`'s does."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv(PIPELINE_RUN_ENV, "run-params")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    p = Params().model_dump(mode="json")
+    p["pretrain"]["lr"] = 0.0003
+    parent = steps.start(uri, "placeholder", json.dumps(p))
+    got = mlflow.MlflowClient(uri).get_run(parent).data.params
+    assert got["pretrain.lr"] == "0.0003"
+    assert got["promote.metric"] == p["promote"]["metric"]
+    assert got["pipeline.model_name"] == p["pipeline"]["model_name"]

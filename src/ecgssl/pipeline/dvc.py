@@ -22,8 +22,9 @@ from ecgssl.tracking import (
     RunContext,
     connect,
     end_pipeline_run,
-    flatten,
     git_commit,
+    log_run_metrics,
+    log_run_params,
     metric_key,
     start_pipeline_run,
 )
@@ -69,31 +70,20 @@ def repro(args: list[str], ctx: RunContext, params: Path = Path("params.yaml"),
 
 def _log_params(ctx: RunContext, params: Path) -> None:
     import yaml
-    from mlflow.entities import Param
-    if not params.is_file():
-        return
-    flat = flatten(yaml.safe_load(params.read_text()) or {})
-    items = [Param(k, str(v)[:6000]) for k, v in sorted(flat.items())]
-    client = connect(ctx).MlflowClient()
-    for i in range(0, len(items), 100):
-        client.log_batch(ctx.parent_run_id, params=items[i:i + 100])
+    if params.is_file():
+        log_run_params(ctx, ctx.parent_run_id, yaml.safe_load(params.read_text()) or {})
 
 
 def _log_headline(ctx: RunContext, outputs: Path) -> None:
     """The parent run's metrics: the numbers `ecgssl summary` shows (compare runs by them)."""
-    from mlflow.entities import Metric
-
     from ecgssl.pipeline.summary import key_metrics
-    now = int(time.time() * 1000)
     # Only the files dvc.yaml's stages write: outputs/ also holds other runs' results (e.g.
     # `pipeline run-local`'s tasks under outputs/kfp/), whose numbers share these keys.
     ours = lambda f: f == "pretrain/metrics.json" or (         # noqa: E731
         f.startswith("eval/") and f.count("/") == 2)
     rows = {metric_key(k): v for f, k, v in key_metrics(outputs)
             if ours(Path(f).as_posix())} if outputs.is_dir() else {}
-    if rows:
-        connect(ctx).MlflowClient().log_batch(
-            ctx.parent_run_id, metrics=[Metric(k, v, now, 0) for k, v in rows.items()])
+    log_run_metrics(ctx, ctx.parent_run_id, rows)
 
 
 def _write_record(ctx: RunContext, outputs: Path) -> None:

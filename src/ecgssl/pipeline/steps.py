@@ -24,6 +24,7 @@ from ecgssl.tracking import (
     PIPELINE_RUN_ENV,
     RunContext,
     end_pipeline_run,
+    log_run_params,
     parent_run_id,
     start_pipeline_run,
 )
@@ -73,11 +74,13 @@ def start(tracking: str, pipeline_run: str, params: str) -> str:
         return ""
     # A retried start task (its pod died after creating the run) carries on with that run: a
     # second parent would split the children and never be closed by the exit handler.
-    existing = parent_run_id(ctx)
-    if existing:
-        return existing
-    return start_pipeline_run(ctx, ctx.pipeline_run, {
+    parent = parent_run_id(ctx) or start_pipeline_run(ctx, ctx.pipeline_run, {
         "params.hash": stable_hash(p.model_dump())[:16], "runner": "kubeflow"}).parent_run_id
+    # The whole params.yaml on the parent, as `ecgssl pipeline repro` logs it: without it two
+    # scheduled retrains could only be told apart by opening every child run. (Again on a
+    # retried task: the same values, so MLflow accepts them.)
+    log_run_params(ctx, parent, p.model_dump(mode="json"))
+    return parent
 
 
 def finish(tracking: str, pipeline_run: str, status: str, params: str) -> str:
@@ -262,8 +265,23 @@ def register(encoder: str, evaluations: list[str], name: str, tracking: str,
              parent_run_id: str, params: str = ""):
     from ecgssl.registry.register import register as run_register
     files = [Path(e) / "metrics.json" for e in evaluations]
-    return run_register(encoder, name, _ctx(tracking, _params(params), parent=parent_run_id),
-                        None, files)
+    ctx = _ctx(tracking, _params(params), parent=parent_run_id)
+    r = run_register(encoder, name, ctx, None, files)
+    _log_headline(ctx, files)
+    return r
+
+
+def _log_headline(ctx: RunContext, files: list[Path]) -> None:
+    """The evaluations' headline metrics on the parent run, as `pipeline repro` logs them:
+    the runs list compares two pipeline runs by them without opening their children."""
+    from ecgssl.evaluate.stage import is_headline
+    from ecgssl.storage import read_json
+    from ecgssl.tracking import log_run_metrics, metric_key
+    parent = parent_run_id(ctx) if ctx.enabled else None
+    if parent:
+        log_run_metrics(ctx, parent, {
+            metric_key(k): float(v) for f in files if f.is_file()
+            for k, v in read_json(f).items() if is_headline(k) and isinstance(v, int | float)})
 
 
 def _registered_version(name: str, model_uri: str) -> str | None:
@@ -282,10 +300,17 @@ def gate(name: str, params: str, tracking: str, model_uri: str = "") -> bool:
     """Would the version this run registered (`model_uri`) replace @champion? (decides only;
     `promote` acts). About that version only: @challenger may have moved to another run's."""
     from ecgssl.registry.register import promote as run_promote
+    from ecgssl.registry.register import record_decision
     p = _params(params)
-    return run_promote(name, p.promote.metric, _ctx(tracking, p), p.promote.min_delta,
-                       dry_run=True, n_boot=p.promote.bootstrap, seed=p.promote.seed,
-                       version=_registered_version(name, model_uri)).promoted
+    ctx = _ctx(tracking, p)
+    d = run_promote(name, p.promote.metric, ctx, p.promote.min_delta,
+                    dry_run=True, n_boot=p.promote.bootstrap, seed=p.promote.seed,
+                    version=_registered_version(name, model_uri))
+    if not d.promoted and d.challenger != d.champion:
+        # No promote task runs after a refusal: the gate records it, so the refused version
+        # says why in the registry (as `ecgssl promote` does), not only in this task's log.
+        record_decision(name, d, ctx, p.promote.min_delta)
+    return d.promoted
 
 
 def promote(name: str, params: str, tracking: str, model_uri: str = ""):

@@ -18,6 +18,7 @@ of adding another; a version carrying the tag is complete (it is set last, befor
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import math
 import shutil
@@ -274,6 +275,13 @@ def promote(name: str, metric: str, ctx: RunContext, min_delta: float = 0.005,
     (a lock file), both aliases are read again right before the move and the promotion is
     refused when either changed since the decision (another promote or register got there
     first), and @champion is read back afterwards."""
+    with _promote_lock(ctx, name):
+        return _promote(name, metric, ctx, min_delta, force, dry_run, n_boot, seed, version)
+
+
+@contextlib.contextmanager
+def _promote_lock(ctx: RunContext, name: str):
+    """Moves of one model's @champion on this machine take turns."""
     from filelock import FileLock, Timeout
     lock_dir = _cache_root() / "locks"
     lock_dir.mkdir(parents=True, exist_ok=True)
@@ -282,11 +290,46 @@ def promote(name: str, metric: str, ctx: RunContext, min_delta: float = 0.005,
         lock.acquire(timeout=300)
     except Timeout:
         raise EcgsslError(f"another `ecgssl promote` of {name} has held {lock.lock_file} for 5 "
-                          "minutes; refusing to decide beside it") from None
+                          "minutes; refusing to move @champion beside it") from None
     try:
-        return _promote(name, metric, ctx, min_delta, force, dry_run, n_boot, seed, version)
+        yield
     finally:
         lock.release()
+
+
+def set_champion(name: str, version: str, ctx: RunContext, metric: str = "") -> Decision:
+    """Move @champion to an existing `version` without judging it: the rollback (or a
+    re-promotion of an older version) a bad champion calls for. Under the same lock as
+    `promote`, read back after the move, and recorded like a decision (`promotion.*` tags,
+    the history and the card), so the registry says it was moved by hand, and from where."""
+    from mlflow.exceptions import MlflowException
+    version = str(version)
+    client = connect(ctx).MlflowClient()
+    try:
+        target = client.get_model_version(name, version)
+    except MlflowException:
+        raise EcgsslError(f"model {name!r} has no version {version!r} (tracking URI "
+                          f"{redact(ctx.tracking_uri)}); see its versions in the MLflow "
+                          "UI's Models tab") from None
+    with _promote_lock(ctx, name):
+        champ = _alias(client, name, CHAMPION)
+        was = str(champ.version) if champ is not None else None
+        value = _version_metric(client, target, metric) if metric else None
+        if was == version:
+            return Decision(False, f"v{version} already is the champion", version, was,
+                            value, value, metric=metric)
+        client.set_registered_model_alias(name, CHAMPION, version)
+        after = _alias(client, name, CHAMPION)
+        if after is None or str(after.version) != version:
+            raise EcgsslError(f"@{CHAMPION} of {name} is v{after.version if after else None} "
+                              f"right after moving it to v{version}: another promote ran at "
+                              "the same time; check the model's promotion history")
+        d = Decision(True, f"set by hand to v{version} (--version), from "
+                     f"{'v' + was if was else 'no champion'}; not judged by the gate", version,
+                     was, value, _version_metric(client, champ, metric) if champ is not None
+                     and metric else None, metric=metric)
+        _record(client, name, metric, d)
+        return d
 
 
 def _alias(client, name: str, alias: str):
@@ -400,6 +443,12 @@ def _decide(client, chal, champ, metric, min_delta, force, n_boot=1000, seed=0) 
                         f"{min_delta:g}", c_ver, h_ver, c_val, h_val, paired=p)
     return Decision(False, f"not a confident win: {p.describe()}; the lower bound must exceed "
                     f"min_delta {min_delta:g}", c_ver, h_ver, c_val, h_val, paired=p)
+
+
+def record_decision(name: str, d: Decision, ctx: RunContext, min_delta: float = 0.0) -> None:
+    """Tag the versions with a decision made elsewhere (the Kubeflow gate's dry run: when it
+    refuses, no promote task runs, and without this the refused version said nothing)."""
+    _record(connect(ctx).MlflowClient(), name, d.metric, d, min_delta)
 
 
 def _record(client, name: str, metric: str, d: Decision, min_delta: float = 0.0) -> None:
