@@ -148,6 +148,7 @@ def test_pretraining_is_tracked_in_mlflow(corpus, tmp_path, monkeypatch):
     # what evaluate and register find this run by (their lineage), and its training table
     from ecgssl.storage import encoder_hash
     assert run.data.tags["encoder.sha256"] == encoder_hash(tmp_path / "run")
+    assert run.data.tags["data.fingerprint"] == config_fp(tmp_path / "run")   # as evaluate's
     (ds,) = run.inputs.dataset_inputs
     assert ds.dataset.digest == config_fp(tmp_path / "run")[:36]
     assert "samples_per_s" not in json.dumps(json.loads((tmp_path / "run/metrics.json")

@@ -187,7 +187,9 @@ def _pretrain(data, text_emb, out: Path, cfg: PretrainConfig, resume: bool, prog
               "world_size": world, "encoder_dim": model.encoder.dim,
               "preprocess": PREPROCESS_VERSION,
               "data_fingerprint": manifest.get("input_fingerprint")}
-    tags = {"stage": "pretrain", "method": cfg.method, "data": str(data)}
+    tags = {"stage": "pretrain", "method": cfg.method, "data": str(data),
+            # the tag evaluate and register set too: one search finds a table's every run
+            "data.fingerprint": str(config["data_fingerprint"])}
     batches = loader(ds, plan, start, total, cfg.loader_workers, device,
                      memory=cfg.loader == "memory")
     gen = torch.Generator(device)
