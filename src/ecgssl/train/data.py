@@ -19,7 +19,11 @@ and a DDP run sees the batches one process sees.
 
 from __future__ import annotations
 
+import signal
+import sys
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -298,24 +302,75 @@ class StepBatches(IterableDataset):
             yield step, self.data.batch(step, self.plan, reader, part)
 
 
+def _ignore_ctrl_c(worker_id: int) -> None:
+    """worker_init_fn: a terminal's Ctrl-C signals the whole process group, loader workers
+    included. A worker that dies of it mid-transfer leaves the main process fetching a batch
+    from a dead process (tracebacks from torch's workers and multiprocessing's
+    resource_sharer, or a hang); the main process alone handles it and shuts them down.
+    The main one, interrupted while receiving a batch's shared memory, hangs up on the
+    worker's resource_sharer thread, which prints that as a traceback: harmless, dropped."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    hook = sys.excepthook
+
+    def quiet_hangup(kind, value, tb):
+        if not issubclass(kind, (EOFError, ConnectionError)):
+            hook(kind, value, tb)
+    sys.excepthook = quiet_hangup      # the worker's own errors go to the main one, not here
+
+
+@contextmanager
+def _workers_born_deaf():
+    """Ctrl-C ignored while the workers start, so that they are born ignoring it: a forked
+    worker inherits the disposition, and so does a spawned one (exec keeps an ignored signal
+    ignored; Python leaves it so), which would otherwise take it during its seconds of imports,
+    before `_ignore_ctrl_c` runs. A Ctrl-C in this short window is lost (press it again).
+    signal.signal works in the main thread only: elsewhere `_ignore_ctrl_c` alone serves."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+def _shut_down(items) -> None:
+    """Stop the loader workers now. torch has no public close for a loader iterator, and left
+    to the garbage collector it is not shut down after an exception (Ctrl-C): the traceback
+    holds it until interpreter exit, where torch skips its shutdown and the workers are killed
+    with their queues mid-use (teardown tracebacks, and once a hang). `_shutdown_workers`
+    (torch 1.x-2.x) joins each worker with a 5 s timeout, then terminates it: bounded."""
+    shutdown = getattr(items, "_shutdown_workers", None)   # workers=0: nothing to stop
+    if shutdown is not None:
+        shutdown()
+
+
 def loader(data: PretrainData, plan: Plan, start: int, stop: int, workers: int = 0,
            device: torch.device = torch.device("cpu"), memory: bool = False
            ) -> Iterator[tuple[int, dict]]:
     """(step, batch on `device`) for this rank's steps start..stop-1, each batch read and
     preprocessed in `workers` parts by as many worker processes (0: in this process), pinned
-    and moved to the device part by part (non-blocking), joined there."""
+    and moved to the device part by part (non-blocking), joined there. Close the generator
+    (contextlib.closing) so that the workers stop when the caller stops early."""
     n = max(1, workers)
     # Workers of an s3:// table start fresh (spawn), not forked from a process whose S3 client
     # (made reading the index) the AWS SDK does not support in a child; each opens its own.
     context = "spawn" if workers and is_s3(data.table) else None
-    items = iter(DataLoader(StepBatches(data, plan, start, stop, n, memory, bool(context)),
-                            batch_size=None,
-                            num_workers=workers, pin_memory=device.type == "cuda",
-                            prefetch_factor=4 if workers else None,
-                            multiprocessing_context=context))
-    for step in range(start, stop):
-        parts = [next(items) for _ in range(n)]
-        if any(s != step for s, _ in parts):   # never train on another step's rows
-            raise RuntimeError(f"loader yielded steps {[s for s, _ in parts]} for step {step}")
-        yield step, {k: torch.cat([p[k].to(device, non_blocking=True) for _, p in parts])
-                     for k in parts[0][1]}
+    with _workers_born_deaf():
+        items = iter(DataLoader(StepBatches(data, plan, start, stop, n, memory, bool(context)),
+                                batch_size=None,
+                                num_workers=workers, pin_memory=device.type == "cuda",
+                                prefetch_factor=4 if workers else None,
+                                worker_init_fn=_ignore_ctrl_c if workers else None,
+                                multiprocessing_context=context))
+    try:
+        for step in range(start, stop):
+            parts = [next(items) for _ in range(n)]
+            if any(s != step for s, _ in parts):   # never train on another step's rows
+                raise RuntimeError(f"loader yielded steps {[s for s, _ in parts]} for step "
+                                   f"{step}")
+            yield step, {k: torch.cat([p[k].to(device, non_blocking=True) for _, p in parts])
+                         for k in parts[0][1]}
+    finally:      # done, Ctrl-C, an error here or in the caller (which closes us)
+        _shut_down(items)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import closing, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -193,7 +193,10 @@ def _pretrain(data, text_emb, out: Path, cfg: PretrainConfig, resume: bool, prog
     batches = loader(ds, plan, start, total, cfg.loader_workers, device,
                      memory=cfg.loader == "memory")
     gen = torch.Generator(device)
-    with start_run(ctx if me == 0 else OFF, f"pretrain-{cfg.method}", tags) as run:
+    # closing: on Ctrl-C or an error in a step the loader workers are stopped here, before
+    # the exit (not by interpreter shutdown, mid-transfer)
+    with start_run(ctx if me == 0 else OFF, f"pretrain-{cfg.method}", tags) as run, \
+            closing(batches):
         run.log_params(flatten(config))
         run.log_dataset(data, "training", digest=config["data_fingerprint"])
         bar = progress_bar(initial=start, total=total, unit="step",
