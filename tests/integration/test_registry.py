@@ -141,6 +141,7 @@ def test_register_gate_load_and_serve(evaluated, corpus, mlflow_server, tmp_path
     assert champ.tags["data.fingerprint"] == read_manifest(corpus["table"])["input_fingerprint"]
     old = client.get_model_version(name, v1.version)
     assert old.tags["promotion.role"] == "champion" and "promotion.champion_value" in old.tags
+    assert old.tags["promotion.decision"] == "replaced"
 
     # Other test data: not comparable, refused.
     other = tmp_path / "other"
@@ -286,11 +287,11 @@ def test_a_promote_that_lost_the_race_does_not_move_the_champion(evaluated, mlfl
     assert client.get_model_version_by_alias(name, "champion").version == v3
     assert not d.promoted and d.challenger == v2.version and "moved" in d.reason
     # Every decision about v1 is kept, not only the last: promoted (no champion yet), replaced
-    # by v3 (B), and A's refused decision about v2 against it.
+    # by v3 (B), and A's refused decision about v2 against it (which kept it).
     tags = client.get_model_version(name, v1.version).tags
     history = sorted(k for k in tags if k.startswith("promotion.history."))
-    assert [json.loads(tags[k])["decision"] for k in history] == ["promoted", "promoted",
-                                                                  "refused"], history
+    assert [json.loads(tags[k])["decision"] for k in history] == ["promoted", "replaced",
+                                                                  "kept"], history
 
 
 def test_the_served_model_answers_bad_input_with_a_400_and_our_message(evaluated,

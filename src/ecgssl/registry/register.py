@@ -457,8 +457,7 @@ def _record(client, name: str, metric: str, d: Decision, min_delta: float = 0.0)
     import json
     import uuid
     now = dt.datetime.now(dt.UTC)
-    record = {"promotion.decision": "promoted" if d.promoted else "refused",
-              "promotion.reason": d.reason, "promotion.metric": metric,
+    record = {"promotion.reason": d.reason, "promotion.metric": metric,
               "promotion.challenger_value": str(d.challenger_value),
               "promotion.champion_value": str(d.champion_value),
               "promotion.challenger": d.challenger, "promotion.champion": str(d.champion),
@@ -472,8 +471,13 @@ def _record(client, name: str, metric: str, d: Decision, min_delta: float = 0.0)
     # Microseconds: two promotes in one second must still sort in the order they decided.
     entry = f"promotion.history.{now.strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex[:8]}"
     for version in {d.challenger, *([d.champion] if d.champion else [])}:
-        tags = {**record, "promotion.role": "challenger" if version == d.challenger
-                else "champion"}
+        role = "challenger" if version == d.challenger else "champion"
+        # Each version says what the decision did to it: a displaced champion reading
+        # "promoted" looked like it had just won.
+        decision = {("challenger", True): "promoted", ("challenger", False): "refused",
+                    ("champion", True): "replaced", ("champion", False): "kept"}[
+                        role, d.promoted]
+        tags = {**record, "promotion.decision": decision, "promotion.role": role}
         for k, v in tags.items():
             client.set_model_version_tag(name, version, k, v)
         client.set_model_version_tag(name, version, entry, json.dumps(
