@@ -214,10 +214,9 @@ def main() -> None:
         fp = float(said_af[is_n].mean())
         out.add("mitdb AFIB on '(N' windows", fp, "<= 0.05", fp <= 0.05,
                 f"{is_n.sum()} windows")
-        # The issue names 109 and 118; on other MIT-BIH records (a hold-out set) the
-        # bundle-branch-block records are those whose .atr beats say so.
-        named = np.isin(recs, list(BBB))
-        bbb = (named if named.any() else kind == "bbb") & np.isfinite(q)
+        # The issue names 109 and 118; other MIT-BIH records (a hold-out set: 111, 207, 212,
+        # 214, 231, ...) are bundle-branch-block records when their .atr beats say so.
+        bbb = (np.isin(recs, list(BBB)) | (kind == "bbb")) & np.isfinite(q)
         if bbb.any():
             v = float((q[bbb] >= 120).mean())
             out.add(f"mitdb {'/'.join(sorted(set(recs[bbb])))} (BBB): QRS >= 120 ms", v,

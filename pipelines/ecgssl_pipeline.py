@@ -92,7 +92,10 @@ def build_pipeline(k: KfpConfig, defaults: PipelineConfig, params_json: str):
         with dsl.ExitHandler(done, name="ecgssl-run"):
             start = _task(c.start_run(tracking_uri=tracking_uri,
                                       pipeline_run=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-                                      params=params), cache=False)
+                                      params=params, data_root=data_root, sources=sources,
+                                      tasks=tasks, eval_modes=eval_modes,
+                                      run_finetune=run_finetune, model_name=model_name),
+                          cache=False)
             with dsl.ParallelFor(sources) as source:
                 tables = ingest_source(c, _task, defaults.ingest_parts, start, source=source,
                                        data_root=data_root, params=cut(params, "ingest"),

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -56,11 +60,26 @@ def test_zeroshot_and_probe_write_metrics_and_plots(encoder, tables, tmp_path):
     assert (zs[[f"y.{c}" for c in meta["classes"]]].sum(1) == 1).all()
 
 
+def cli(*args):
+    exe = shutil.which("ecgssl") or f"{sys.executable} -m ecgssl.cli"
+    return subprocess.run(exe.split() + [str(a) for a in args], capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "COLUMNS": "200"})
+
+
 def test_multilabel_finetune_on_mitdb(encoder, tables, tmp_path):
     m = stage.run_evaluate(encoder, tables["mitdb"], "mitdb-aami", ["finetune"], tmp_path, FAST,
                            fractions=[100], progress=False).metrics
     assert 0 <= m["finetune/mitdb-aami/macro_auroc"] <= 1
     assert "finetune-random/mitdb-aami/f100/macro_f1" in m
+    # MIT-BIH rows carry MLII and V1, or MLII and V5 (one DS1 record): the classifier records
+    # the leads of (nearly) all its training rows, not the rare V5, so scoring its own table
+    # warns at most of V1 rows, never of II or V5.
+    clf = tmp_path / "classifier-finetune"
+    leads = json.loads((clf / "classifier.json").read_text())["leads"]
+    assert "II" in leads and "V5" not in leads and set(leads) <= {"II", "V1"}, leads
+    p = cli("predict", "--model", clf, "--data", tables["mitdb"], "--output",
+            tmp_path / "p.parquet", "--no-progress")
+    assert p.returncode == 0 and "II absent" not in p.stderr and "V5" not in p.stderr, p.stderr
 
 
 def test_decisions_never_see_test_data(tables):
@@ -108,19 +127,7 @@ def test_tasks_the_table_cannot_serve_are_clear_errors(encoder, tables, tmp_path
 # --- bring your own data: a folder of WFDB records, a user task, an external test set ------------
 
 def test_own_records_user_task_external_test_set_and_predict(encoder, sample, tables, tmp_path):
-    import os
-    import shutil
-    import subprocess
-    import sys
-
     import pandas as pd
-    exe = shutil.which("ecgssl") or f"{sys.executable} -m ecgssl.cli"
-
-    def cli(*args):
-        p = subprocess.run(exe.split() + [str(a) for a in args], capture_output=True, text=True,
-                           timeout=600, env={**os.environ, "COLUMNS": "200"})
-        return p
-
     ref = [line.split(",") for line in (sample / "cinc2017/REFERENCE.csv").read_text().split()]
     folders = {"train": ref[:120], "test": ref[120:160]}
     for part, rows in folders.items():
@@ -212,7 +219,6 @@ def test_a_row_cache_below_the_table_streams_to_the_same_metrics(encoder, tables
 def _cinc2017_subset(sample, tmp_path, n: int):
     """A second cinc2017 table: the first `n` sample records, ingested on their own (other
     test rows, other shards)."""
-    import shutil
 
     from ecgssl.config import IngestConfig
     from ecgssl.data.ingest import ingest

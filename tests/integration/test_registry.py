@@ -287,11 +287,11 @@ def test_a_promote_that_lost_the_race_does_not_move_the_champion(evaluated, mlfl
     assert client.get_model_version_by_alias(name, "champion").version == v3
     assert not d.promoted and d.challenger == v2.version and "moved" in d.reason
     # Every decision about v1 is kept, not only the last: promoted (no champion yet), replaced
-    # by v3 (B), and A's refused decision about v2 against it (which kept it).
+    # by v3 (B), and A's refused decision about v2 against it (which found it replaced).
     tags = client.get_model_version(name, v1.version).tags
     history = sorted(k for k in tags if k.startswith("promotion.history."))
     assert [json.loads(tags[k])["decision"] for k in history] == ["promoted", "replaced",
-                                                                  "kept"], history
+                                                                  "unchanged"], history
 
 
 def test_the_served_model_answers_bad_input_with_a_400_and_our_message(evaluated,
@@ -518,6 +518,12 @@ def test_the_gate_and_promote_decide_about_the_version_this_run_registered(
     # no promote task follows a refusal: the gate itself tells the registry why
     tags = client.get_model_version(name, a.version).tags
     assert tags["promotion.decision"] == "refused" and "not v" in tags["promotion.reason"]
+    # a retried gate task (its pod died after deciding) adds no second record of it
+    assert steps.gate(name, params, mlflow_server, model_uri=a.model_uri) is False
+    again = client.get_model_version(name, a.version)
+    assert sum(k.startswith("promotion.history.") for k in again.tags) == sum(
+        k.startswith("promotion.history.") for k in tags)
+    assert again.description.count("**Promotion**") == 1
     # B's own gate and promote; then B's promote task is retried (its pod died after the move)
     assert steps.gate(name, params, mlflow_server, model_uri=b.model_uri) is True
     steps.promote(name, params, mlflow_server, model_uri=b.model_uri)
@@ -684,7 +690,13 @@ def test_promote_version_rolls_the_champion_back_and_records_it(evaluated, mlflo
     p = cli("promote", "--name", name, "--metric", GATE, "--version", v1.version, env=env)
     assert p.returncode == 0, p.stderr
     assert client.get_model_version_by_alias(name, "champion").version == v1.version
-    assert client.get_model_version_by_alias(name, "challenger").version == v2.version
+    # The version rolled back from no longer holds @challenger: a later promote cannot
+    # bring it back through the gate.
+    assert "challenger" not in client.get_registered_model(name).aliases
+    assert "removed" in client.get_model_version(name, v1.version).tags["promotion.reason"]
+    with pytest.raises(EcgsslError, match="no @challenger"):
+        promote(name, GATE, ctx)
+    assert client.get_model_version_by_alias(name, "champion").version == v1.version
     tags = client.get_model_version(name, v1.version).tags
     assert tags["promotion.decision"] == "promoted" and "by hand" in tags["promotion.reason"]
     assert any(k.startswith("promotion.history.") and "by hand" in v for k, v in tags.items())

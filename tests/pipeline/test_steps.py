@@ -148,3 +148,12 @@ def test_the_parent_run_carries_the_flattened_params(tmp_path, monkeypatch):
     assert got["pretrain.lr"] == "0.0003"
     assert got["promote.metric"] == p["promote"]["metric"]
     assert got["pipeline.model_name"] == p["pipeline"]["model_name"]
+    # A run submitted with other arguments (`--arg sources=[mitdb]`) says what it ran, not
+    # what params.yaml's pipeline section holds.
+    monkeypatch.setenv(PIPELINE_RUN_ENV, "run-args")
+    parent = steps.start(uri, "placeholder", json.dumps(p),
+                         {"sources": ["mitdb"], "run_finetune": True, "tracking_uri": "x"})
+    got = mlflow.MlflowClient(uri).get_run(parent).data.params
+    assert got["pipeline.sources"] == "['mitdb']" != str(p["pipeline"]["sources"])
+    assert got["pipeline.finetune"] == "True" and got["pipeline.tasks"] == str(
+        p["pipeline"]["tasks"])

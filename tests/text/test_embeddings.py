@@ -96,9 +96,14 @@ def test_a_garbled_model_config_is_a_clear_error_naming_it(tmp_path):
         TextEncoder(str(copy))
 
 
-def test_a_missing_model_folder_is_named_at_once_not_asked_of_the_hub(tmp_path):
+def test_a_missing_model_folder_is_named_at_once_not_asked_of_the_hub(tmp_path, monkeypatch):
     """A mistyped local path went to Hugging Face as a repo id: a confusing 'Repo id must be in
     the form' error, or a minute of retries offline."""
     from ecgssl.errors import EcgsslError
     with pytest.raises(EcgsslError, match="no text model folder at ./models/minilm"):
         TextEncoder("./models/minilm")
+    # Without the "./": a path still, when its first folder exists here.
+    (tmp_path / "models").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(EcgsslError, match="no text model folder at models/minilm"):
+        TextEncoder("models/minilm")

@@ -142,6 +142,14 @@ def test_resume_refuses_a_checkpoint_that_read_the_data_in_another_order(corpus,
     with pytest.raises(EcgsslError, match="read the data as .* resume with the same"):
         pretrain(corpus["table"], None, tmp_path, PretrainConfig(
             max_steps=4, shuffle_rows=64, **small), resume=True, progress=False)
+    # A checkpoint of an ecgssl that drew batches another way (an older batch plan) is
+    # refused too, though every setting matches.
+    assert state["data"]["plan"] == Plan.VERSION
+    torch.save({**state, "data": {**state["data"], "plan": Plan.VERSION - 1}},
+               tmp_path / "checkpoints/step-0000002/state.pt")
+    with pytest.raises(EcgsslError, match="same batch plan"):
+        pretrain(corpus["table"], None, tmp_path, PretrainConfig(max_steps=4, **small),
+                 resume=True, progress=False)
 
 
 def test_rows_with_device_text_are_compared_by_their_text_not_their_codes(tables, tmp_path,

@@ -66,20 +66,28 @@ def _ctx(tracking: str, p: Params, parent: str = "", pipeline_run: str = "") -> 
     return ctx.with_parent(parent, os.environ.get(PIPELINE_RUN_ENV) or pipeline_run)
 
 
-def start(tracking: str, pipeline_run: str, params: str) -> str:
-    """Open the parent run; returns its id ("" when tracking is off)."""
+def start(tracking: str, pipeline_run: str, params: str,
+          arguments: dict | None = None) -> str:
+    """Open the parent run; returns its id ("" when tracking is off). `arguments`: the
+    pipeline's own run arguments (sources, tasks, ...), which override its `pipeline` section."""
     p = _params(params)
     ctx = _ctx(tracking, p, pipeline_run=pipeline_run)
     if not ctx.enabled:
         return ""
+    # What this run does: a run submitted with `--arg sources=[mitdb]` ran mitdb, whatever
+    # params.yaml's pipeline.sources says.
+    from ecgssl.pipeline.build import PIPELINE_ARGS
+    effective = p.model_dump(mode="json")
+    effective["pipeline"] |= {PIPELINE_ARGS[k]: v for k, v in (arguments or {}).items()
+                              if PIPELINE_ARGS.get(k)}
     # A retried start task (its pod died after creating the run) carries on with that run: a
     # second parent would split the children and never be closed by the exit handler.
     parent = parent_run_id(ctx) or start_pipeline_run(ctx, ctx.pipeline_run, {
-        "params.hash": stable_hash(p.model_dump())[:16], "runner": "kubeflow"}).parent_run_id
+        "params.hash": stable_hash(effective)[:16], "runner": "kubeflow"}).parent_run_id
     # The whole params.yaml on the parent, as `ecgssl pipeline repro` logs it: without it two
     # scheduled retrains could only be told apart by opening every child run. (Again on a
     # retried task: the same values, so MLflow accepts them.)
-    log_run_params(ctx, parent, p.model_dump(mode="json"))
+    log_run_params(ctx, parent, effective)
     return parent
 
 

@@ -328,6 +328,13 @@ def set_champion(name: str, version: str, ctx: RunContext, metric: str = "") -> 
                      f"{'v' + was if was else 'no champion'}; not judged by the gate", version,
                      was, value, _version_metric(client, champ, metric) if champ is not None
                      and metric else None, metric=metric)
+        chal = _alias(client, name, CHALLENGER)
+        if was is not None and chal is not None and str(chal.version) == was:
+            # A rollback: left @challenger, the displaced version would win the gate again
+            # at the next `promote` and undo it. A new registration sets @challenger anew.
+            client.delete_registered_model_alias(name, CHALLENGER)
+            d = replace(d, reason=d.reason + f"; @{CHALLENGER} (v{was}) removed so the next "
+                        "promote cannot bring it back")
         _record(client, name, metric, d)
         return d
 
@@ -447,8 +454,13 @@ def _decide(client, chal, champ, metric, min_delta, force, n_boot=1000, seed=0) 
 
 def record_decision(name: str, d: Decision, ctx: RunContext, min_delta: float = 0.0) -> None:
     """Tag the versions with a decision made elsewhere (the Kubeflow gate's dry run: when it
-    refuses, no promote task runs, and without this the refused version said nothing)."""
-    _record(connect(ctx).MlflowClient(), name, d.metric, d, min_delta)
+    refuses, no promote task runs, and without this the refused version said nothing).
+    A retried gate task that reaches the same decision records nothing again."""
+    client = connect(ctx).MlflowClient()
+    tags = client.get_model_version(name, d.challenger).tags
+    if (tags.get("promotion.reason"), tags.get("promotion.champion")) != (d.reason,
+                                                                          str(d.champion)):
+        _record(client, name, d.metric, d, min_delta)
 
 
 def _record(client, name: str, metric: str, d: Decision, min_delta: float = 0.0) -> None:
@@ -470,13 +482,16 @@ def _record(client, name: str, metric: str, d: Decision, min_delta: float = 0.0)
                    "promotion.paired_items": str(d.paired.n_items)}
     # Microseconds: two promotes in one second must still sort in the order they decided.
     entry = f"promotion.history.{now.strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex[:8]}"
+    holder = _alias(client, name, CHAMPION) if d.champion and not d.promoted else None
     for version in {d.challenger, *([d.champion] if d.champion else [])}:
         role = "challenger" if version == d.challenger else "champion"
         # Each version says what the decision did to it: a displaced champion reading
-        # "promoted" looked like it had just won.
+        # "promoted" looked like it had just won. A refusal that lost a race left a champion
+        # another promote had already replaced: "unchanged", not "kept".
         decision = {("challenger", True): "promoted", ("challenger", False): "refused",
-                    ("champion", True): "replaced", ("champion", False): "kept"}[
-                        role, d.promoted]
+                    ("champion", True): "replaced"}.get((role, d.promoted)) or (
+                        "kept" if holder is not None and str(holder.version) == version
+                        else "unchanged")
         tags = {**record, "promotion.decision": decision, "promotion.role": role}
         for k, v in tags.items():
             client.set_model_version_tag(name, version, k, v)

@@ -30,7 +30,10 @@ def resolve_model(name: str) -> Path | str:
     p = Path(name).expanduser()
     if p.exists():
         return p
-    if name.startswith((".", "/", "~")):   # a path, not a Hugging Face id: don't ask the hub
+    # A path, not a Hugging Face id: don't ask the hub. "models/minilm" reads as a hub id
+    # ("org/name") unless its first folder exists here.
+    if name.startswith((".", "/", "~")) or ("/" in name and p.parts[0] != name
+                                            and Path(p.parts[0]).is_dir()):
         raise EcgsslError(f"no text model folder at {name}: the path does not exist")
     return name
 

@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -50,6 +51,9 @@ from ecgssl.text.stage import read_embeddings
 class Plan:
     """How batches are drawn: the global batch's size and seed, the shuffle window, and which
     slice of it this rank takes."""
+    # Bumped whenever the rows of a step's batch change for the same settings (2: equal-size
+    # shuffle windows), so a checkpoint is never resumed into another order.
+    VERSION: ClassVar[int] = 2
     batch_size: int
     seed: int = 0
     shuffle_rows: int = 16384

@@ -157,17 +157,18 @@ def _pretrain(data, text_emb, out: Path, cfg: PretrainConfig, resume: bool, prog
     # later pipeline run) is not resumed into.
     position = {"seed": cfg.seed, "batch_size": cfg.batch_size,
                 "shuffle_rows": cfg.shuffle_rows, "rows": len(ds), "split": cfg.split,
-                "table": manifest.get("options_key")}
+                "table": manifest.get("options_key"), "plan": Plan.VERSION}
     start, history = 0, []
     ckpt = checkpoint.latest(out) if resume else None
     if ckpt is not None:
         state = checkpoint.load(ckpt, model, opt, sched)
         start, history = state["step"], state["history"]
         saved = state.get("data", position)
-        if saved != {k: position[k] for k in saved}:    # checkpoints before "table": the rest
+        if saved != {k: position[k] for k in saved}:    # older checkpoints: the keys they have
             raise EcgsslError(f"{ckpt} read the data as {saved}, this run as {position}: "
-                              "resume with the same table, seed, batch_size and shuffle_rows, "
-                              "or start afresh without --resume")
+                              "resume with the same table, seed, batch_size and shuffle_rows "
+                              "(and an ecgssl of the same batch plan), or start afresh "
+                              "without --resume")
     same_on_every_rank(start, "the step to resume from", dist, device)
     if start > total:      # else the later weights would be written as this shorter run's
         raise EcgsslError(f"{ckpt} is at step {start}, past this run's last step {total}: "
