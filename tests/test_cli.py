@@ -171,9 +171,12 @@ def test_ctrl_c_says_what_is_left_and_how_to_finish(tmp_path, corpus, workers):
     cmd = ECGSSL.split() + ["pretrain", "--data", str(corpus["table"]), "--output",
                             str(tmp_path / "run"), "--params", str(params), "--no-mlflow",
                             "--no-progress"]
-    # its own session, as a terminal's job: killpg reaches the workers as Ctrl-C does
+    # Its own session, as a terminal's job: killpg reaches the workers as Ctrl-C does. Ctrl-C
+    # handled by default, as in a terminal: under a non-interactive shell's `cmd &` (a CI
+    # runner) SIGINT arrives ignored, and an ignored signal stays ignored across exec.
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 240
         while not list((tmp_path / "run").glob("checkpoints/step-*/state.pt")) and \
