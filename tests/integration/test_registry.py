@@ -532,17 +532,29 @@ def test_the_gate_and_promote_decide_about_the_version_this_run_registered(
     assert "already" in d.reason
 
 
+def _tracked(mlflow_server: str, monkeypatch):
+    """The server as $MLFLOW_TRACKING_URI (the CLI's environment too), a run context and a
+    client on it."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    return ({**os.environ}, RunContext(enabled=True, tracking_uri=mlflow_server),
+            mlflow.MlflowClient(mlflow_server))
+
+
+def _first_champion(evaluated, name: str, ctx: RunContext):
+    """Register the evaluated model and promote it (no champion yet): v1, the champion."""
+    v1 = register(evaluated / "enc", name, ctx, metrics_files=[evaluated / "eval/metrics.json"])
+    assert promote(name, GATE, ctx).promoted
+    return v1
+
+
 def test_promote_with_a_registration_judges_that_version_only(evaluated, mlflow_server,
                                                                monkeypatch, tmp_path):
     """`promote --registration` (the DVC register stage's call): run A's record names A's
     version; once run B's better registration took @challenger, A's promote refuses (exit 3)
     instead of promoting B's model in A's name, and B's own promote wins."""
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
-    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server}
-    name, ctx = "ecgssl-cli-registration", RunContext(enabled=True, tracking_uri=mlflow_server)
-    client = mlflow.MlflowClient(mlflow_server)
-    v1 = register(evaluated / "enc", name, ctx, metrics_files=[evaluated / "eval/metrics.json"])
-    assert promote(name, GATE, ctx).promoted
+    name = "ecgssl-cli-registration"
+    env, ctx, client = _tracked(mlflow_server, monkeypatch)
+    v1 = _first_champion(evaluated, name, ctx)
     records = {}
     for run, metrics in (("a", evaluated / "eval/metrics.json"),
                          ("b", _metrics_with(evaluated, tmp_path / "best", 0.05))):
@@ -576,10 +588,8 @@ def test_registering_the_same_again_returns_the_same_version(evaluated, mlflow_s
     """A rerun of `ecgssl register` (or `dvc repro -f`) with the same inputs, outside any
     pipeline run, finds the first registration: no second run or version, the same record,
     and @challenger never moves back to it past a newer registration."""
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
-    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server}
-    name, ctx = "ecgssl-idempotent", RunContext(enabled=True, tracking_uri=mlflow_server)
-    client = mlflow.MlflowClient(mlflow_server)
+    name = "ecgssl-idempotent"
+    env, ctx, client = _tracked(mlflow_server, monkeypatch)
     metrics = evaluated / "eval/metrics.json"
     first = register(evaluated / "enc", name, ctx, metrics_files=[metrics])
     assert not first.existing
@@ -677,12 +687,9 @@ def test_promote_version_rolls_the_champion_back_and_records_it(evaluated, mlflo
     """A bad champion is rolled back with `ecgssl promote --version N`: @champion moves to
     that existing version without the gate, the move is in the promotion history; an unknown
     version is a clear error (exit 2) that moves nothing."""
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
-    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server}
-    name, ctx = "ecgssl-rollback", RunContext(enabled=True, tracking_uri=mlflow_server)
-    client = mlflow.MlflowClient(mlflow_server)
-    v1 = register(evaluated / "enc", name, ctx, metrics_files=[evaluated / "eval/metrics.json"])
-    assert promote(name, GATE, ctx).promoted
+    name = "ecgssl-rollback"
+    env, ctx, client = _tracked(mlflow_server, monkeypatch)
+    v1 = _first_champion(evaluated, name, ctx)
     v2 = register(evaluated / "enc", name, ctx,
                   metrics_files=[_metrics_with(evaluated, tmp_path / "best", 0.05)])
     assert promote(name, GATE, ctx, force=True).promoted
