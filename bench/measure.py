@@ -3,6 +3,8 @@
     python bench/measure.py                          # the bundled sample (data/sample)
     python bench/measure.py --data ../shared/data    # a PhysioNet layout: mitdb/, cinc2017/
     python bench/measure.py --tables /tmp/t          # keep the ingested tables there for reruns
+    python bench/measure.py --plots /tmp/p           # + each MIT-BIH record's median beat and
+                                                     #   QRS bounds, to judge the QRS rows by eye
 
 Windows are the 100 Hz, 10 s rows that `ingest` writes. Rows:
 - Challenge 2017, per record (AFIB when at least half its windows state it): sensitivity on A,
@@ -12,7 +14,8 @@ Windows are the 100 Hz, 10 s rows that `ingest` writes. Rows:
   in '(N'.
 - QRS duration: < 60 ms anywhere; bundle-branch-block records (109, 118) >= 120 ms; records of
   normal conduction 60-110 ms. A record's conduction is read from its own .atr beats (see
-  `_conduction`), so any MIT-BIH record is placed, not only the ones named here. Challenge
+  `_conduction`), so any MIT-BIH record is placed, not only the ones named here; a second
+  table gives each record's QRS, so a failing row names the records behind it. Challenge
   2017 N windows: QT and ST statements.
 - Text: distinct reports with digits removed per 1,000 windows; mean MiniLM cosine of a report
   to its 5 nearest in-batch neighbours (batch 256), also over each batch's distinct reports.
@@ -131,13 +134,16 @@ def main() -> None:
     ap.add_argument("--tables", type=Path, default=None,
                     help="keep ingested tables in this folder (reused when present)")
     ap.add_argument("--no-text", action="store_true", help="skip the MiniLM rows")
+    ap.add_argument("--plots", type=Path, default=None,
+                    help="write qrs_bounds_mitdb.png here: each MIT-BIH record's median beat "
+                         "with the QRS bounds found")
     args = ap.parse_args()
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 
     tabs = _tables(args.data, args.tables, ("mitdb", "cinc2017"))
     out = Rows()
-    texts_all, qrs_all = [], []
+    texts_all, qrs_all, per_record = [], [], {}
     workers = os.cpu_count() or 1
     with ProcessPoolExecutor(workers, mp_context=get_context("fork")) as pool:
         gen = {}
@@ -227,6 +233,9 @@ def main() -> None:
                 f"{normal.sum()} windows")
         texts_all += [x for x, *_ in g]
         qrs_all.append(q)
+        per_record = _qrs_by_record(recs, kind, q)
+        if args.plots:
+            print(f"QRS review plot: {_plot_qrs(t, recs, q, per_record, args.plots)}")
 
     q = np.concatenate(qrs_all)
     q = q[np.isfinite(q)]
@@ -246,6 +255,70 @@ def main() -> None:
     out.add(f"cost: windows/s ({workers} workers)", rate, ">= 95", rate >= 95,
             f"{n_win} windows; {_before('windows_s')}")
     out.print()
+    if per_record:
+        print("\nQRS by MIT-BIH record (ms; 'in range': 60-110 normal, >= 120 bbb)")
+        print(f"{'record':<7} {'conduction':<10} {'windows':>7} {'p10':>5} {'median':>6} "
+              f"{'p90':>5} {'in range':>8}")
+        for rec, (kind, n, p10, med, p90, ok) in per_record.items():
+            frac = "" if ok is None else f"{ok:8.3f}"
+            print(f"{rec:<7} {kind:<10} {n:>7} {p10:5.0f} {med:6.0f} {p90:5.0f} {frac:>8}")
+
+
+QRS_RANGE = {"normal": (60, 110), "bbb": (120, np.inf)}
+
+
+def _qrs_by_record(recs: np.ndarray, kind: np.ndarray, q: np.ndarray) -> dict:
+    """record -> (conduction, windows measured, p10, median, p90 QRS, fraction in its range)."""
+    out = {}
+    for rec in sorted(set(recs.tolist())):
+        sel = (recs == rec) & np.isfinite(q)
+        if not sel.any():
+            continue
+        k = str(kind[recs == rec][0])
+        x = q[sel]
+        lo, hi = QRS_RANGE.get(k, (None, None))
+        ok = None if lo is None else float(((x >= lo) & (x <= hi)).mean())
+        out[rec] = (k, int(sel.sum()), *np.percentile(x, [10, 50, 90]).tolist(), ok)
+    return out
+
+
+def _plot_qrs(t, recs: np.ndarray, q: np.ndarray, per_record: dict, folder: Path) -> Path:
+    """One panel per record: the median beat of its window of median QRS duration, every lead,
+    with the QRS bounds the delineator found shaded."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ecgssl.reports.measure import median_beat
+    cols = 4
+    rows = -(-len(per_record) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.8 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (rec, (kind, _, _, med, _, ok)) in zip(axes.flat, per_record.items()):
+        idx = np.flatnonzero((recs == rec) & np.isfinite(q))
+        i = int(idx[np.argmin(np.abs(q[idx] - med))])
+        mb = median_beat(t.signal[i], t.lead_mask[i], 100)
+        if mb is None:
+            continue
+        ax.axis("on")
+        ms = 1000.0 * np.arange(mb.beat.shape[1]) / mb.fs
+        for lead, y in zip(mb.leads, mb.beat):
+            ax.plot(ms, y, lw=1, label=lead)
+        on, off = (1000.0 * s / mb.fs for s in mb.qrs)
+        ax.axvspan(on, off, color="0.85", zorder=0)
+        rng = "" if ok is None else f", {ok:.0%} in range"
+        ax.set_title(f"{rec} ({kind}): QRS {off - on:.0f} ms here, median {med:.0f}{rng}",
+                     fontsize=8)
+        ax.set_xlabel("ms", fontsize=7)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=6, loc="upper right")
+    fig.tight_layout()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "qrs_bounds_mitdb.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
 
 
 def _before(k):

@@ -10,7 +10,7 @@ from scipy.signal import resample_poly
 from ecgssl.data.sources.mitdb import AAMI
 from ecgssl.data.table import read_table
 from ecgssl.reports.generate import generate
-from ecgssl.reports.measure import match_beats, measure, r_peaks
+from ecgssl.reports.measure import match_beats, measure, median_beat, r_peaks
 
 
 def reference_beats(sample, record):
@@ -212,3 +212,20 @@ def test_isolated_early_beats_in_sinus_rhythm_are_not_af():
     rr = [0.80, 0.82, 0.84, 0.55, 0.95, 0.83, 0.81, 0.79, 0.56, 0.96, 0.80, 0.82]
     assert not _af_of(rr, "NNNNSNNNNSNNN")
     assert not _af_of([0.80, 0.82, 0.84, 0.83, 0.81, 0.79, 0.80, 0.82, 0.84, 0.82], "N" * 11)
+
+
+def test_median_beat_shows_the_qrs_that_measure_reads(mitdb):
+    """The review plot's beat (bench/measure.py --plots): its QRS bounds hold the R wave and
+    span about the duration measure() states (the median of the beats' own durations)."""
+    t, recs, _, ms = mitdb
+    checked = 0
+    for i in np.flatnonzero(np.isin(recs, ["100", "119"]))[::20]:
+        mb = median_beat(t.signal[i], t.lead_mask[i], 100)
+        assert mb is not None and mb.leads == ["II", "V5" if recs[i] == "100" else "V1"]
+        on, off = mb.qrs
+        r = int(np.argmax(np.abs(mb.beat[0, on:off + 1]))) + on
+        assert abs(1000 * r / mb.fs - 250) <= 20           # R where the beats were cut
+        assert abs(1000 * (off - on) / mb.fs - ms[i].qrs_ms) <= 15, (recs[i], ms[i].qrs_ms)
+        checked += 1
+    assert checked >= 4
+    assert median_beat(np.zeros((12, 1000)), np.ones(12, bool), 100) is None
