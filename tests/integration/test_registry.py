@@ -491,6 +491,22 @@ def test_challenger_moves_only_to_a_version_that_is_fully_registered(evaluated, 
     monkeypatch.setattr(mlflow.MlflowClient, "set_model_version_tag", original)
     chal = client.get_model_version_by_alias(name, "challenger")
     assert chal.version == v1.version and "test_data.cinc2017-af" in chal.tags
+    # The retry (the server back) finishes the version the failed attempt made, with its tags,
+    # card and @challenger, instead of leaving it bare and logging another beside it.
+    (half,) = [v for v in _versions(client, name) if v != int(v1.version)]
+    bare = client.get_model_version(name, str(half))
+    assert "ecgssl.registration" not in bare.tags and not bare.description
+    retry = register(evaluated / "enc", name, ctx,
+                     metrics_files=[tmp_path / "better" / "metrics.json"])
+    assert retry.finished_earlier and retry.version == str(half)
+    assert _versions(client, name) == [int(v1.version), half]
+    done = client.get_model_version(name, retry.version)
+    assert done.run_id == retry.run_id and "test_data.cinc2017-af" in done.tags
+    assert len(done.tags["ecgssl.registration"]) == 64 and "**Key metrics**" in done.description
+    assert client.get_model_version_by_alias(name, "challenger").version == retry.version
+    again = register(evaluated / "enc", name, ctx,
+                     metrics_files=[tmp_path / "better" / "metrics.json"])
+    assert again.existing and again == retry                  # and now it is simply found
 
 
 def test_the_gate_and_promote_decide_about_the_version_this_run_registered(

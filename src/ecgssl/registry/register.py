@@ -14,6 +14,8 @@ Registering is idempotent: a version's tag `ecgssl.registration` hashes what it 
 (name, kind, model files, metrics, test data and scores, and the pipeline run if any), and
 registering the same again (a retried Kubeflow task, a CLI rerun) returns that version instead
 of adding another; a version carrying the tag is complete (it is set last, before @challenger).
+The register run carries the tag from its start, so a retry finishes a version that an
+attempt made and died before tagging, instead of leaving it bare beside a new one.
 """
 
 from __future__ import annotations
@@ -67,10 +69,13 @@ class Registration:
     # True when an earlier registration of the same was found and returned (nothing logged);
     # not part of the record, which a rerun must write byte for byte the same.
     existing: bool = field(default=False, compare=False)
+    # True when a version an earlier attempt made but did not finish was completed instead.
+    finished_earlier: bool = field(default=False, compare=False)
 
     def to_dict(self) -> dict:
         from dataclasses import asdict
-        return {k: v for k, v in asdict(self).items() if k != "existing"}
+        return {k: v for k, v in asdict(self).items()
+                if k not in ("existing", "finished_earlier")}
 
 
 def registration_id(name: str, kind: str, src: Path, config: dict, metrics: dict,
@@ -187,30 +192,36 @@ def register(encoder: str | Path, name: str, ctx: RunContext,
                                             read_json(Path(encoder) / "config.json")
                                             if encoder and (Path(encoder) / "config.json")
                                             .is_file() else config)
-    with tempfile.TemporaryDirectory() as tmp, \
-            start_run(ctx, f"register-{name}", {"stage": "register", **tags, **lineage_tags},
-                      system_metrics=False) as run:
-        bundle = Path(tmp) / "model_dir"
-        shutil.copytree(src, bundle, ignore=shutil.ignore_patterns("checkpoints", "*.png"))
-        run.log_params({"name": name, "kind": tags["kind"], "encoder": str(encoder),
-                        "classifier": str(classifier), "metrics_files": ",".join(
-                            str(f) for f in metrics_files), **pretrain_params})
-        run.log_metrics(metrics)
-        mlflow.log_dict(metrics, "metrics.json")
-        if scores:    # what `promote` pairs the next challenger and the champion on
-            (Path(tmp) / "scores").mkdir()
-            for task, f in scores.items():
-                shutil.copy(f, Path(tmp) / "scores" / f"{task}.parquet")
-            run.log_artifacts(Path(tmp) / "scores", "scores")
-        # Models from code: the model is this package's model_code.py, not a cloudpickle that
-        # anyone who can write the artifact store could replace with code of their own.
-        info = mlflow.pyfunc.log_model(
-            name="model", python_model=str(code), artifacts={"model_dir": str(bundle)},
-            signature=signature(config["n_samples"], classes), pip_requirements=PIP,
-            input_example=input_example(config["n_samples"]),
-            code_paths=[str(Path(ecgssl.__file__).parent)], registered_model_name=name,
-            await_registration_for=60)
-    version = str(info.registered_model_version)
+    half = _half_registered(client, name, registration)
+    if half is not None:                  # an earlier attempt logged it all, then died
+        version, run_id = str(half.version), half.run_id
+    else:
+        with tempfile.TemporaryDirectory() as tmp, \
+                start_run(ctx, f"register-{name}", {"stage": "register", **tags,
+                                                    **lineage_tags,
+                                                    REGISTRATION_TAG: registration},
+                          system_metrics=False) as run:
+            bundle = Path(tmp) / "model_dir"
+            shutil.copytree(src, bundle, ignore=shutil.ignore_patterns("checkpoints", "*.png"))
+            run.log_params({"name": name, "kind": tags["kind"], "encoder": str(encoder),
+                            "classifier": str(classifier), "metrics_files": ",".join(
+                                str(f) for f in metrics_files), **pretrain_params})
+            run.log_metrics(metrics)
+            mlflow.log_dict(metrics, "metrics.json")
+            if scores:    # what `promote` pairs the next challenger and the champion on
+                (Path(tmp) / "scores").mkdir()
+                for task, f in scores.items():
+                    shutil.copy(f, Path(tmp) / "scores" / f"{task}.parquet")
+                run.log_artifacts(Path(tmp) / "scores", "scores")
+            # Models from code: the model is this package's model_code.py, not a cloudpickle
+            # that anyone who can write the artifact store could replace with code of their own.
+            info = mlflow.pyfunc.log_model(
+                name="model", python_model=str(code), artifacts={"model_dir": str(bundle)},
+                signature=signature(config["n_samples"], classes), pip_requirements=PIP,
+                input_example=input_example(config["n_samples"]),
+                code_paths=[str(Path(ecgssl.__file__).parent)], registered_model_name=name,
+                await_registration_for=60)
+        version, run_id = str(info.registered_model_version), info.run_id
     # @challenger moves last, once the version carries its test-data tags and card: a
     # failure before (a retry follows) leaves the alias on the last complete version, never
     # on one the gate would misjudge for lack of tags. The registration tag comes right
@@ -223,7 +234,22 @@ def register(encoder: str | Path, name: str, ctx: RunContext,
     client.update_registered_model(name, description=MODEL_DESCRIPTION[tags["kind"]])
     client.set_model_version_tag(name, version, REGISTRATION_TAG, registration)
     client.set_registered_model_alias(name, CHALLENGER, version)
-    return Registration(name, version, f"models:/{name}/{version}", info.run_id, len(metrics))
+    return Registration(name, version, f"models:/{name}/{version}", run_id, len(metrics),
+                        finished_earlier=half is not None)
+
+
+def _half_registered(client, name: str, registration: str):
+    """The version of `name` an earlier attempt of this registration made and died before
+    completing (a pod killed, the server gone while tagging): its register run carries the
+    registration id, the version not yet. Completing it, rather than logging another, keeps
+    a retried task from leaving versions without tags, card or alias in the registry."""
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                              f"tags.`{REGISTRATION_TAG}` = '{registration}'", max_results=20)
+    for run in runs:
+        for v in client.search_model_versions(f"run_id = '{run.info.run_id}'"):
+            if v.name == name and REGISTRATION_TAG not in v.tags and v.status == "READY":
+                return v
+    return None
 
 
 @dataclass
