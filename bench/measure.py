@@ -235,9 +235,10 @@ def main() -> None:
             se = float(said_af[is_af].mean())
             out.add("mitdb AFIB sensitivity ('(AFIB' windows)", se, ">= 0.85", se >= 0.85,
                     f"{is_af.sum()} windows")
-        fp = float(said_af[is_n].mean())
-        out.add("mitdb AFIB on '(N' windows", fp, "<= 0.05", fp <= 0.05,
-                f"{is_n.sum()} windows")
+        if is_n.any():
+            fp = float(said_af[is_n].mean())
+            out.add("mitdb AFIB on '(N' windows", fp, "<= 0.05", fp <= 0.05,
+                    f"{is_n.sum()} windows")
         # The issue names 109 and 118; other MIT-BIH records (a hold-out set: 111, 207, 212,
         # 214, 231, ...) are bundle-branch-block records where their .atr beats say so.
         win = np.array(t.column("window"), dtype=np.int64)
@@ -252,9 +253,10 @@ def main() -> None:
             out.add(f"mitdb {'/'.join(sorted(set(recs[bbb])))} (BBB): QRS >= 120 ms", v,
                     ">= 0.80", v >= 0.80, f"{bbb.sum()} windows")
         normal = (wkind == "normal") & np.isfinite(q)
-        v = float(((q[normal] >= 60) & (q[normal] <= 110)).mean())
-        out.add("mitdb normal conduction: QRS 60-110 ms", v, ">= 0.90", v >= 0.90,
-                f"{normal.sum()} windows")
+        if normal.any():
+            v = float(((q[normal] >= 60) & (q[normal] <= 110)).mean())
+            out.add("mitdb normal conduction: QRS 60-110 ms", v, ">= 0.90", v >= 0.90,
+                    f"{normal.sum()} windows")
         texts_all += [x for x, *_ in g]
         qrs_all.append(q)
         per_record = _qrs_by_record(recs, kind, wkind, q)
