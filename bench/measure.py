@@ -260,7 +260,7 @@ def main() -> None:
         texts_all += [x for x, *_ in g]
         qrs_all.append(q)
         per_record = _qrs_by_record(recs, kind, wkind, q)
-        if args.plots:
+        if args.plots and per_record:
             print(f"QRS review plot: {_plot_qrs(t, recs, q, per_record, args.plots)}")
 
     q = np.concatenate(qrs_all)

@@ -492,18 +492,22 @@ def test_challenger_moves_only_to_a_version_that_is_fully_registered(evaluated, 
     chal = client.get_model_version_by_alias(name, "challenger")
     assert chal.version == v1.version and "test_data.cinc2017-af" in chal.tags
     # The retry (the server back) finishes the version the failed attempt made, with its tags,
-    # card and @challenger, instead of leaving it bare and logging another beside it.
+    # card and the tags of the attempt that logged it, instead of leaving it bare and logging
+    # another beside it; a newer registration made meanwhile keeps @challenger.
     (half,) = [v for v in _versions(client, name) if v != int(v1.version)]
     bare = client.get_model_version(name, str(half))
     assert "ecgssl.registration" not in bare.tags and not bare.description
+    newer = register(evaluated / "enc", name, ctx,
+                     metrics_files=[_metrics_with(evaluated, tmp_path / "newer", 0.04)])
     retry = register(evaluated / "enc", name, ctx,
                      metrics_files=[tmp_path / "better" / "metrics.json"])
     assert retry.finished_earlier and retry.version == str(half)
-    assert _versions(client, name) == [int(v1.version), half]
+    assert _versions(client, name) == [int(v1.version), half, int(newer.version)]
     done = client.get_model_version(name, retry.version)
     assert done.run_id == retry.run_id and "test_data.cinc2017-af" in done.tags
+    assert done.tags["git.commit"] == client.get_run(done.run_id).data.tags["git.commit"]
     assert len(done.tags["ecgssl.registration"]) == 64 and "**Key metrics**" in done.description
-    assert client.get_model_version_by_alias(name, "challenger").version == retry.version
+    assert client.get_model_version_by_alias(name, "challenger").version == newer.version
     again = register(evaluated / "enc", name, ctx,
                      metrics_files=[tmp_path / "better" / "metrics.json"])
     assert again.existing and again == retry                  # and now it is simply found

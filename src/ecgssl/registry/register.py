@@ -192,9 +192,14 @@ def register(encoder: str | Path, name: str, ctx: RunContext,
                                             read_json(Path(encoder) / "config.json")
                                             if encoder and (Path(encoder) / "config.json")
                                             .is_file() else config)
-    half = _half_registered(client, name, registration)
+    half = _half_registered(mlflow, client, name, registration)
     if half is not None:                  # an earlier attempt logged it all, then died
         version, run_id = str(half.version), half.run_id
+        # its tags are the attempt's that logged it (its commit and package, its lineage),
+        # not this retry's, which may run other code on the same model and metrics
+        logged = client.get_run(run_id).data.tags
+        tags = {k: logged.get(k, v) for k, v in tags.items()}
+        lineage_tags = {k: logged.get(k, v) for k, v in lineage_tags.items()}
     else:
         with tempfile.TemporaryDirectory() as tmp, \
                 start_run(ctx, f"register-{name}", {"stage": "register", **tags,
@@ -233,18 +238,22 @@ def register(encoder: str | Path, name: str, ctx: RunContext,
         tags["kind"], config, metrics, test_data, lineage_tags))
     client.update_registered_model(name, description=MODEL_DESCRIPTION[tags["kind"]])
     client.set_model_version_tag(name, version, REGISTRATION_TAG, registration)
-    client.set_registered_model_alias(name, CHALLENGER, version)
-    return Registration(name, version, f"models:/{name}/{version}", run_id, len(metrics),
-                        finished_earlier=half is not None)
+    if half is None:
+        client.set_registered_model_alias(name, CHALLENGER, version)
+        return Registration(name, version, f"models:/{name}/{version}", run_id, len(metrics))
+    # A finished older version takes @challenger only as _reuse would: never back past a
+    # newer registration made while it lay half-done.
+    return replace(_reuse(client, name, half, len(metrics)), existing=False,
+                   finished_earlier=True)
 
 
-def _half_registered(client, name: str, registration: str):
+def _half_registered(mlflow, client, name: str, registration: str):
     """The version of `name` an earlier attempt of this registration made and died before
     completing (a pod killed, the server gone while tagging): its register run carries the
     registration id, the version not yet. Completing it, rather than logging another, keeps
     a retried task from leaving versions without tags, card or alias in the registry."""
-    runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
-                              f"tags.`{REGISTRATION_TAG}` = '{registration}'", max_results=20)
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list", max_results=20,
+                              filter_string=f"tags.`{REGISTRATION_TAG}` = '{registration}'")
     for run in runs:
         for v in client.search_model_versions(f"run_id = '{run.info.run_id}'"):
             if v.name == name and REGISTRATION_TAG not in v.tags and v.status == "READY":
