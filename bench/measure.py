@@ -26,6 +26,7 @@ Windows are the 100 Hz, 10 s rows that `ingest` writes. Rows:
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import re
 import tempfile
@@ -83,8 +84,16 @@ def _rows(args):
     return out
 
 
+@functools.cache
+def _atr(path: Path):
+    """A record's .atr annotations, read once: the rhythm and both conduction readings use
+    them."""
+    return wfdb.rdann(str(path), "atr")
+
+
+@functools.cache
 def _rhythms(path: Path) -> tuple[np.ndarray, list[str]]:
-    ann = wfdb.rdann(str(path), "atr")
+    ann = _atr(path)
     idx = [k for k, a in enumerate(ann.aux_note) if a.startswith("(")]
     return np.array([ann.sample[k] for k in idx]), [ann.aux_note[k].strip("\x00") for k in idx]
 
@@ -93,7 +102,7 @@ def _conduction(path: Path) -> str:
     """'paced', 'bbb' or 'normal' from the record's annotated beats: paced when over a fifth
     of them are paced or paced-fusion beats (102, 104, 107, 217), 'bbb' when over 5 % are
     bundle-branch-block beats (e.g. 109, 111, 118, 124, 207, 212, 214, 231), else normal."""
-    sym = [a for a in wfdb.rdann(str(path), "atr").symbol if a.isalpha() or a == "/"]
+    sym = [a for a in _atr(path).symbol if a.isalpha() or a == "/"]
     n = max(1, len(sym))
     if sum(a in PACED_BEATS for a in sym) > 0.2 * n:
         return "paced"
@@ -104,7 +113,7 @@ def _window_conduction(path: Path, windows: np.ndarray, samples: int = 3600) -> 
     """Each window's conduction from its annotated beats: 'bbb' when at least 80 % of its
     normally conducted beats (N, L, R, B) are bundle-branch-block beats, 'normal' when none
     is and no beat is paced, else '' (mixed or paced: in neither QRS row)."""
-    ann = wfdb.rdann(str(path), "atr")
+    ann = _atr(path)
     sym, at = np.array(ann.symbol), np.asarray(ann.sample) // samples
     out = []
     for w in windows:
@@ -223,10 +232,7 @@ def main() -> None:
                     f"{(said & keep).sum()} stated")
         rhythm = []
         for rec, w in zip(recs, t.column("window")):
-            if rec not in getattr(main, "_rh", {}):
-                main._rh = {**getattr(main, "_rh", {}),
-                            rec: _rhythms(args.data / "mitdb" / rec)}
-            starts, names = main._rh[rec]
+            starts, names = _rhythms(args.data / "mitdb" / rec)
             rhythm.append(_window_rhythm(starts, names, int(w) * 3600, (int(w) + 1) * 3600))
         rhythm = np.array(rhythm, dtype=object)
         said_af = np.array(["AFIB" in c for c in codes])

@@ -472,7 +472,7 @@ def register(
         say(f"{name} already registered as version {r.version} ({r.model_uri}, {r.metrics} "
             "metrics) from the same model, metrics and test data; no new version")
     elif r.finished_earlier:   # an attempt that died after making the version, before its tags
-        say(f"finished registering {r.model_uri} (@challenger) with {r.metrics} metrics: "
+        say(f"finished registering {r.model_uri} with {r.metrics} metrics: "
             "an earlier attempt made this version and stopped before tagging it")
     else:
         say(f"registered {r.model_uri} (@challenger) with {r.metrics} metrics")
